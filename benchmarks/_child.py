@@ -1,0 +1,345 @@
+"""Measure one benchmark case for one library in a fresh process (internal).
+
+Usage: ``python _child.py SPEC.json`` where the spec names the case, the library,
+the case parameters, a deadline in seconds and the path of the result file.
+``run.py`` starts one of these per sample, in its own process group, and kills
+the group if it overruns, so a hung library fails its cell instead of the run.
+
+The result file holds ``{"ok": true, "metrics": {...}}`` with raw SI values
+(seconds, items, bytes), or ``{"ok": false, "error": ..., "detail": ...}``.
+"""
+
+from __future__ import annotations
+
+import faulthandler
+import json
+import os
+import sys
+import threading
+import time
+import traceback
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from statistics import median
+from time import perf_counter
+from typing import Any
+
+from _adapters import LIBRARIES, WORKERS, Adapter
+from _tasks import affine, identity, inc, make_closure, nap, spin
+
+Params = dict[str, Any]
+Metrics = dict[str, float]
+
+_phase = "init"
+_out_path: Path | None = None
+_emit_lock = threading.Lock()
+_emitted = False
+
+
+class WrongResult(Exception):
+    """The library returned something other than the expected result."""
+
+
+class Deadline:
+    def __init__(self, seconds: float) -> None:
+        self._end = time.monotonic() + seconds
+
+    def left(self) -> float:
+        """Seconds left, for a result wait; raises once the deadline has passed."""
+        left = self._end - time.monotonic()
+        if left <= 0:
+            raise TimeoutError(f"deadline exceeded during {_phase}")
+        return left
+
+
+def _enter(phase: str) -> None:
+    global _phase
+    _phase = phase
+
+
+def _check(ok: bool, what: str) -> None:
+    if not ok:
+        raise WrongResult(f"wrong result: {what}")
+
+
+def _emit(payload: dict[str, Any]) -> bool:
+    """Write the result file once (atomically); later calls are ignored."""
+    global _emitted
+    with _emit_lock:
+        if _emitted or _out_path is None:
+            return False
+        tmp = _out_path.with_suffix(".partial")
+        tmp.write_text(json.dumps(payload))
+        os.replace(tmp, _out_path)
+        _emitted = True
+        return True
+
+
+def _on_timeout(seconds: float) -> None:
+    faulthandler.dump_traceback(file=sys.stderr, all_threads=True)
+    _emit({"ok": False, "error": "timeout", "detail": f"timed out after {seconds:.0f} s "
+           f"during {_phase}"})
+    os._exit(3)
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _warm(ad: Adapter, deadline: Deadline) -> None:
+    """Make sure every worker exists and has run a task, then a few trivial round trips."""
+    _enter("warm-up")
+    getters = [ad.submit(nap, 0.05) for _ in range(WORKERS)]
+    for get in getters:
+        get(deadline.left())
+    for i in range(10):
+        _check(ad.submit(identity, i)(deadline.left()) == i, "warm-up identity")
+
+
+def _started(ad: Adapter | None, deadline: Deadline) -> Adapter:
+    if ad is None:
+        raise ValueError("this case needs a pool library")
+    _enter("start")
+    ad.start()
+    _warm(ad, deadline)
+    return ad
+
+
+def _shutdown(ad: Adapter) -> None:
+    _enter("shutdown")
+    ad.shutdown()
+
+
+def _proc_status_kib(field: str) -> int | None:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
+def _reset_peak_rss() -> bool:
+    """Reset VmHWM (Linux >= 4.0); False if not possible, then the peak is process-lifetime."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        return False
+    return True
+
+
+# --------------------------------------------------------------------------- cases
+
+
+def case_startup(ad: Adapter | None, p: Params, deadline: Deadline) -> Metrics:
+    if ad is None:
+        raise ValueError("this case needs a pool library")
+    _enter("startup")
+    t0 = perf_counter()
+    ad.start()
+    first = ad.submit(identity, 42)(deadline.left())
+    t1 = perf_counter()
+    _check(first == 42, "first result")
+    _enter("shutdown")
+    ad.shutdown()
+    t2 = perf_counter()
+    return {"startup": t1 - t0, "shutdown": t2 - t1}
+
+
+def case_map(ad: Adapter | None, p: Params, deadline: Deadline) -> Metrics:
+    ad = _started(ad, deadline)
+    n: int = p["n"]
+    items = list(range(n))
+    _enter("map")
+    t0 = perf_counter()
+    out = ad.map(inc, items, p["chunksize"], deadline.left())
+    dt = perf_counter() - t0
+    _check(list(out) == list(range(1, n + 1)), "map output")
+    _shutdown(ad)
+    return {"map": dt}
+
+
+def case_submit(ad: Adapter | None, p: Params, deadline: Deadline) -> Metrics:
+    ad = _started(ad, deadline)
+    n: int = p["n"]
+    _enter("submit")
+    t0 = perf_counter()
+    getters = [ad.submit(inc, i) for i in range(n)]
+    _enter("wait for all")
+    results = [get(deadline.left()) for get in getters]
+    dt = perf_counter() - t0
+    _check(results == list(range(1, n + 1)), "submit results")
+    _shutdown(ad)
+    return {"per_task": dt / n, "total": dt}
+
+
+def case_latency(ad: Adapter | None, p: Params, deadline: Deadline) -> Metrics:
+    ad = _started(ad, deadline)
+    idle_s: float = p["idle_s"]
+    samples: list[float] = []
+    _enter("latency")
+    for i in range(p["samples"]):
+        time.sleep(idle_s)  # let the workers go back to waiting: an idle pool
+        t0 = perf_counter()
+        r = ad.submit(identity, i)(deadline.left())
+        samples.append(perf_counter() - t0)
+        _check(r == i, "latency result")
+    _shutdown(ad)
+    return {"latency": median(samples), "latency_min": min(samples)}
+
+
+class _CountingSource:
+    """A lazy input that records how many items the pool has pulled from it."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+        self.produced = 0
+
+    def __iter__(self) -> Iterator[int]:
+        for i in range(self.n):
+            self.produced += 1
+            yield i
+
+
+def case_imap(ad: Adapter | None, p: Params, deadline: Deadline) -> Metrics:
+    ad = _started(ad, deadline)
+    n: int = p["n"]
+    source = _CountingSource(n)
+    base_kib = _proc_status_kib("VmRSS")
+    reset = _reset_peak_rss()
+    consumed = 0
+    max_ahead = 0
+    _enter("imap")
+    t0 = perf_counter()
+    for r in ad.imap(inc, iter(source), p["chunksize"]):
+        consumed += 1
+        if r != consumed:
+            raise WrongResult(f"imap item {consumed - 1}: got {r!r}")
+        ahead = source.produced - consumed
+        if ahead > max_ahead:
+            max_ahead = ahead
+    dt = perf_counter() - t0
+    _check(consumed == n, f"imap yielded {consumed} of {n} items")
+    peak_kib = _proc_status_kib("VmHWM")
+    _shutdown(ad)
+    metrics: Metrics = {"time": dt, "max_ahead": float(max_ahead)}
+    if base_kib is not None and peak_kib is not None:
+        metrics["rss_growth"] = max(0.0, (peak_kib - base_kib) * 1024.0)
+        metrics["rss_peak_was_reset"] = float(reset)
+    return metrics
+
+
+def _payload(kind: str, nbytes: int) -> tuple[Any, Callable[[Any], bool]]:
+    if kind == "bytes":
+        data = bytes(range(256)) * (nbytes // 256)
+        return data, lambda out: isinstance(out, bytes) and out == data
+    import numpy as np
+
+    arr = np.arange(nbytes // 8, dtype=np.float64)
+    return arr, lambda out: isinstance(out, np.ndarray) and bool(np.array_equal(out, arr))
+
+
+def case_transfer(ad: Adapter | None, p: Params, deadline: Deadline) -> Metrics:
+    payload, same = _payload(p["kind"], p["mib"] << 20)
+    ad = _started(ad, deadline)
+    samples: list[float] = []
+    for i in range(p["rounds"]):
+        _enter(f"round trip {i + 1}")
+        t0 = perf_counter()
+        out = ad.submit(identity, payload)(deadline.left())
+        samples.append(perf_counter() - t0)
+        _check(same(out), "round-trip payload differs")
+        del out
+    _shutdown(ad)
+    return {"roundtrip": median(samples)}
+
+
+def case_lambda(ad: Adapter | None, p: Params, deadline: Deadline) -> Metrics:
+    ad = _started(ad, deadline)
+    n: int = p["n"]
+    items = list(range(n))
+    expected = [affine(x) for x in items]
+    runs: list[tuple[str, Callable[[int], int]]] = [("map_function", affine)]
+    if ad.supports_lambda:
+        runs.append(("map_lambda", make_closure(3)))
+        if p["repeat"] % 2:  # alternate the order between repeats
+            runs.reverse()
+    for name, fn in runs:  # warm both paths (e.g. the serializer's import)
+        _enter(f"warm {name}")
+        _check(ad.map(fn, items[:8], 1, deadline.left()) == expected[:8], f"warm {name}")
+    metrics: Metrics = {}
+    for name, fn in runs:
+        _enter(name)
+        t0 = perf_counter()
+        out = ad.map(fn, items, p["chunksize"], deadline.left())
+        metrics[name] = perf_counter() - t0
+        _check(list(out) == expected, name)
+    _shutdown(ad)
+    return metrics
+
+
+def case_cpu(ad: Adapter | None, p: Params, deadline: Deadline) -> Metrics:
+    loops: int = p["loops"]
+    tasks = [loops] * p["tasks"]
+    if ad is None:  # the serial baseline, same tasks in this process
+        _enter("serial")
+        t0 = perf_counter()
+        out = [spin(x) for x in tasks]
+        dt = perf_counter() - t0
+    else:
+        ad = _started(ad, deadline)
+        _enter("cpu map")
+        t0 = perf_counter()
+        out = ad.map(spin, tasks, 1, deadline.left())
+        dt = perf_counter() - t0
+        _shutdown(ad)
+    _check(list(out) == [p["expected"]] * len(tasks), "spin results")
+    return {"time": dt}
+
+
+CASES: dict[str, Callable[[Adapter | None, Params, Deadline], Metrics]] = {
+    "startup": case_startup,
+    "map_default": case_map,
+    "map_cs1": case_map,
+    "submit": case_submit,
+    "latency": case_latency,
+    "imap": case_imap,
+    "transfer_bytes": case_transfer,
+    "transfer_numpy": case_transfer,
+    "lambda": case_lambda,
+    "cpu": case_cpu,
+}
+
+
+def main() -> int:
+    global _out_path
+    spec = json.loads(Path(sys.argv[1]).read_text())
+    _out_path = Path(spec["out"])
+    seconds = float(spec["deadline_s"])
+    deadline = Deadline(seconds)
+    watchdog = threading.Timer(seconds, _on_timeout, args=(seconds,))
+    watchdog.daemon = True
+    watchdog.start()
+    # Backstop if the watchdog thread cannot run (e.g. the GIL is never released).
+    faulthandler.dump_traceback_later(seconds + 5, exit=True)
+    try:
+        _enter("import")
+        lib: str = spec["lib"]
+        ad = None if lib == "serial" else LIBRARIES[lib].make()
+        metrics = CASES[spec["case"]](ad, spec["params"], deadline)
+    except BaseException as exc:
+        traceback.print_exc()
+        error = "timeout" if isinstance(exc, TimeoutError) else type(exc).__name__
+        _emit({"ok": False, "error": error, "detail": f"{type(exc).__name__}: {exc} "
+               f"(during {_phase})"})
+        sys.stderr.flush()
+        os._exit(1)  # do not wait for a possibly broken library at interpreter exit
+    _emit({"ok": True, "metrics": metrics})
+    watchdog.cancel()
+    faulthandler.cancel_dump_traceback_later()
+    _enter("interpreter exit")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

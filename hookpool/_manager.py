@@ -1,0 +1,699 @@
+"""The manager: one thread in the parent that owns the workers and every task in flight.
+
+Data flow::
+
+    caller thread                      manager thread                     worker process
+    ─────────────                      ──────────────                     ──────────────
+    Pool / ProcessPoolExecutor
+      │ serialize fn + args (_serialize.dumps), in the caller's thread
+      │ Task(future) ──> Manager.submit ──> queue ──┐
+      │                     (wake-up pipe) ─────────┤
+      │                                             ▼
+      │                                 selector over: wake-up pipe,
+      │                                 each worker's Connection and sentinel
+      │                                             │ _dispatch: Call ──────────> _Worker._serve
+      │                                             │                               runs fn
+      │                                             │ <──────────── Done / Failed ──┘
+      │                                             │ future.set_result / set_exception
+      │ <── AsyncResult / Future / IMapIterator ────┘
+      ▼
+    result (or the worker's exception, with the worker's frames)
+
+Actors:
+
+``Task``
+    The parent-side record of one unit of work (one ``apply``/``submit`` call, or one chunk
+    of a map). It owns the ``concurrent.futures.Future`` the facades hand out, and the
+    already-pickled function and arguments.
+
+``Manager``
+    Thread-safe entry points (``submit``, ``close``, ``terminate``) only append to the queue
+    or change the state, then write one byte to the wake-up pipe. Everything else happens
+    on the manager thread, which waits on one selector: the wake-up pipe, every worker's
+    duplex Connection, and every worker's process sentinel. Deadlines (task timeouts, the
+    terminate grace period) become the selector's timeout. Nothing polls.
+
+``WorkerHandle``
+    The manager's view of one worker: its process, its Connection, and the tasks sent to
+    it, in the order it runs them. Because a worker runs its tasks one at a time, in
+    order, the first task in ``inflight`` is the one it is running: if the worker dies,
+    that task fails with ``WorkerLostError`` and the ones queued behind it, which never
+    started, go back to the front of the queue. A task is sent to a worker only after the
+    worker reported ``Ready``; at most two are in flight per worker (the second hides the
+    round trip for short tasks), and a large payload goes only to an idle worker, so the
+    pipe can never fill in both directions at once.
+
+``_worker``
+    The child side, in its own module, which imports neither this module nor the facades.
+"""
+
+from __future__ import annotations
+
+import atexit
+import collections
+import contextlib
+import itertools
+import logging
+import os
+import selectors
+import signal
+import threading
+import time
+import weakref
+from collections.abc import Callable
+from concurrent.futures import Future, InvalidStateError
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
+from multiprocessing.process import BaseProcess
+from typing import Any
+
+from . import _protocol as wire
+from . import _worker
+from ._errors import (
+    InitializerError,
+    PoolBrokenError,
+    PoolTerminatedError,
+    ResultEncodingError,
+    TaskTimeoutError,
+    WorkerLostError,
+)
+from ._hooks import Hooks
+from ._serialize import SpawnedHooks, loads, rebuild
+from ._spawn import SpawnContext
+from ._state import PoolState
+
+__all__ = ["Manager", "Task"]
+
+logger = logging.getLogger("hookpool")
+
+#: Seconds a worker gets, after being asked to stop, to run its finalizer before SIGKILL.
+TERMINATE_GRACE_SECONDS = 5.0
+#: Tasks shorter than this (on average, per worker) get a second task queued behind them.
+PREFETCH_BELOW_SECONDS = 0.005
+#: How long to wait for a worker's exit status once its sentinel has fired.
+REAP_SECONDS = 5.0
+
+
+@dataclass(eq=False)
+class Task:
+    """One unit of work, parent side: owns the Future and the pickled call."""
+
+    kind: wire.CallKind
+    fn: bytes
+    args: bytes
+    future: Future[Any]
+    fn_name: str
+    #: For a chunk of a map: (index of its first item, number of items, method name).
+    items: tuple[int, int, str] | None = None
+    #: Seconds the task may run before its worker is stopped (None: no limit).
+    timeout: float | None = None
+    task_id: int = 0
+    #: set_running_or_notify_cancel() has been called (the task cannot be cancelled).
+    claimed: bool = False
+
+    def describe(self) -> str:
+        if self.items is None:
+            return f"task {self.fn_name}()"
+        first, count, method = self.items
+        where = f"item {first}" if count == 1 else f"items {first}-{first + count - 1}"
+        return f"{where} of {method}({self.fn_name}, ...)"
+
+
+@dataclass(eq=False)
+class WorkerHandle:
+    """The manager's view of one worker process."""
+
+    name: str
+    process: BaseProcess
+    conn: Connection
+    pid: int
+    #: Reported Ready: the initializer ran, the finalizer is registered.
+    ready: bool = False
+    #: Asked to leave (Stop sent or SIGTERM): gets no more tasks.
+    stopping: bool = False
+    #: The Connection hit EOF; only the sentinel is watched from then on.
+    conn_closed: bool = False
+    #: Tasks sent to this worker, in the order it runs them; [0] is running.
+    inflight: collections.deque[Task] = field(default_factory=collections.deque)
+    #: When inflight[0] started (approximately: when it was sent or its predecessor ended).
+    head_started: float = 0.0
+    tasks_done: int = 0
+    #: Moving average of task duration, to decide whether to queue a second task.
+    avg_seconds: float = 0.0
+    #: SIGKILL at this monotonic time if still alive (after a stop request).
+    kill_at: float | None = None
+
+
+class Manager:
+    """Owns the worker processes and the task table; see the module docstring."""
+
+    def __init__(
+        self,
+        *,
+        processes: int,
+        hooks: Hooks,
+        context: SpawnContext,
+        maxtasksperchild: int | None,
+        exit_mode: str,
+        name: str = "hookpool",
+    ) -> None:
+        self._size = processes
+        self._context = context
+        self._hooks = SpawnedHooks(hooks)
+        self._maxtasks = maxtasksperchild
+        self._exit_mode = exit_mode  # "terminate" (Pool) or "drain" (executor) at exit
+        self._name = name
+
+        self._lock = threading.Lock()
+        self._state = PoolState.RUNNING
+        self._broken_error: BaseException | None = None
+        self._queue: collections.deque[Task] = collections.deque()
+        self._task_ids = itertools.count(1)
+        self._worker_ids = itertools.count(1)
+        self._workers: list[WorkerHandle] = []
+        self._by_id: dict[int, Task] = {}
+        self._winding_down = False
+
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_w, False)
+        os.set_blocking(self._wake_r, False)
+        self._wake_pending = False
+        self._selector = selectors.DefaultSelector()
+        self._selector.register(self._wake_r, selectors.EVENT_READ, None)
+
+        # Start the first workers in the caller's thread: a pickling error in initargs
+        # (say, a Lock made for a fork context) raises here, at Pool creation.
+        try:
+            for _ in range(processes):
+                self._start_worker()
+        except BaseException:
+            self._kill_all()
+            self._close_fds()
+            raise
+        self._thread = threading.Thread(target=self._run, name=f"{name}-manager", daemon=True)
+        self._thread.start()
+        _live.add(self)
+
+    # -- thread-safe entry points (any thread) -------------------------------------------
+
+    @property
+    def state(self) -> PoolState:
+        return self._state
+
+    @property
+    def size(self) -> int:
+        return self._size
+
+    def submit(self, task: Task, *, while_closing: bool = False) -> None:
+        """Queue ``task``. Raises if the pool does not accept tasks."""
+        with self._lock:
+            state = self._state
+            if state is not PoolState.RUNNING and not (
+                while_closing and state is PoolState.CLOSING
+            ):
+                raise self._refusal(state)
+            task.task_id = next(self._task_ids)
+            self._queue.append(task)
+        self._wake()
+
+    def submit_many(self, tasks: list[Task], *, while_closing: bool = False) -> None:
+        """Queue several tasks at once (one lock, one wake-up)."""
+        with self._lock:
+            state = self._state
+            if state is not PoolState.RUNNING and not (
+                while_closing and state is PoolState.CLOSING
+            ):
+                raise self._refusal(state)
+            for task in tasks:
+                task.task_id = next(self._task_ids)
+            self._queue.extend(tasks)
+        self._wake()
+
+    def check_running(self) -> None:
+        state = self._state
+        if state is not PoolState.RUNNING:
+            raise self._refusal(state)
+
+    def close(self) -> None:
+        """No new tasks; queued ones still run; then the workers leave."""
+        with self._lock:
+            if self._state is PoolState.RUNNING:
+                self._state = PoolState.CLOSING
+        self._wake()
+
+    def terminate(self) -> None:
+        """Cancel queued tasks, fail running ones, stop the workers. Does not wait."""
+        with self._lock:
+            if self._state in (PoolState.RUNNING, PoolState.CLOSING):
+                self._state = PoolState.TERMINATING
+        self._wake()
+
+    def join(self, timeout: float | None = None) -> bool:
+        """Wait for the manager thread to finish; True if it did."""
+        if threading.current_thread() is self._thread:
+            raise RuntimeError("cannot join the pool from one of its own callbacks")
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
+
+    def worker_pids(self) -> list[int]:
+        return [w.pid for w in list(self._workers)]
+
+    def _refusal(self, state: PoolState) -> Exception:
+        if state is PoolState.BROKEN:
+            error = PoolBrokenError(
+                f"{self._name} is broken and cannot run tasks: {self._broken_error}"
+            )
+            error.__cause__ = self._broken_error
+            return error
+        return ValueError("Pool not running")
+
+    def _wake(self) -> None:
+        if not self._wake_pending:
+            self._wake_pending = True
+            with contextlib.suppress(BlockingIOError, OSError):
+                os.write(self._wake_w, b"\0")
+
+    # -- the manager thread ----------------------------------------------------------------
+
+    def _run(self) -> None:
+        try:
+            self._loop()
+        except BaseException as exc:
+            logger.exception("hookpool: internal error in the manager thread of %s", self._name)
+            error = PoolBrokenError(
+                f"internal error in the hookpool manager thread: {exc!r}; "
+                f"the pool cannot run tasks any more"
+            )
+            error.__cause__ = exc
+            self._break(error)
+            self._kill_all()
+        finally:
+            with self._lock:
+                if self._state is not PoolState.BROKEN:
+                    self._state = PoolState.STOPPED
+            self._fail_everything(self._broken_error or PoolTerminatedError("the pool stopped"))
+            self._close_fds()
+
+    def _loop(self) -> None:
+        while True:
+            self._advance()
+            if not self._workers and self._state is not PoolState.RUNNING:
+                return
+            for key, _ in self._selector.select(self._seconds_to_next_deadline()):
+                worker = key.data
+                if worker is None:
+                    self._drain_wakeups()
+                elif key.fd == worker.process.sentinel:
+                    self._on_exit(worker)
+                else:
+                    self._on_readable(worker)
+            self._check_deadlines()
+
+    def _advance(self) -> None:
+        """Act on the state: dispatch, replace workers, or wind down."""
+        state = self._state
+        if state is PoolState.TERMINATING or state is PoolState.BROKEN:
+            if not self._winding_down:
+                self._winding_down = True
+                reason = self._broken_error or PoolTerminatedError(
+                    "the pool was terminated while this task was running"
+                )
+                self._fail_everything(reason)
+                for worker in self._workers:
+                    self._stop_worker(worker, signal_it=True)
+            return
+        # RUNNING or CLOSING
+        self._dispatch()
+        alive = sum(1 for w in self._workers if not w.stopping)
+        if state is PoolState.RUNNING or self._queue:
+            while alive < self._size:
+                self._start_worker()
+                alive += 1
+        elif not self._queue and not any(w.inflight for w in self._workers):
+            for worker in self._workers:
+                if not worker.stopping:
+                    self._stop_worker(worker, signal_it=False)
+
+    def _dispatch(self) -> None:
+        queue = self._queue
+        while queue:
+            worker = self._pick_worker(queue[0])
+            if worker is None:
+                return
+            task = queue.popleft()
+            if not task.claimed:
+                if not task.future.set_running_or_notify_cancel():
+                    continue  # cancelled while queued: it never runs
+                task.claimed = True
+            if not worker.inflight:
+                worker.head_started = time.monotonic()
+            worker.inflight.append(task)
+            self._by_id[task.task_id] = task
+            try:
+                wire.send(
+                    worker.conn,
+                    wire.Call(task.task_id, task.kind, task.fn, wire.blob(task.args)),
+                )
+            except OSError:
+                # The worker is dying: it never got this task. Its sentinel will fire.
+                worker.inflight.pop()
+                del self._by_id[task.task_id]
+                queue.appendleft(task)
+                worker.stopping = True
+
+    def _pick_worker(self, task: Task) -> WorkerHandle | None:
+        best: WorkerHandle | None = None
+        large = len(task.args) >= wire.OUT_OF_BAND_MIN
+        for worker in self._workers:
+            if not worker.ready or worker.stopping:
+                continue
+            load = len(worker.inflight)
+            if load == 0:
+                return worker
+            if (
+                load == 1
+                and not large
+                and task.timeout is None
+                and worker.inflight[0].timeout is None
+                and worker.avg_seconds < PREFETCH_BELOW_SECONDS
+                and (self._maxtasks is None or worker.tasks_done + 1 < self._maxtasks)
+                and best is None
+            ):
+                best = worker
+        return best
+
+    # -- messages from a worker ------------------------------------------------------------
+
+    def _on_readable(self, worker: WorkerHandle) -> None:
+        conn = worker.conn
+        try:
+            while True:
+                self._handle(worker, wire.recv(conn))
+                if worker.conn_closed or not conn.poll():
+                    return
+        except (EOFError, OSError):
+            self._forget_conn(worker)
+
+    def _handle(self, worker: WorkerHandle, message: wire.Message) -> None:
+        kind = type(message)
+        if kind is wire.Done or kind is wire.Failed:
+            self._on_result(worker, message)  # type: ignore[arg-type]
+        elif kind is wire.Ready:
+            worker.ready = True
+        elif kind is wire.InitFailed:
+            assert isinstance(message, wire.InitFailed)
+            cause = rebuild(message.error, remote_cause=True)
+            error = InitializerError(
+                f"the initializer raised in worker {worker.name} (pid {worker.pid}): "
+                f"{message.error.type_name}: {message.error.message}. hookpool does not "
+                f"restart workers whose initializer fails; fix the initializer, or catch "
+                f"the error inside it"
+            )
+            error.__cause__ = cause
+            worker.stopping = True
+            self._break(error)
+        elif kind is wire.FinalizerFailed:
+            assert isinstance(message, wire.FinalizerFailed)
+            logger.error(
+                "hookpool: the finalizer raised in worker %s (pid %s):\n%s",
+                worker.name,
+                message.pid,
+                message.error.traceback_text,
+            )
+        else:
+            raise TypeError(f"unrecognized wire message from {worker.name}: {message!r}")
+
+    def _on_result(self, worker: WorkerHandle, message: wire.Done | wire.Failed) -> None:
+        if message.task_id not in self._by_id:
+            return  # a late answer for a task already settled (timed out, terminated)
+        task = worker.inflight.popleft()
+        if task.task_id != message.task_id:
+            raise RuntimeError(
+                f"{worker.name} answered task {message.task_id} before task {task.task_id}"
+            )
+        del self._by_id[task.task_id]
+        now = time.monotonic()
+        worker.avg_seconds = 0.8 * worker.avg_seconds + 0.2 * (now - worker.head_started)
+        worker.head_started = now
+        worker.tasks_done += 1
+        if type(message) is wire.Done:
+            try:
+                value = loads(message.value)
+            except BaseException as exc:
+                error = ResultEncodingError(
+                    f"the result could not be unpickled in the caller: {exc!r}",
+                    f"<result of {task.describe()}>",
+                )
+                error.__cause__ = exc
+                _resolve(task.future, error=error)
+            else:
+                _resolve(task.future, value=value)
+        else:
+            assert isinstance(message, wire.Failed)
+            _resolve(task.future, error=rebuild(message.error))
+        if self._maxtasks is not None and worker.tasks_done >= self._maxtasks:
+            self._stop_worker(worker, signal_it=False)
+
+    # -- worker processes ------------------------------------------------------------------
+
+    def _start_worker(self) -> WorkerHandle:
+        index = next(self._worker_ids)
+        name = f"{self._name}-worker-{index}"
+        parent_end, child_end = self._context.Pipe(duplex=True)
+        process = self._context.Process(
+            target=_worker.main, args=(child_end, self._hooks), name=name, daemon=False
+        )
+        try:
+            process.start()
+        except BaseException:
+            parent_end.close()
+            raise
+        finally:
+            child_end.close()
+        assert process.pid is not None
+        worker = WorkerHandle(name=name, process=process, conn=parent_end, pid=process.pid)
+        self._workers.append(worker)
+        self._selector.register(parent_end.fileno(), selectors.EVENT_READ, worker)
+        self._selector.register(process.sentinel, selectors.EVENT_READ, worker)
+        return worker
+
+    def _stop_worker(self, worker: WorkerHandle, *, signal_it: bool) -> None:
+        """Ask a worker to leave: Stop when idle, SIGTERM when it must stop now."""
+        if worker.stopping and not signal_it:
+            return
+        worker.stopping = True
+        if worker.kill_at is None:
+            worker.kill_at = time.monotonic() + TERMINATE_GRACE_SECONDS
+        if signal_it:
+            with contextlib.suppress(OSError):
+                worker.process.terminate()
+        elif not worker.conn_closed:
+            try:
+                wire.send(worker.conn, wire.Stop())
+            except OSError:
+                self._forget_conn(worker)
+
+    def _on_exit(self, worker: WorkerHandle) -> None:
+        if not worker.conn_closed:
+            self._on_readable(worker)  # results it sent before leaving still count
+            self._forget_conn(worker)
+        self._selector.unregister(worker.process.sentinel)
+        worker.process.join(REAP_SECONDS)
+        exitcode = worker.process.exitcode
+        self._workers.remove(worker)
+        with contextlib.suppress(ValueError):
+            worker.process.close()
+        if worker.inflight:
+            lost = worker.inflight.popleft()
+            del self._by_id[lost.task_id]
+            _resolve(lost.future, error=self._lost_error(worker, lost, exitcode))
+            self._requeue_unstarted(worker)
+        if not worker.ready and not worker.stopping and self._state is PoolState.RUNNING:
+            self._break(
+                PoolBrokenError(
+                    f"worker {worker.name} (pid {worker.pid}) {_exit_text(exitcode)} while "
+                    f"starting, before its initializer finished. Its stderr says why. A "
+                    f"common cause is a script that creates a pool at import time: put that "
+                    f'code under `if __name__ == "__main__":`.'
+                )
+            )
+
+    def _lost_error(
+        self, worker: WorkerHandle, task: Task, exitcode: int | None
+    ) -> BaseException:
+        if worker.kill_at is not None and self._state is PoolState.TERMINATING:
+            return PoolTerminatedError("the pool was terminated while this task was running")
+        return WorkerLostError(
+            f"worker {worker.name} (pid {worker.pid}) {_exit_text(exitcode)} while running "
+            f"{task.describe()}{_likely_cause(exitcode)}. The worker was replaced; other "
+            f"tasks are not affected.",
+            pid=worker.pid,
+            exitcode=exitcode,
+        )
+
+    def _requeue_unstarted(self, worker: WorkerHandle) -> None:
+        """Put back the tasks queued behind a worker's current one: they never started."""
+        while worker.inflight:
+            task = worker.inflight.pop()
+            del self._by_id[task.task_id]
+            self._queue.appendleft(task)
+
+    def _forget_conn(self, worker: WorkerHandle) -> None:
+        if not worker.conn_closed:
+            worker.conn_closed = True
+            with contextlib.suppress(KeyError, ValueError):
+                self._selector.unregister(worker.conn.fileno())
+            worker.conn.close()
+
+    # -- deadlines -----------------------------------------------------------------------
+
+    def _seconds_to_next_deadline(self) -> float | None:
+        deadline = None
+        for worker in self._workers:
+            for when in (worker.kill_at, _task_deadline(worker)):
+                if when is not None and (deadline is None or when < deadline):
+                    deadline = when
+        if deadline is None:
+            return None
+        return max(0.0, deadline - time.monotonic())
+
+    def _check_deadlines(self) -> None:
+        now = time.monotonic()
+        for worker in self._workers:
+            if worker.kill_at is not None and now >= worker.kill_at:
+                with contextlib.suppress(OSError):
+                    worker.process.kill()
+                worker.kill_at = None  # its sentinel will fire
+            deadline = _task_deadline(worker)
+            if deadline is not None and now >= deadline and not worker.stopping:
+                task = worker.inflight.popleft()
+                del self._by_id[task.task_id]
+                _resolve(
+                    task.future,
+                    error=TaskTimeoutError(
+                        f"{task.describe()} ran longer than its timeout of {task.timeout} s "
+                        f"in worker {worker.name} (pid {worker.pid}); the worker was "
+                        f"stopped and will be replaced"
+                    ),
+                )
+                self._requeue_unstarted(worker)
+                self._stop_worker(worker, signal_it=True)
+
+    # -- breaking down ---------------------------------------------------------------------
+
+    def _break(self, error: BaseException) -> None:
+        with self._lock:
+            if self._state.is_final:
+                return
+            self._state = PoolState.BROKEN
+            self._broken_error = error
+
+    def _fail_everything(self, error: BaseException) -> None:
+        """Cancel queued tasks; fail the ones already running."""
+        while self._queue:
+            task = self._queue.popleft()
+            if not task.future.cancel():
+                _resolve(task.future, error=error)
+        for worker in self._workers:
+            while worker.inflight:
+                task = worker.inflight.popleft()
+                self._by_id.pop(task.task_id, None)
+                _resolve(task.future, error=error)
+
+    def _drain_wakeups(self) -> None:
+        self._wake_pending = False
+        with contextlib.suppress(BlockingIOError, OSError):
+            while os.read(self._wake_r, 4096):
+                pass
+
+    def _kill_all(self) -> None:
+        for worker in self._workers:
+            with contextlib.suppress(OSError, ValueError):
+                worker.process.kill()
+            with contextlib.suppress(OSError, ValueError, AssertionError):
+                worker.process.join(REAP_SECONDS)
+            self._forget_conn(worker)
+
+    def _close_fds(self) -> None:
+        self._selector.close()
+        for fd in (self._wake_r, self._wake_w):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+    # -- interpreter exit ------------------------------------------------------------------
+
+    def _at_exit(self) -> None:
+        if self._exit_mode == "drain":
+            self.close()
+        else:
+            self.terminate()
+
+
+def _task_deadline(worker: WorkerHandle) -> float | None:
+    if worker.inflight and not worker.stopping:
+        timeout = worker.inflight[0].timeout
+        if timeout is not None:
+            return worker.head_started + timeout
+    return None
+
+
+def _resolve(
+    future: Future[Any], *, value: Any = None, error: BaseException | None = None
+) -> None:
+    """Settle a future that may already be settled (terminate races a late result)."""
+    try:
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(value)
+    except InvalidStateError:
+        pass
+
+
+def _exit_text(exitcode: int | None) -> str:
+    if exitcode is None:
+        return "disappeared"
+    if exitcode < 0:
+        try:
+            name = signal.Signals(-exitcode).name
+        except ValueError:
+            name = f"signal {-exitcode}"
+        return f"was killed by {name}"
+    return f"exited with code {exitcode}"
+
+
+def _likely_cause(exitcode: int | None) -> str:
+    if exitcode is None:
+        return ""
+    if exitcode == -signal.SIGKILL:
+        return (
+            " (likely the kernel's out-of-memory killer, see `dmesg`, or a `kill -9` from "
+            "outside)"
+        )
+    if exitcode in (-signal.SIGSEGV, -signal.SIGBUS, -signal.SIGILL, -signal.SIGFPE):
+        return " (a crash in native code: a C extension, ctypes, or the interpreter)"
+    if exitcode == -signal.SIGABRT:
+        return " (native code called abort(), e.g. a failed C assertion)"
+    if exitcode == -signal.SIGTERM:
+        return " (someone outside hookpool sent it SIGTERM)"
+    if exitcode >= 0:
+        return " (the task, or a library it called, ended the process with os._exit())"
+    return ""
+
+
+# -- interpreter exit: stop every live pool, giving finalizers their grace period ---------
+
+_live: weakref.WeakSet[Manager] = weakref.WeakSet()
+
+
+def _stop_all_at_exit() -> None:
+    managers = list(_live)
+    for manager in managers:
+        manager._at_exit()
+    deadline = time.monotonic() + TERMINATE_GRACE_SECONDS + REAP_SECONDS
+    for manager in managers:
+        manager.join(max(0.0, deadline - time.monotonic()))
+
+
+# Registered after multiprocessing.util's own exit hook, so it runs before it (LIFO).
+atexit.register(_stop_all_at_exit)

@@ -1,0 +1,317 @@
+"""``hookpool.Pool``: the ``multiprocessing.Pool`` facade, thin over the manager."""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from concurrent.futures import Future
+from typing import Any, ParamSpec, TypeVar
+
+from . import _protocol as wire
+from ._hooks import Hooks
+from ._manager import Manager, Task
+from ._results import AsyncResult, IMapIterator, MapResult, chunked, gather
+from ._serialize import callable_name, dumps, dumps_callable
+from ._spawn import available_cpus, check_not_bootstrapping, resolve
+
+__all__ = ["Pool"]
+
+T = TypeVar("T")
+R = TypeVar("R")
+P = ParamSpec("P")
+
+#: How many chunks per worker imap/imap_unordered keep submitted ahead of the consumer.
+IMAP_CHUNKS_PER_WORKER = 4
+
+
+class Pool:
+    """A process pool with the interface of ``multiprocessing.Pool``, always on spawn.
+
+    Args:
+        processes: number of workers; default: the CPUs this process may use.
+        initializer: called as ``initializer(*initargs)`` once in each worker, before its
+            first task. May be a lambda or a closure.
+        initargs: handed to each worker when it is spawned, so multiprocessing Locks,
+            Queues, Values, Arrays, pipe connections and shared memory made from a spawn
+            context pass by inheritance.
+        maxtasksperchild: a worker leaves (running its finalizer) after this many tasks and
+            is replaced.
+        context: a spawn or forkserver context, or its name. Fork is refused.
+        finalizer: called as ``finalizer(*finalargs)`` exactly once in every worker whose
+            initializer ran, whenever the worker leaves in an orderly way: ``close()`` and
+            ``join()``, recycling, ``terminate()`` and the ``with`` exit (within a grace
+            period), garbage collection of the pool, the parent exiting or dying.
+        finalargs: arguments for the finalizer, handed over like ``initargs``.
+
+    Differences from the standard library, on purpose: workers always start with spawn;
+    ``terminate()`` gives each worker a grace period to run its finalizer before killing
+    it; a worker that dies fails only the task it was running (``WorkerLostError``) and is
+    replaced, instead of hanging the pool; an initializer that raises breaks the pool
+    (``InitializerError``) instead of respawning workers forever; ``imap`` reads its input
+    lazily, a bounded number of chunks ahead of the consumer.
+    """
+
+    def __init__(
+        self,
+        processes: int | None = None,
+        initializer: Callable[..., object] | None = None,
+        initargs: Iterable[Any] = (),
+        maxtasksperchild: int | None = None,
+        context: Any = None,
+        *,
+        finalizer: Callable[..., object] | None = None,
+        finalargs: Iterable[Any] = (),
+    ) -> None:
+        check_not_bootstrapping()
+        ctx = resolve(context)
+        if processes is None:
+            processes = available_cpus()
+        if processes < 1:
+            raise ValueError("Number of processes must be at least 1")
+        if maxtasksperchild is not None and (
+            not isinstance(maxtasksperchild, int) or maxtasksperchild <= 0
+        ):
+            raise ValueError("maxtasksperchild must be a positive int or None")
+        hooks = Hooks.validate(initializer, initargs, finalizer, finalargs)
+        self._processes = processes
+        self._manager = Manager(
+            processes=processes,
+            hooks=hooks,
+            context=ctx,
+            maxtasksperchild=maxtasksperchild,
+            exit_mode="terminate",
+        )
+        self._iterators: weakref.WeakSet[IMapIterator[Any]] = weakref.WeakSet()
+        # Garbage collection of the pool terminates it (with the finalizer grace period),
+        # as the standard library's does.
+        weakref.finalize(self, self._manager.terminate)
+
+    # -- single calls ----------------------------------------------------------------------
+
+    def apply(
+        self, func: Callable[..., R], args: Iterable[Any] = (), kwds: Mapping[str, Any] = {}
+    ) -> R:
+        """Call ``func(*args, **kwds)`` in a worker and wait for the result."""
+        return self.apply_async(func, args, kwds).get()
+
+    def apply_async(
+        self,
+        func: Callable[..., R],
+        args: Iterable[Any] = (),
+        kwds: Mapping[str, Any] = {},
+        callback: Callable[[R], object] | None = None,
+        error_callback: Callable[[BaseException], object] | None = None,
+    ) -> AsyncResult[R]:
+        """Call ``func(*args, **kwds)`` in a worker; return an ``AsyncResult``.
+
+        The function and arguments are pickled here, in the calling thread: one that
+        cannot be pickled raises now, and the pool keeps working.
+        """
+        return AsyncResult(self._submit_call(func, tuple(args), dict(kwds)), callback, error_callback)
+
+    def submit(self, fn: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs) -> Future[R]:
+        """Call ``fn(*args, **kwargs)`` in a worker; return a ``concurrent.futures.Future``.
+
+        Usable with ``concurrent.futures.as_completed`` and ``wait``, and with
+        ``asyncio.wrap_future``. Cancelling it while it is still queued means it never runs.
+        """
+        return self._submit_call(fn, args, kwargs)
+
+    def _submit_call(
+        self, fn: Callable[..., R], args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Future[R]:
+        self._manager.check_running()
+        future: Future[R] = Future()
+        task = Task(
+            wire.CallKind.APPLY, dumps_callable(fn), dumps((args, kwargs)), future, callable_name(fn)
+        )
+        self._manager.submit(task)
+        return future
+
+    # -- maps ------------------------------------------------------------------------------
+
+    def map(
+        self, func: Callable[[T], R], iterable: Iterable[T], chunksize: int | None = None
+    ) -> list[R]:
+        """Like the builtin ``map``, run in the workers; returns a list, in order."""
+        return self.map_async(func, iterable, chunksize).get()
+
+    def map_async(
+        self,
+        func: Callable[[T], R],
+        iterable: Iterable[T],
+        chunksize: int | None = None,
+        callback: Callable[[list[R]], object] | None = None,
+        error_callback: Callable[[BaseException], object] | None = None,
+    ) -> MapResult[R]:
+        """Asynchronous ``map``: every chunk is pickled now, in the calling thread."""
+        return self._map_async(
+            func, iterable, chunksize, callback, error_callback, wire.CallKind.MAP, "map"
+        )
+
+    def starmap(
+        self,
+        func: Callable[..., R],
+        iterable: Iterable[Iterable[Any]],
+        chunksize: int | None = None,
+    ) -> list[R]:
+        """Like ``map``, but each item is unpacked as the arguments: ``func(*item)``."""
+        return self.starmap_async(func, iterable, chunksize).get()
+
+    def starmap_async(
+        self,
+        func: Callable[..., R],
+        iterable: Iterable[Iterable[Any]],
+        chunksize: int | None = None,
+        callback: Callable[[list[R]], object] | None = None,
+        error_callback: Callable[[BaseException], object] | None = None,
+    ) -> MapResult[R]:
+        """Asynchronous ``starmap``."""
+        return self._map_async(
+            func, iterable, chunksize, callback, error_callback, wire.CallKind.STARMAP, "starmap"
+        )
+
+    def _map_async(
+        self,
+        func: Callable[..., Any],
+        iterable: Iterable[Any],
+        chunksize: int | None,
+        callback: Callable[[list[Any]], object] | None,
+        error_callback: Callable[[BaseException], object] | None,
+        kind: wire.CallKind,
+        method: str,
+    ) -> MapResult[Any]:
+        self._manager.check_running()
+        items = iterable if isinstance(iterable, list | tuple) else list(iterable)
+        if chunksize is None:
+            chunksize, extra = divmod(len(items), self._processes * 4)
+            if extra:
+                chunksize += 1
+        elif chunksize < 1:
+            raise ValueError(f"Chunksize must be 1+, not {chunksize:n}")
+        tasks = self._chunk_tasks(func, kind, method, chunked(items, max(chunksize, 1)))
+        if tasks:
+            self._manager.submit_many(tasks)
+        return MapResult(gather([t.future for t in tasks]), callback, error_callback)
+
+    def _chunk_tasks(
+        self,
+        func: Callable[..., Any],
+        kind: wire.CallKind,
+        method: str,
+        chunks: Iterable[list[Any]],
+        first: int = 0,
+    ) -> list[Task]:
+        fn = dumps_callable(func)  # once for the whole map, not per chunk
+        name = callable_name(func)
+        tasks = []
+        for chunk in chunks:
+            tasks.append(
+                Task(kind, fn, dumps(chunk), Future(), name, items=(first, len(chunk), method))
+            )
+            first += len(chunk)
+        return tasks
+
+    def imap(
+        self, func: Callable[[T], R], iterable: Iterable[T], chunksize: int = 1
+    ) -> IMapIterator[R]:
+        """Lazy ``map``: results in order, input read a bounded number of chunks ahead."""
+        return self._imap(func, iterable, chunksize, ordered=True)
+
+    def imap_unordered(
+        self, func: Callable[[T], R], iterable: Iterable[T], chunksize: int = 1
+    ) -> IMapIterator[R]:
+        """Like ``imap``, but results come in the order they finish."""
+        return self._imap(func, iterable, chunksize, ordered=False)
+
+    def _imap(
+        self, func: Callable[..., R], iterable: Iterable[Any], chunksize: int, *, ordered: bool
+    ) -> IMapIterator[R]:
+        self._manager.check_running()
+        if chunksize < 1:
+            raise ValueError(f"Chunksize must be 1+, not {chunksize:n}")
+        fn = dumps_callable(func)
+        name = callable_name(func)
+        method = "imap" if ordered else "imap_unordered"
+        position = [0]
+
+        def submit(chunks: list[list[Any]]) -> list[Future[list[Any]]]:
+            tasks = []
+            futures: list[Future[list[Any]]] = []
+            for chunk in chunks:
+                future: Future[list[Any]] = Future()
+                futures.append(future)
+                items = (position[0], len(chunk), method)
+                position[0] += len(chunk)
+                try:
+                    args = dumps(chunk)
+                except Exception as exc:  # fails this chunk's results, not the pool
+                    future.set_exception(exc)
+                    continue
+                tasks.append(Task(wire.CallKind.MAP, fn, args, future, name, items=items))
+            if tasks:
+                self._manager.submit_many(tasks, while_closing=True)
+            return futures
+
+        iterator: IMapIterator[R] = IMapIterator(
+            chunked(iterable, chunksize),
+            submit,
+            window=IMAP_CHUNKS_PER_WORKER * self._processes,
+            ordered=ordered,
+        )
+        self._iterators.add(iterator)
+        return iterator
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Accept no more tasks; the workers leave (finalizers run) when the work is done.
+
+        Open ``imap`` iterators have their remaining input submitted now, so that their
+        results are still there after ``join()``, as with the standard library.
+        """
+        if self._manager.state.accepts_tasks:
+            for iterator in list(self._iterators):
+                iterator.feed_all()
+        self._manager.close()
+
+    def terminate(self) -> None:
+        """Stop now: queued tasks are cancelled, running ones fail with
+        ``PoolTerminatedError``. Each worker gets a grace period
+        (``TERMINATE_GRACE_SECONDS``) to run its finalizer before it is killed.
+        Returns when every worker is gone.
+        """
+        self._manager.terminate()
+        self._manager.join()
+
+    def join(self) -> None:
+        """Wait for the workers to leave. Call ``close()`` or ``terminate()`` first."""
+        if self._manager.state.accepts_tasks:
+            raise ValueError("Pool is still running")
+        self._manager.join()
+
+    def __enter__(self) -> Pool:
+        self._manager.check_running()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        """Terminate the pool, as the standard library's ``Pool.__exit__`` does."""
+        self.terminate()
+
+    def __repr__(self) -> str:
+        return (
+            f"<{type(self).__module__.split('.')[0]}.{type(self).__qualname__} "
+            f"state={self._manager.state.name} pool_size={self._processes}>"
+        )
+
+    def __reduce__(self) -> Any:
+        raise NotImplementedError(
+            "pool objects cannot be passed between processes or pickled"
+        )
+
+    # -- introspection -----------------------------------------------------------------------
+
+    @property
+    def worker_pids(self) -> list[int]:
+        """Process ids of the current workers."""
+        return self._manager.worker_pids()

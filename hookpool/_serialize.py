@@ -1,0 +1,289 @@
+"""Pickling of user data, and exceptions across the process boundary.
+
+The only importer of cloudpickle and tblib (both imported lazily, so a worker that never
+meets a lambda or an exception does not pay for them).
+
+* Plain pickle (protocol 5, with multiprocessing's reducers for connections and shared
+  memory) is the path for data and for functions importable by reference. Functions
+  defined in a spawn-importable ``__main__`` stay by reference, so they share the
+  worker's module globals with the initializer (loky/ray lose them, see FIELD-NOTES).
+* cloudpickle takes only what plain pickle cannot do right: lambdas, closures, local
+  classes, and definitions in an interactive ``__main__`` the workers cannot import.
+* Objects that may only reach a child by inheritance (Lock, Queue, Value...) are refused
+  with a message that says to pass them through ``initargs``; when the hooks are pickled
+  during spawn they pass, unless they were made for a fork context.
+"""
+
+from __future__ import annotations
+
+import functools
+import multiprocessing.context
+import multiprocessing.queues
+import multiprocessing.reduction
+import multiprocessing.sharedctypes
+import multiprocessing.synchronize
+import pickle
+import sys
+import traceback
+import types
+from io import BytesIO
+from typing import Any
+
+from ._errors import RemoteError, RemoteTraceback
+from ._protocol import ErrorReport
+
+__all__ = ["capture", "dumps", "loads", "rebuild"]
+
+_INHERITANCE_ONLY: tuple[type, ...] = (
+    multiprocessing.synchronize.SemLock,
+    multiprocessing.synchronize.Condition,
+    multiprocessing.synchronize.Event,
+    multiprocessing.synchronize.Barrier,
+    multiprocessing.queues.Queue,
+    multiprocessing.queues.SimpleQueue,
+    multiprocessing.sharedctypes.SynchronizedBase,
+)
+
+
+class _Pickler(multiprocessing.reduction.ForkingPickler):
+    """ForkingPickler that hands what plain pickle cannot do to cloudpickle."""
+
+    def reducer_override(self, obj: Any) -> Any:
+        kind = type(obj)
+        if kind is types.FunctionType or isinstance(obj, type):
+            if _by_value(obj):
+                return _loads_by_value, (_cloudpickle().dumps(obj, protocol=5),)
+        elif isinstance(obj, _INHERITANCE_ONLY):
+            _check_inheritable(obj)
+        return NotImplemented
+
+
+def dumps(obj: Any) -> bytes:
+    """Pickle ``obj`` for a worker, in the calling thread."""
+    buffer = BytesIO()
+    _Pickler(buffer, 5).dump(obj)
+    return buffer.getvalue()
+
+
+loads = pickle.loads
+
+
+def _loads_by_value(data: bytes) -> Any:
+    return _cloudpickle().loads(data)
+
+
+@functools.cache
+def _cloudpickle() -> types.ModuleType:
+    import cloudpickle
+
+    return cloudpickle
+
+
+def _by_value(obj: Any) -> bool:
+    """Whether a function or class must travel by value (cloudpickle), not by name."""
+    module_name = getattr(obj, "__module__", None)
+    qualname: str = getattr(obj, "__qualname__", "")
+    if module_name is None or "<" in qualname:  # <lambda>, <locals>
+        return True
+    if module_name in ("__main__", "__mp_main__") and not _main_importable():
+        return True
+    module = sys.modules.get(module_name)
+    if module is None:
+        return True
+    found: Any = module
+    for part in qualname.split("."):
+        found = getattr(found, part, None)
+    return found is not obj
+
+
+def _main_importable() -> bool:
+    """Whether spawned children re-import ``__main__`` (a script, or ``python -m``)."""
+    main = sys.modules.get("__main__")
+    if main is None:
+        return False
+    name = getattr(getattr(main, "__spec__", None), "name", None)
+    if name is not None:
+        # multiprocessing.spawn does not re-run a package's __main__ (`python -m pkg`).
+        return name != "__main__" and not name.endswith(".__main__")
+    return getattr(main, "__file__", None) is not None
+
+
+def _check_inheritable(obj: Any) -> None:
+    """Refuse a primitive sent as a task argument, or one made for a fork context."""
+    if multiprocessing.context.get_spawning_popen() is None:
+        name = type(obj).__name__
+        raise RuntimeError(
+            f"a multiprocessing {name} cannot be sent to a worker with a task: it may only "
+            f"be shared with a process by inheritance, when the process starts. Pass it "
+            f"through initargs instead, e.g. Pool(initializer=setup, initargs=(obj,)), "
+            f"and keep it in a global that setup() sets in each worker."
+        )
+    if isinstance(obj, multiprocessing.synchronize.SemLock) and _made_for_fork(obj):
+        raise ValueError(
+            f"this {type(obj).__name__} was created from a 'fork' multiprocessing "
+            f"context (often the default one: multiprocessing.{type(obj).__name__}()), "
+            f"but hookpool starts workers with 'spawn'; a child that used it would crash. "
+            f"Create it from the spawn context instead: "
+            f"multiprocessing.get_context('spawn').{type(obj).__name__}()."
+        )
+
+
+def _made_for_fork(lock: multiprocessing.synchronize.SemLock) -> bool:
+    flag = getattr(lock, "_is_fork_ctx", None)  # 3.11.7+
+    if flag is not None:
+        return bool(flag)
+    # Before that: a fork-context semaphore is unlinked at once and so has no name.
+    return getattr(lock._semlock, "name", None) is None  # type: ignore[attr-defined]
+
+
+# ---------------------------------------------------------------------------------------
+# Exceptions: captured in the worker, rebuilt in the caller.
+
+
+def capture(exc: BaseException, *, skip_frames: int = 0) -> ErrorReport:
+    """Describe ``exc`` and its cause chain in a form that always pickles."""
+    return _capture(exc, skip_frames, set())
+
+
+def _capture(exc: BaseException, skip_frames: int, seen: set[int]) -> ErrorReport:
+    seen.add(id(exc))
+    tb = exc.__traceback__
+    for _ in range(skip_frames):
+        if tb is not None and tb.tb_next is not None:
+            tb = tb.tb_next
+    text = "".join(traceback.format_exception(type(exc), exc, tb))
+    try:
+        data: bytes | None = dumps(exc)
+    except Exception:
+        data = None
+    frames = None
+    if tb is not None:
+        try:
+            from tblib import Traceback
+
+            frames = Traceback(tb).to_dict()
+        except Exception:  # pragma: no cover - tblib refuses an odd frame
+            frames = None
+    cause = exc.__cause__
+    context = exc.__context__
+    return ErrorReport(
+        type_name=_qualified_name(type(exc)),
+        message=_safe_str(exc),
+        traceback_text=text,
+        exception=data,
+        frames=frames,
+        cause=None if cause is None or id(cause) in seen else _capture(cause, 0, seen),
+        context=(
+            None
+            if context is None or context is cause or id(context) in seen
+            else _capture(context, 0, seen)
+        ),
+        suppress_context=exc.__suppress_context__,
+    )
+
+
+def rebuild(report: ErrorReport, *, remote_cause: bool = True) -> BaseException:
+    """The worker's exception, as itself where possible, with the worker's frames.
+
+    If its ``__cause__`` was not set by the worker's code, it is set to a
+    ``RemoteTraceback`` with the formatted worker traceback, as the standard library does.
+    """
+    exc: BaseException | None = None
+    if report.exception is not None:
+        try:
+            loaded = loads(report.exception)
+        except Exception:
+            loaded = None
+        if isinstance(loaded, BaseException):
+            exc = loaded
+    if exc is None:
+        exc = RemoteError(report.type_name, report.message, report.traceback_text)
+    if report.frames is not None:
+        try:
+            from tblib import Traceback
+
+            exc = exc.with_traceback(Traceback.from_dict(report.frames).as_traceback())
+        except Exception:  # pragma: no cover - keep the exception, lose the frames
+            pass
+    if report.cause is not None:
+        exc.__cause__ = rebuild(report.cause, remote_cause=False)
+    elif remote_cause:
+        exc.__cause__ = RemoteTraceback(report.traceback_text)
+    if report.context is not None:
+        exc.__context__ = rebuild(report.context, remote_cause=False)
+    exc.__suppress_context__ = report.suppress_context
+    return exc
+
+
+def _qualified_name(kind: type) -> str:
+    module = kind.__module__
+    if module in ("builtins", "__main__", "__mp_main__"):
+        return kind.__qualname__
+    return f"{module}.{kind.__qualname__}"
+
+
+def _safe_str(obj: object) -> str:
+    try:
+        return str(obj)
+    except Exception:
+        return f"<str() failed on a {type(obj).__name__}>"
+
+
+def describe(value: object, limit: int = 200) -> str:
+    """A short repr for error messages; never raises."""
+    try:
+        text = repr(value)
+    except Exception:
+        text = f"<{type(value).__name__} object (repr failed)>"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+class SpawnedHooks:
+    """The lifecycle hooks, pickled while a worker is being spawned.
+
+    Pickling here happens inside multiprocessing's spawn, so Locks, Queues, Values and
+    pipe connections in ``initargs`` pass by inheritance. The worker unpickles the data
+    itself (``load``), so that an error doing so is reported like an initializer error.
+    """
+
+    def __init__(self, hooks: Any) -> None:
+        self._hooks = hooks
+        self._data: bytes | None = None
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_spawned_hooks_from_bytes, (dumps(self._hooks),))
+
+    def load(self) -> Any:
+        if self._data is None:
+            return self._hooks
+        return loads(self._data)
+
+
+def _spawned_hooks_from_bytes(data: bytes) -> SpawnedHooks:
+    hooks = SpawnedHooks(None)
+    hooks._data = data
+    return hooks
+
+
+_CALLABLE_CACHE: dict[Any, bytes] = {}
+_CALLABLE_CACHE_SIZE = 256
+
+
+def dumps_callable(fn: Any) -> bytes:
+    """Pickle a task function. Functions importable by name are pickled once and cached
+    (their pickle is just the name); anything pickled by value is pickled every time,
+    since a closure's cells or a lambda's globals may have changed since."""
+    if type(fn) is types.FunctionType and not _by_value(fn):
+        data = _CALLABLE_CACHE.get(fn)
+        if data is None:
+            if len(_CALLABLE_CACHE) >= _CALLABLE_CACHE_SIZE:
+                _CALLABLE_CACHE.clear()
+            data = _CALLABLE_CACHE[fn] = dumps(fn)
+        return data
+    return dumps(fn)
+
+
+def callable_name(fn: Any) -> str:
+    """A readable name for a task function, for error messages."""
+    name = getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None)
+    return name if isinstance(name, str) else type(fn).__name__

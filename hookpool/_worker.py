@@ -1,0 +1,211 @@
+"""The worker process: its entry point and its loop.
+
+A worker imports only this module, ``_protocol``, ``_serialize``, ``_hooks`` and
+``_errors``: never the manager or the facades.
+
+Life of a worker::
+
+    spawn ──> load hooks ──> initializer ──> register Finalize ──> send Ready
+                   │              │
+                   └── raises ────┴──> send InitFailed, exit (no finalizer: none ran)
+
+    loop:  recv Call ──> run ──> send Done | Failed
+           recv Stop, pipe closed, or SIGTERM ──> leave the loop
+
+    leave: finalizer (exactly once; errors sent as FinalizerFailed) ──> exit
+
+Signals: SIGINT is ignored (Ctrl-C is the parent's business; workers do not print a
+traceback each). SIGTERM (``terminate()``, or the parent-watch thread when the parent
+dies) raises ``_StopWorker`` in the main thread, but only while the worker waits for work
+or runs a task. Anywhere else (initializer, sending a result, the finalizer) it is
+remembered and honoured at the next safe point, so a finalizer is never cut short by it.
+"""
+
+from __future__ import annotations
+
+import enum
+import itertools
+import multiprocessing
+import multiprocessing.connection
+import multiprocessing.util
+import os
+import signal
+import sys
+import threading
+from collections.abc import Callable
+from multiprocessing.connection import Connection
+from types import FrameType
+from typing import Any
+
+from . import _protocol as wire
+from ._errors import ResultEncodingError
+from ._hooks import Hooks
+from ._serialize import SpawnedHooks, capture, describe, dumps, loads
+
+__all__ = ["main"]
+
+_FUNCTION_CACHE_SIZE = 64
+_FINALIZE_PRIORITY = 100  # before multiprocessing's own exit-time finalizers
+
+
+class _StopWorker(SystemExit):
+    """Raised in the main thread by SIGTERM: leave now, running the finalizer."""
+
+
+class _Phase(enum.Enum):
+    STARTING = "starting"  # not yet initialized: SIGTERM is deferred
+    IDLE = "idle"  # waiting for a message: SIGTERM interrupts
+    RUNNING = "running"  # inside user task code: SIGTERM interrupts
+    BUSY = "busy"  # our own bookkeeping, sending a result: SIGTERM is deferred
+    LEAVING = "leaving"  # finalizer: SIGTERM is ignored
+
+
+def main(conn: Connection, hooks: SpawnedHooks) -> None:
+    """Entry point of a worker process (the target of its ``Process``)."""
+    _Worker(conn).run(hooks)
+
+
+class _Worker:
+    def __init__(self, conn: Connection) -> None:
+        self.conn = conn
+        self.phase = _Phase.STARTING
+        self.stop_requested = False
+        self.interrupted = False
+        self.functions: dict[bytes, Callable[..., Any]] = {}
+        self.send_lock = threading.Lock()
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    def run(self, spawned: SpawnedHooks) -> None:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, self._on_sigterm)
+        self._watch_parent()
+        finalizer = self._initialize(spawned)
+        if finalizer is None:
+            return
+        try:
+            self._serve()
+        except (EOFError, OSError):
+            pass  # the parent is gone: leave in an orderly way
+        finally:
+            self.phase = _Phase.LEAVING
+            finalizer()
+
+    def _initialize(self, spawned: SpawnedHooks) -> multiprocessing.util.Finalize | None:
+        """Run the initializer; register the finalizer; report Ready or InitFailed."""
+        try:
+            hooks: Hooks = spawned.load()
+            hooks.initialize()
+        except BaseException as exc:
+            self.phase = _Phase.LEAVING
+            self._send(wire.InitFailed(capture(exc, skip_frames=2)))
+            return None
+        finalizer = multiprocessing.util.Finalize(
+            None, self._finalize, (hooks,), exitpriority=_FINALIZE_PRIORITY
+        )
+        self._send(wire.Ready(os.getpid()))
+        return finalizer
+
+    def _finalize(self, hooks: Hooks) -> None:
+        """Run the user's finalizer; report an error it raises to the parent."""
+        self.phase = _Phase.LEAVING
+        try:
+            hooks.finalize()
+        except BaseException as exc:
+            report = capture(exc, skip_frames=2)
+            try:
+                self._send(wire.FinalizerFailed(os.getpid(), report))
+            except Exception:  # the parent is gone: stderr is all that is left
+                sys.stderr.write(
+                    f"hookpool: the finalizer raised in {multiprocessing.current_process().name}"
+                    f" (pid {os.getpid()}):\n{report.traceback_text}"
+                )
+
+    # -- the loop ----------------------------------------------------------------------
+
+    def _serve(self) -> None:
+        conn = self.conn
+        while True:
+            self.phase = _Phase.IDLE
+            if self.stop_requested:
+                return
+            message = wire.recv(conn)
+            self.phase = _Phase.BUSY
+            if type(message) is wire.Call:
+                self._call(message)
+            elif type(message) is wire.Stop:
+                return
+            else:
+                raise TypeError(f"unrecognized wire message: {message!r}")
+
+    def _call(self, call: wire.Call) -> None:
+        try:
+            fn = self._function(call.fn)
+            args = loads(call.args)
+            self.phase = _Phase.RUNNING
+            try:
+                result = _run(call.kind, fn, args)
+            finally:
+                self.phase = _Phase.BUSY
+            del fn, args
+        except _StopWorker:
+            raise
+        except BaseException as exc:
+            self._send(wire.Failed(call.task_id, capture(exc, skip_frames=2)))
+            if isinstance(exc, SystemExit):
+                raise
+            return
+        try:
+            data = dumps(result)
+        except BaseException as exc:
+            error = ResultEncodingError(f"{type(exc).__name__}: {exc}", describe(result))
+            error.__cause__ = exc
+            self._send(wire.Failed(call.task_id, capture(error)))
+            return
+        del result
+        self._send(wire.Done(call.task_id, wire.blob(data)))
+
+    def _function(self, data: wire.Blob) -> Callable[..., Any]:
+        key = bytes(data)
+        fn = self.functions.get(key)
+        if fn is None:
+            fn = loads(key)
+            if len(self.functions) >= _FUNCTION_CACHE_SIZE:
+                self.functions.clear()
+            self.functions[key] = fn
+        return fn
+
+    def _send(self, message: wire.Message) -> None:
+        with self.send_lock:
+            wire.send(self.conn, message)
+
+    # -- signals and the parent --------------------------------------------------------
+
+    def _on_sigterm(self, signum: int, frame: FrameType | None) -> None:
+        self.stop_requested = True
+        if self.phase in (_Phase.IDLE, _Phase.RUNNING) and not self.interrupted:
+            self.interrupted = True
+            raise _StopWorker(0)
+
+    def _watch_parent(self) -> None:
+        """Leave when the parent dies, even while a task is running (no orphans)."""
+        parent = multiprocessing.parent_process()
+        sentinel = getattr(parent, "sentinel", None)
+        if sentinel is None:  # pragma: no cover - start methods without a parent sentinel
+            return
+
+        def watch() -> None:
+            multiprocessing.connection.wait([sentinel])
+            os.kill(os.getpid(), signal.SIGTERM)
+
+        threading.Thread(target=watch, name="hookpool-parent-watch", daemon=True).start()
+
+
+def _run(kind: wire.CallKind, fn: Callable[..., Any], args: Any) -> Any:
+    if kind is wire.CallKind.APPLY:
+        return fn(*args[0], **args[1])
+    if kind is wire.CallKind.MAP:
+        return list(map(fn, args))
+    if kind is wire.CallKind.STARMAP:
+        return list(itertools.starmap(fn, args))
+    raise TypeError(f"unrecognized call kind: {kind!r}")
