@@ -142,6 +142,8 @@ class WorkerHandle:
     avg_seconds: float = 0.0
     #: SIGKILL at this monotonic time if still alive (after a stop request).
     kill_at: float | None = None
+    #: Its sentinel fired and it was reaped.
+    exited: bool = False
 
 
 class Manager:
@@ -300,13 +302,12 @@ class Manager:
             if not self._workers and self._state is not PoolState.RUNNING:
                 return
             for key, _ in self._selector.select(self._seconds_to_next_deadline()):
-                worker = key.data
-                if worker is None:
+                if key.data is None:
                     self._drain_wakeups()
-                elif key.fd == worker.process.sentinel:
-                    self._on_exit(worker)
-                else:
-                    self._on_readable(worker)
+                    continue
+                handler, worker = key.data
+                if not worker.exited:  # it may have left earlier in this same batch
+                    handler(worker)
             self._check_deadlines()
 
     def _advance(self) -> None:
@@ -473,8 +474,10 @@ class Manager:
         assert process.pid is not None
         worker = WorkerHandle(name=name, process=process, conn=parent_end, pid=process.pid)
         self._workers.append(worker)
-        self._selector.register(parent_end.fileno(), selectors.EVENT_READ, worker)
-        self._selector.register(process.sentinel, selectors.EVENT_READ, worker)
+        self._selector.register(
+            parent_end.fileno(), selectors.EVENT_READ, (self._on_readable, worker)
+        )
+        self._selector.register(process.sentinel, selectors.EVENT_READ, (self._on_exit, worker))
         return worker
 
     def _stop_worker(self, worker: WorkerHandle, *, signal_it: bool) -> None:
@@ -497,6 +500,7 @@ class Manager:
         if not worker.conn_closed:
             self._on_readable(worker)  # results it sent before leaving still count
             self._forget_conn(worker)
+        worker.exited = True
         self._selector.unregister(worker.process.sentinel)
         worker.process.join(REAP_SECONDS)
         exitcode = worker.process.exitcode

@@ -1,0 +1,89 @@
+"""Shared fixtures: every pool a test makes is torn down, bounded, and checked for leaks."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import hookpool
+import hookpool._manager
+
+HERE = Path(__file__).parent
+
+
+@pytest.fixture(autouse=True)
+def _short_grace(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Keep terminate's finalizer grace period short in tests (it is a module constant)."""
+    monkeypatch.setattr(hookpool._manager, "TERMINATE_GRACE_SECONDS", 3.0)
+
+
+@pytest.fixture
+def make_pool() -> Iterator[Callable[..., hookpool.Pool]]:
+    """Build pools; at teardown terminate them and check that no worker is left alive."""
+    pools: list[hookpool.Pool] = []
+
+    def make(*args: Any, **kwargs: Any) -> hookpool.Pool:
+        pool = hookpool.Pool(*args, **kwargs)
+        pools.append(pool)
+        return pool
+
+    yield make
+    pids = [pid for pool in pools for pid in pool.worker_pids]
+    for pool in pools:
+        pool.terminate()
+    assert_gone(pids)
+
+
+def assert_gone(pids: list[int], timeout: float = 10.0) -> None:
+    """Every pid in ``pids`` has exited (and been reaped) within ``timeout``."""
+    deadline = time.monotonic() + timeout
+    alive = list(pids)
+    while alive and time.monotonic() < deadline:
+        alive = [pid for pid in alive if _alive(pid)]
+        if alive:
+            time.sleep(0.05)
+    assert not alive, f"worker processes still alive: {alive}"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            state = f.read().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state != "Z"
+
+
+def run_script(
+    source: str, tmp_path: Path, *, timeout: float = 60, args: tuple[str, ...] = ()
+) -> Any:
+    """Run ``source`` as a real ``__main__`` script with this interpreter."""
+    import subprocess
+
+    script = tmp_path / "script.py"
+    script.write_text(source)
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(HERE), env.get("PYTHONPATH", "")])
+    return subprocess.run(
+        [sys.executable, str(script), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=tmp_path,
+        env=env,
+    )
+
+
+def no_hookpool_threads() -> bool:
+    return not any(t.name.endswith("-manager") for t in threading.enumerate())
+
+
+__all__ = ["assert_gone", "multiprocessing", "run_script"]

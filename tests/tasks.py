@@ -1,0 +1,70 @@
+"""Module-level task functions that workers import by name (tests/ is on sys.path)."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+
+def square(x: int) -> int:
+    return x * x
+
+
+def add(a: int, b: int) -> int:
+    return a + b
+
+
+def identity(x: Any) -> Any:
+    return x
+
+
+def pid(_: object = None) -> int:
+    return os.getpid()
+
+
+def sleep_then(seconds: float, value: Any = None) -> Any:
+    time.sleep(seconds)
+    return value
+
+
+def fail_at(x: int, bad: int) -> int:
+    if x == bad:
+        raise ValueError(f"bad item {x}")
+    return x
+
+
+def raise_value_error(message: str = "boom") -> None:
+    raise ValueError(message)
+
+
+# -- hooks that count in files, so a test can see every worker's lifecycle ---------------
+
+_state: dict[str, Any] = {}
+
+
+def init_record(directory: str) -> None:
+    """Initializer: remember the directory, write an init marker for this worker."""
+    _state["dir"] = directory
+    Path(directory, f"init-{os.getpid()}").write_text("1")
+
+
+def fin_record(directory: str) -> None:
+    """Finalizer: write a fin marker; count repeated runs in the same file."""
+    path = Path(directory, f"fin-{os.getpid()}")
+    count = int(path.read_text()) if path.exists() else 0
+    path.write_text(str(count + 1))
+
+
+def counts(directory: str) -> tuple[dict[str, int], dict[str, int]]:
+    """(init markers, fin markers) as {pid: times}."""
+    inits: dict[str, int] = {}
+    fins: dict[str, int] = {}
+    for path in Path(directory).iterdir():
+        kind, _, who = path.name.partition("-")
+        if kind == "init":
+            inits[who] = int(path.read_text())
+        elif kind == "fin":
+            fins[who] = int(path.read_text())
+    return inits, fins
