@@ -194,7 +194,9 @@ def _make_hookpool_ppe() -> Adapter:
 def _make_loky() -> Adapter:
     import loky
 
-    return ExecutorAdapter(lambda: loky.ProcessPoolExecutor(max_workers=WORKERS), supports_lambda=True)
+    return ExecutorAdapter(
+        lambda: loky.ProcessPoolExecutor(max_workers=WORKERS), supports_lambda=True
+    )
 
 
 @dataclass(frozen=True)

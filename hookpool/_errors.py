@@ -22,8 +22,13 @@ from __future__ import annotations
 
 import concurrent.futures
 import multiprocessing
-import multiprocessing.pool
 from concurrent.futures.process import BrokenProcessPool
+from multiprocessing.pool import (  # type: ignore[attr-defined]  # missing from typeshed
+    MaybeEncodingError,
+)
+from multiprocessing.pool import (  # type: ignore[attr-defined]
+    RemoteTraceback as _StdRemoteTraceback,
+)
 
 __all__ = [
     "HookpoolError",
@@ -100,7 +105,7 @@ class RemoteError(HookpoolError):
         )
 
 
-class ResultEncodingError(HookpoolError, multiprocessing.pool.MaybeEncodingError):
+class ResultEncodingError(HookpoolError, MaybeEncodingError):  # type: ignore[misc]
     """The task's result could not be pickled in the worker or unpickled in the caller.
 
     A subclass of ``multiprocessing.pool.MaybeEncodingError``, as the standard library's
@@ -134,7 +139,7 @@ if not issubclass(TaskTimeoutError, concurrent.futures.TimeoutError):  # pragma:
         """A task ran longer than its timeout: its worker was stopped and replaced."""
 
 
-class RemoteTraceback(multiprocessing.pool.RemoteTraceback):
+class RemoteTraceback(_StdRemoteTraceback):  # type: ignore[misc]
     """The worker's formatted traceback, attached as ``__cause__`` like the standard library.
 
     hookpool attaches it only where the worker's exception had no ``__cause__`` of its

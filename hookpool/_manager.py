@@ -60,7 +60,6 @@ import signal
 import threading
 import time
 import weakref
-from collections.abc import Callable
 from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
@@ -522,9 +521,7 @@ class Manager:
                 )
             )
 
-    def _lost_error(
-        self, worker: WorkerHandle, task: Task, exitcode: int | None
-    ) -> BaseException:
+    def _lost_error(self, worker: WorkerHandle, task: Task, exitcode: int | None) -> BaseException:
         if worker.kill_at is not None and self._state is PoolState.TERMINATING:
             return PoolTerminatedError("the pool was terminated while this task was running")
         return WorkerLostError(
@@ -641,9 +638,7 @@ def _task_deadline(worker: WorkerHandle) -> float | None:
     return None
 
 
-def _resolve(
-    future: Future[Any], *, value: Any = None, error: BaseException | None = None
-) -> None:
+def _resolve(future: Future[Any], *, value: Any = None, error: BaseException | None = None) -> None:
     """Settle a future that may already be settled (terminate races a late result)."""
     try:
         if error is not None:
@@ -671,8 +666,7 @@ def _likely_cause(exitcode: int | None) -> str:
         return ""
     if exitcode == -signal.SIGKILL:
         return (
-            " (likely the kernel's out-of-memory killer, see `dmesg`, or a `kill -9` from "
-            "outside)"
+            " (likely the kernel's out-of-memory killer, see `dmesg`, or a `kill -9` from outside)"
         )
     if exitcode in (-signal.SIGSEGV, -signal.SIGBUS, -signal.SIGILL, -signal.SIGFPE):
         return " (a crash in native code: a C extension, ctypes, or the interpreter)"

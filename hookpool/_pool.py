@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import weakref
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import Future
 from typing import Any, ParamSpec, TypeVar
 
@@ -107,7 +107,8 @@ class Pool:
         The function and arguments are pickled here, in the calling thread: one that
         cannot be pickled raises now, and the pool keeps working.
         """
-        return AsyncResult(self._submit_call(func, tuple(args), dict(kwds)), callback, error_callback)
+        future = self._submit_call(func, tuple(args), dict(kwds))
+        return AsyncResult(future, callback, error_callback)
 
     def submit(self, fn: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs) -> Future[R]:
         """Call ``fn(*args, **kwargs)`` in a worker; return a ``concurrent.futures.Future``.
@@ -122,9 +123,8 @@ class Pool:
     ) -> Future[R]:
         self._manager.check_running()
         future: Future[R] = Future()
-        task = Task(
-            wire.CallKind.APPLY, dumps_callable(fn), dumps((args, kwargs)), future, callable_name(fn)
-        )
+        fn_data = dumps_callable(fn)
+        task = Task(wire.CallKind.APPLY, fn_data, dumps((args, kwargs)), future, callable_name(fn))
         self._manager.submit(task)
         return future
 
@@ -305,9 +305,7 @@ class Pool:
         )
 
     def __reduce__(self) -> Any:
-        raise NotImplementedError(
-            "pool objects cannot be passed between processes or pickled"
-        )
+        raise NotImplementedError("pool objects cannot be passed between processes or pickled")
 
     # -- introspection -----------------------------------------------------------------------
 

@@ -76,7 +76,8 @@ def _loads_by_value(data: bytes) -> Any:
 def _cloudpickle() -> types.ModuleType:
     import cloudpickle
 
-    return cloudpickle
+    module: types.ModuleType = cloudpickle
+    return module
 
 
 def _by_value(obj: Any) -> bool:

@@ -18,7 +18,7 @@ __all__ = ["ALLOWED_START_METHODS", "available_cpus", "check_not_bootstrapping",
 
 ALLOWED_START_METHODS = ("spawn", "forkserver")
 
-SpawnContext = multiprocessing.context.BaseContext
+SpawnContext = multiprocessing.context.SpawnContext | multiprocessing.context.ForkServerContext
 
 
 def resolve(context: object) -> SpawnContext:
@@ -46,7 +46,9 @@ def resolve(context: object) -> SpawnContext:
             f"were in, and primitives made for one start method crash in children of "
             f"another. Pass context=None (spawn) or 'forkserver'."
         )
-    return multiprocessing.get_context(method)
+    if method == "forkserver":
+        return multiprocessing.get_context("forkserver")
+    return multiprocessing.get_context("spawn")
 
 
 def available_cpus() -> int:

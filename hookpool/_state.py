@@ -38,9 +38,7 @@ class PoolState(enum.Enum):
 
 
 _TRANSITIONS: dict[PoolState, frozenset[PoolState]] = {
-    PoolState.RUNNING: frozenset(
-        {PoolState.CLOSING, PoolState.TERMINATING, PoolState.BROKEN}
-    ),
+    PoolState.RUNNING: frozenset({PoolState.CLOSING, PoolState.TERMINATING, PoolState.BROKEN}),
     PoolState.CLOSING: frozenset({PoolState.TERMINATING, PoolState.BROKEN, PoolState.STOPPED}),
     PoolState.TERMINATING: frozenset({PoolState.BROKEN, PoolState.STOPPED}),
     PoolState.BROKEN: frozenset(),

@@ -1,0 +1,945 @@
+#!/usr/bin/env python3
+"""Benchmark hookpool against the standard library's spawn pools (and others, if installed).
+
+Run from anywhere:
+
+    python benchmarks/run.py                 # full run, ~5-10 min on 2 cores
+    python benchmarks/run.py --quick         # smaller sizes, 3 repeats, ~2 min
+    python benchmarks/run.py --only map,imap --json out.json --markdown out.md
+
+Every sample runs in a fresh child process (``_child.py``) in its own process
+group, so each library starts from the same cold state, a hung library is killed
+after its time limit and reported as ``FAILED/timeout``, and leftover worker
+processes are detected and cleaned up. Libraries are interleaved within each
+repeat (rotating the order), and each cell is the median over the repeats.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime as dt
+import importlib.metadata
+import importlib.util
+import json
+import os
+import platform
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from statistics import median
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+if str(HERE) not in sys.path:  # e.g. when started as ``python -m benchmarks.run``
+    sys.path.insert(0, str(HERE))
+
+from _adapters import LIBRARIES, WORKERS  # noqa: E402
+
+EXIT_GRACE_S = 10.0
+"""How long a child may take to exit after writing its result before it is killed."""
+
+LEAK_GRACE_S = 2.0
+"""How long leftover processes of a finished child may linger (e.g. resource tracker)."""
+
+
+# --------------------------------------------------------------------------- configuration
+
+
+@dataclass(frozen=True)
+class Sizes:
+    repeats: int
+    cell_budget_s: float
+    """Stop repeating a (case, library) cell once it has used this much wall time."""
+    map_default_n: int
+    map_cs1_n: int
+    submit_n: int
+    latency_samples: int
+    latency_idle_s: float
+    imap_n: int
+    imap_chunksize: int
+    transfer_mib: int
+    transfer_rounds: int
+    lambda_n: int
+    lambda_chunksize: int
+    cpu_tasks: int
+    cpu_task_ms: float
+    timeout_s: float
+    """Default per-sample time limit; some cases get a multiple of it."""
+
+
+FULL = Sizes(
+    repeats=5,
+    cell_budget_s=40.0,
+    map_default_n=100_000,
+    map_cs1_n=10_000,
+    submit_n=10_000,
+    latency_samples=200,
+    latency_idle_s=0.002,
+    imap_n=1_000_000,
+    imap_chunksize=1000,
+    transfer_mib=64,
+    transfer_rounds=3,
+    lambda_n=10_000,
+    lambda_chunksize=1,
+    cpu_tasks=200,
+    cpu_task_ms=20.0,
+    timeout_s=120.0,
+)
+
+QUICK = Sizes(
+    repeats=3,
+    cell_budget_s=6.0,
+    map_default_n=20_000,
+    map_cs1_n=2_000,
+    submit_n=2_000,
+    latency_samples=50,
+    latency_idle_s=0.002,
+    imap_n=200_000,
+    imap_chunksize=1000,
+    transfer_mib=64,
+    transfer_rounds=2,
+    lambda_n=2_000,
+    lambda_chunksize=1,
+    cpu_tasks=40,
+    cpu_task_ms=20.0,
+    timeout_s=45.0,
+)
+
+
+@dataclass(frozen=True)
+class Case:
+    """One child-process measurement; a workload (``group``) has one or more cases."""
+
+    name: str
+    group: str
+    params: dict[str, Any]
+    timeout_s: float
+    extra_libs: tuple[str, ...] = ()
+    requires: str | None = None
+    """A module that must be importable (e.g. numpy), else the case is skipped."""
+
+
+@dataclass(frozen=True)
+class Row:
+    """One line of the results table, read from one metric of one case."""
+
+    case: str
+    metric: str
+    label: str
+    kind: str
+    """'ratio' (hookpool/Pool <= limit), 'info' (no target), 'lambda' (hookpool lambda /
+    hookpool function <= limit), 'bounded' (hookpool value <= limit items) or 'speedup'
+    (serial time / time >= limit)."""
+    limit: float | None = None
+    unit: str = "s"
+    """How raw values are shown: 's' (auto ms/µs/s), 'items', 'bytes' or 'x'."""
+
+
+def build_cases(z: Sizes, cpu: tuple[int, int] | None, timeout: float | None) -> list[Case]:
+    t = timeout or z.timeout_s
+    long_t = timeout or 2 * z.timeout_s
+    cases = [
+        Case("startup", "startup", {}, t),
+        Case("map_default", "map", {"n": z.map_default_n, "chunksize": None}, long_t),
+        Case("map_cs1", "map", {"n": z.map_cs1_n, "chunksize": 1}, t),
+        Case("submit", "submit", {"n": z.submit_n}, t),
+        Case("latency", "submit", {"samples": z.latency_samples, "idle_s": z.latency_idle_s}, t),
+        Case("imap", "imap", {"n": z.imap_n, "chunksize": z.imap_chunksize}, long_t),
+        Case(
+            "transfer_bytes",
+            "transfer",
+            {"kind": "bytes", "mib": z.transfer_mib, "rounds": z.transfer_rounds},
+            t,
+        ),
+        Case(
+            "transfer_numpy",
+            "transfer",
+            {"kind": "numpy", "mib": z.transfer_mib, "rounds": z.transfer_rounds},
+            t,
+            requires="numpy",
+        ),
+        Case("lambda", "lambda", {"n": z.lambda_n, "chunksize": z.lambda_chunksize}, long_t),
+    ]
+    if cpu is not None:
+        loops, expected = cpu
+        params = {"tasks": z.cpu_tasks, "loops": loops, "expected": expected}
+        cases.append(Case("cpu", "cpu", params, long_t, extra_libs=("serial",)))
+    return cases
+
+
+def build_rows(z: Sizes) -> list[Row]:
+    def k(n: int) -> str:
+        return f"{n // 1000}k" if n % 1000 == 0 and n < 1_000_000 else f"{n / 1e6:g}M"
+
+    return [
+        Row("startup", "startup", "startup → first result", "ratio", 0.9),
+        Row("startup", "shutdown", "shutdown (close + join)", "info"),
+        Row("map_default", "map", f"map {k(z.map_default_n)} items, default chunksize",
+            "ratio", 1.0),
+        Row("map_cs1", "map", f"map {k(z.map_cs1_n)} items, chunksize=1", "ratio", 0.9),
+        Row("submit", "per_task", f"apply_async/submit {k(z.submit_n)} tasks, per task",
+            "ratio", 0.6),
+        Row("latency", "latency", "single-task latency, idle pool", "ratio", 0.7),
+        Row("imap", "time", f"imap {k(z.imap_n)} lazy items, chunksize={z.imap_chunksize}",
+            "ratio", 1.2),
+        Row("imap", "max_ahead", "imap read-ahead: max(produced - consumed)", "bounded",
+            0.1 * z.imap_n, unit="items"),
+        Row("imap", "rss_growth", "imap peak parent RSS growth", "info", unit="bytes"),
+        Row("transfer_bytes", "roundtrip", f"{z.transfer_mib} MiB bytes round trip",
+            "ratio", 0.5),
+        Row("transfer_numpy", "roundtrip", f"{z.transfer_mib} MiB numpy array round trip",
+            "ratio", 0.5),
+        Row("lambda", "map_function",
+            f"map {k(z.lambda_n)} items, module function, chunksize={z.lambda_chunksize}",
+            "info"),
+        Row("lambda", "map_lambda", "same map with a closure (lambda)", "lambda", 1.1),
+        Row("cpu", "time", f"CPU: {z.cpu_tasks} x {z.cpu_task_ms:g} ms tasks, speedup vs serial",
+            "speedup", 1.9, unit="x"),
+    ]
+
+
+# --------------------------------------------------------------------------- results
+
+
+@dataclass
+class Failure:
+    error: str
+    detail: str
+    repeat: int
+    log_tail: str = ""
+
+
+@dataclass
+class Cell:
+    """All samples of one (case, library) pair."""
+
+    samples: list[dict[str, float]] = field(default_factory=list)
+    failures: list[Failure] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    wall_s: float = 0.0
+    skipped: str | None = None
+
+    def value(self, metric: str) -> float | None:
+        values = [s[metric] for s in self.samples if metric in s]
+        return median(values) if values else None
+
+    def count(self, metric: str) -> int:
+        return sum(metric in s for s in self.samples)
+
+    def failure_text(self) -> str | None:
+        if not self.failures:
+            return None
+        f = self.failures[0]
+        return "FAILED/timeout" if f.error == "timeout" else f"ERROR ({f.error})"
+
+
+@dataclass
+class Outcome:
+    ok: bool
+    metrics: dict[str, float]
+    error: str = ""
+    detail: str = ""
+    log_tail: str = ""
+    notes: list[str] = field(default_factory=list)
+    wall_s: float = 0.0
+
+
+# --------------------------------------------------------------------------- child processes
+
+
+def child_env() -> dict[str, str]:
+    env = dict(os.environ)
+    parts = [str(HERE), str(REPO)]
+    if env.get("PYTHONPATH"):
+        parts.append(env["PYTHONPATH"])
+    env["PYTHONPATH"] = os.pathsep.join(parts)
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def group_members(pgid: int) -> list[int]:
+    """Live (non-zombie) processes in process group ``pgid`` (Linux /proc; else best effort)."""
+    proc = Path("/proc")
+    if not proc.is_dir():
+        try:
+            os.killpg(pgid, 0)
+        except (ProcessLookupError, PermissionError):
+            return []
+        return [pgid]
+    members = []
+    for entry in proc.iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rfind(")") + 2 :].split()
+        if len(fields) > 2 and fields[0] != "Z" and int(fields[2]) == pgid:
+            members.append(int(entry.name))
+    return members
+
+
+def kill_group(pgid: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, signal.SIGKILL)
+
+
+def reap_group(pgid: int, grace_s: float) -> int:
+    """Wait up to ``grace_s`` for the group to empty; kill what is left; return that count."""
+    end = time.monotonic() + grace_s
+    members = group_members(pgid)
+    while members and time.monotonic() < end:
+        time.sleep(0.05)
+        members = group_members(pgid)
+    if members:
+        kill_group(pgid)
+    return len(members)
+
+
+def run_child(case: Case, lib: str, repeat: int, workdir: Path) -> Outcome:
+    stem = f"{case.name}-{lib}-{repeat}"
+    out_path = workdir / f"{stem}.result.json"
+    log_path = workdir / f"{stem}.log"
+    spec_path = workdir / f"{stem}.spec.json"
+    deadline_s = max(5.0, case.timeout_s - 3.0)
+    spec = {
+        "case": case.name,
+        "lib": lib,
+        "params": {**case.params, "repeat": repeat},
+        "deadline_s": deadline_s,
+        "out": str(out_path),
+    }
+    spec_path.write_text(json.dumps(spec))
+    notes: list[str] = []
+    start = time.monotonic()
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, str(HERE / "_child.py"), str(spec_path)],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=child_env(),
+            cwd=REPO,
+            start_new_session=True,
+        )
+        hard_end = start + case.timeout_s + 5.0
+        result_seen: float | None = None
+        killed_for_timeout = False
+        while True:
+            try:
+                proc.wait(timeout=0.2)
+                break
+            except subprocess.TimeoutExpired:
+                pass
+            now = time.monotonic()
+            if result_seen is None and out_path.exists():
+                result_seen = now
+            if result_seen is not None and now - result_seen > EXIT_GRACE_S:
+                notes.append(f"did not exit within {EXIT_GRACE_S:.0f} s after its result; killed")
+                kill_group(proc.pid)
+                proc.wait()
+                break
+            if now > hard_end:
+                killed_for_timeout = True
+                kill_group(proc.pid)
+                proc.wait()
+                break
+    wall = time.monotonic() - start
+    leaked = reap_group(proc.pid, LEAK_GRACE_S)
+    log_tail = log_path.read_text(errors="replace")[-3000:]
+    if out_path.exists():
+        result = json.loads(out_path.read_text())
+    elif killed_for_timeout:
+        result = {"ok": False, "error": "timeout",
+                  "detail": f"killed after {case.timeout_s:.0f} s (no result written)"}
+    else:
+        result = {"ok": False, "error": "crash",
+                  "detail": f"child exited with code {proc.returncode} without a result"}
+    if result["ok"] and leaked:
+        notes.append(f"{leaked} process(es) still alive {LEAK_GRACE_S:.0f} s after exit; killed")
+    return Outcome(
+        ok=bool(result["ok"]),
+        metrics=result.get("metrics", {}),
+        error=result.get("error", ""),
+        detail=result.get("detail", ""),
+        log_tail="" if result["ok"] else log_tail,
+        notes=notes,
+        wall_s=wall,
+    )
+
+
+def probe_hookpool_executor() -> tuple[bool, str]:
+    """Does ``hookpool.ProcessPoolExecutor`` exist? Checked in a child, bounded in time."""
+    code = "import hookpool; hookpool.ProcessPoolExecutor"
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-c", code], env=child_env(), cwd=REPO, capture_output=True,
+            text=True, timeout=60, stdin=subprocess.DEVNULL,
+        )
+    except subprocess.TimeoutExpired:
+        return False, "import hookpool timed out"
+    if proc.returncode == 0:
+        return True, ""
+    lines = proc.stderr.strip().splitlines()
+    return False, lines[-1] if lines else f"exit code {proc.returncode}"
+
+
+# --------------------------------------------------------------------------- calibration
+
+
+def calibrate_spin(task_ms: float) -> tuple[int, int]:
+    """Loop count for ``_tasks.spin`` so one call takes ``task_ms`` here, and its result."""
+    from _tasks import spin
+
+    def timed(loops: int) -> float:
+        samples = []
+        for _ in range(3):
+            t0 = time.perf_counter()
+            spin(loops)
+            samples.append(time.perf_counter() - t0)
+        return median(samples)
+
+    loops = 10_000
+    while (elapsed := timed(loops)) < 0.005:
+        loops *= 4
+    for _ in range(2):
+        loops = max(1, round(loops * (task_ms / 1000) / elapsed))
+        elapsed = timed(loops)
+    return loops, spin(loops)
+
+
+# --------------------------------------------------------------------------- machine info
+
+
+def _first_line(path: str, key: str) -> str | None:
+    try:
+        for line in Path(path).read_text().splitlines():
+            if line.startswith(key):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return None
+
+
+def _version(dist: str) -> str | None:
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def machine_info() -> dict[str, Any]:
+    try:
+        affinity: int | None = len(os.sched_getaffinity(0))
+    except AttributeError:
+        affinity = None
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True,
+            timeout=10, check=True, stdin=subprocess.DEVNULL,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        commit = "unknown"
+    mem = _first_line("/proc/meminfo", "MemTotal")
+    return {
+        "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "platform": platform.platform(),
+        "python": f"{platform.python_implementation()} {platform.python_version()}",
+        "cpu_count": os.cpu_count(),
+        "cpu_affinity": affinity,
+        "cpu_model": _first_line("/proc/cpuinfo", "model name") or platform.processor(),
+        "memory": f"{int(mem.split()[0]) / 2**20:.1f} GiB" if mem else None,
+        "commit": commit,
+        "versions": {
+            name: v
+            for name in ("hookpool", "cloudpickle", "numpy", "loky", "pebble", "mpire")
+            if (v := _version(name))
+        },
+    }
+
+
+# --------------------------------------------------------------------------- formatting
+
+
+def fmt_value(value: float, unit: str) -> str:
+    if unit == "items":
+        return f"{value:,.0f}"
+    if unit == "bytes":
+        return f"{value / 2**20:.1f} MiB"
+    if unit == "x":
+        return f"{value:.2f}x"
+    if value >= 10:
+        return f"{value:.1f} s"
+    if value >= 1e-3:
+        ms = value * 1e3
+        return f"{ms:.0f} ms" if ms >= 100 else f"{ms:.3g} ms"
+    us = value * 1e6
+    return f"{us:.0f} µs" if us >= 100 else f"{us:.3g} µs"
+
+
+@dataclass
+class TableRow:
+    label: str
+    cells: dict[str, str]
+    values: dict[str, float | None]
+    ratio: float | None
+    ratio_ppe: float | None
+    target: str
+    verdict: str
+
+
+class Report:
+    def __init__(
+        self,
+        sizes: Sizes,
+        cases: list[Case],
+        libs: list[str],
+        results: dict[str, dict[str, Cell]],
+        serial_note: str | None,
+    ) -> None:
+        self.sizes = sizes
+        self.cases = {c.name: c for c in cases}
+        self.libs = libs
+        self.results = results
+        self.serial_note = serial_note
+
+    def cell(self, case: str, lib: str) -> Cell | None:
+        return self.results.get(case, {}).get(lib)
+
+    def raw(self, case: str, lib: str, metric: str) -> float | None:
+        cell = self.cell(case, lib)
+        if cell is None or cell.failures:
+            return None
+        return cell.value(metric)
+
+    def display_value(self, row: Row, lib: str) -> float | None:
+        value = self.raw(row.case, lib, row.metric)
+        if row.kind != "speedup" or value is None:
+            return value
+        serial = self.raw(row.case, "serial", row.metric)
+        return serial / value if serial is not None and value > 0 else None
+
+    def cell_text(self, row: Row, lib: str) -> str:
+        cell = self.cell(row.case, lib)
+        if cell is None:
+            return "—"
+        if cell.skipped:
+            return cell.skipped
+        if (text := cell.failure_text()) is not None:
+            return text
+        if row.kind == "lambda" and not cell.count(row.metric):
+            return "n/a"
+        value = self.display_value(row, lib)
+        if value is None:
+            return "n/a"
+        text = fmt_value(value, row.unit)
+        if cell.count(row.metric) < self.sizes.repeats:
+            text += "*"
+        if cell.notes:
+            text += "†"
+        return text
+
+    def ratio(self, row: Row, num_lib: str, den_lib: str) -> float | None:
+        if row.kind == "lambda":
+            lam = self.raw(row.case, num_lib, "map_lambda")
+            fun = self.raw(row.case, num_lib, "map_function")
+            return lam / fun if lam is not None and fun else None
+        num = self.raw(row.case, num_lib, row.metric)
+        den = self.raw(row.case, den_lib, row.metric)
+        return num / den if num is not None and den else None
+
+    def target_text(self, row: Row) -> str:
+        if row.kind == "ratio":
+            return f"≤ {row.limit:g}"
+        if row.kind == "lambda":
+            return f"≤ {row.limit:g} (lambda ÷ function)"
+        if row.kind == "bounded":
+            return f"bounded: ≤ {row.limit:,.0f} items (10% of input)"
+        if row.kind == "speedup":
+            return f"speedup ≥ {row.limit:g}x"
+        return "—"
+
+    def verdict(self, row: Row, ratio: float | None) -> str:
+        if row.kind == "info" or row.limit is None:
+            return "—"
+        cell = self.cell(row.case, "hookpool")
+        if cell is None or cell.skipped:
+            return "—"
+        if cell.failures:
+            return "FAILED"
+        if row.kind in ("ratio", "lambda"):
+            if ratio is None:
+                return "?"
+            return "met" if ratio <= row.limit else "missed"
+        value = self.display_value(row, "hookpool")
+        if value is None:
+            return "?"
+        if row.kind == "bounded":
+            return "met" if value <= row.limit else "missed"
+        return "met" if value >= row.limit else "missed"
+
+    def table(self, rows: list[Row]) -> list[TableRow]:
+        out = []
+        for row in rows:
+            if row.case not in self.cases:
+                continue
+            ratio = self.ratio(row, "hookpool", "pool")
+            out.append(
+                TableRow(
+                    label=row.label,
+                    cells={lib: self.cell_text(row, lib) for lib in self.libs},
+                    values={lib: self.display_value(row, lib) for lib in self.libs},
+                    ratio=ratio,
+                    ratio_ppe=self.ratio(row, "hookpool-ppe", "ppe"),
+                    target=self.target_text(row),
+                    verdict=self.verdict(row, ratio),
+                )
+            )
+        return out
+
+    def failures(self) -> list[str]:
+        lines = []
+        for case, cells in self.results.items():
+            for lib, cell in cells.items():
+                title = LIBRARIES[lib].title if lib in LIBRARIES else lib
+                for f in cell.failures:
+                    lines.append(f"{case} / {title} (repeat {f.repeat + 1}): {f.detail}")
+                lines.extend(f"{case} / {title}: {note}" for note in cell.notes)
+        return lines
+
+
+def main_columns(libs: list[str]) -> list[str]:
+    return [lib for lib in ("pool", "ppe", "hookpool", "hookpool-ppe") if lib in libs]
+
+
+def other_columns(libs: list[str]) -> list[str]:
+    return [lib for lib in libs if lib not in ("pool", "ppe", "hookpool", "hookpool-ppe")]
+
+
+def fmt_ratio(ratio: float | None) -> str:
+    return "—" if ratio is None else f"{ratio:.2f}"
+
+
+def table_grid(report: Report, rows: list[Row]) -> tuple[list[list[str]], list[list[str]]]:
+    """Header + body of the main table and of the optional-competitors table."""
+    trows = report.table(rows)
+    main = main_columns(report.libs)
+    has_hp_ppe = "hookpool-ppe" in main
+    header = ["Workload", *(LIBRARIES[lib].title for lib in main), "hookpool / Pool"]
+    if has_hp_ppe:
+        header.append("hookpool PPE / PPE")
+    header += ["Target", "Met"]
+    body = []
+    for tr in trows:
+        line = [tr.label, *(tr.cells[lib] for lib in main), fmt_ratio(tr.ratio)]
+        if has_hp_ppe:
+            line.append(fmt_ratio(tr.ratio_ppe))
+        line += [tr.target, tr.verdict]
+        body.append(line)
+    main_grid = [header, *body]
+
+    others = other_columns(report.libs)
+    other_grid: list[list[str]] = []
+    if others:
+        other_grid.append(["Workload", *(f"{LIBRARIES[lib].title} (÷ Pool)" for lib in others)])
+        for row, tr in zip([r for r in rows if r.case in report.cases], trows, strict=True):
+            line = [tr.label]
+            for lib in others:
+                text = tr.cells[lib]
+                ratio = report.ratio(row, lib, "pool") if row.kind != "lambda" else None
+                if ratio is not None and text[:1].isdigit():
+                    text += f" ({ratio:.2f})"
+                line.append(text)
+            other_grid.append(line)
+    return main_grid, other_grid
+
+
+def render_text(grid: list[list[str]]) -> str:
+    widths = [max(len(r[i]) for r in grid) for i in range(len(grid[0]))]
+    lines = []
+    for n, r in enumerate(grid):
+        pairs = enumerate(zip(r, widths, strict=True))
+        cells = [c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in pairs]
+        lines.append("  ".join(cells).rstrip())
+        if n == 0:
+            lines.append("  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def render_markdown_table(grid: list[list[str]]) -> str:
+    def esc(s: str) -> str:
+        return s.replace("|", "\\|")
+
+    header, *body = grid
+    lines = ["| " + " | ".join(esc(c) for c in header) + " |"]
+    lines.append("|" + "|".join([":---", *(["---:"] * (len(header) - 1))]) + "|")
+    lines += ["| " + " | ".join(esc(c) for c in r) + " |" for r in body]
+    return "\n".join(lines)
+
+
+def method_lines(z: Sizes, quick: bool, cpu: tuple[int, int] | None) -> list[str]:
+    lines = [
+        f"{WORKERS} workers everywhere; all pools use the spawn start method "
+        "(stdlib: `multiprocessing.get_context('spawn').Pool` and "
+        "`concurrent.futures.ProcessPoolExecutor(mp_context=spawn)`).",
+        f"Each cell is the median of {z.repeats} samples{' (--quick)' if quick else ''}; "
+        "every sample runs in a fresh process, libraries interleaved within each repeat. "
+        "`*` = fewer samples (per-cell time budget "
+        f"{z.cell_budget_s:g} s); `†` = see notes.",
+        "Ratio columns are hookpool ÷ stdlib (lower is faster), except the lambda row "
+        "(hookpool lambda map ÷ hookpool function map) and the CPU row (time ratio; the "
+        "cells show speedup over serial).",
+        "Pools are warmed up (every worker has run a task) before all workloads except startup.",
+        "map/submit: trivial `x + 1` task; latency: median over "
+        f"{z.latency_samples} single `apply_async`/`submit` round trips, "
+        f"{z.latency_idle_s * 1e3:g} ms idle before each.",
+        f"imap: lazy generator of {z.imap_n:,} ints, chunksize={z.imap_chunksize} for every "
+        "library (Executor-style libraries use `map(..., chunksize=)`); read-ahead = max over "
+        "the iteration of items pulled from the generator minus items consumed.",
+        f"Round trip: one task returning its {z.transfer_mib} MiB argument, median of "
+        f"{z.transfer_rounds} per sample.",
+        "Lambda: `lambda x: x * k + 1` closing over a local vs the module function "
+        "`x * 3 + 1`; the stdlib cannot pickle lambdas under spawn, so it runs the function only.",
+    ]
+    if cpu is not None:
+        lines.append(
+            f"CPU: {z.cpu_tasks} pure-Python tasks calibrated to ~{z.cpu_task_ms:g} ms each "
+            f"(`spin({cpu[0]:,})`), `map(chunksize=1)`; serial baseline in a fresh process."
+        )
+    return lines
+
+
+def machine_lines(info: dict[str, Any]) -> list[str]:
+    versions = ", ".join(f"{k} {v}" for k, v in info["versions"].items())
+    return [
+        f"Date: {info['date']}; commit {info['commit']}",
+        f"Platform: {info['platform']}; {info['python']}",
+        f"CPU: {info['cpu_model']}; os.cpu_count()={info['cpu_count']}, "
+        f"usable={info['cpu_affinity']}; memory {info['memory']}",
+        f"Packages: {versions or 'none found'}",
+    ]
+
+
+def render_markdown(
+    report: Report, rows: list[Row], info: dict[str, Any], quick: bool,
+    cpu: tuple[int, int] | None, notes: list[str],
+) -> str:
+    main_grid, other_grid = table_grid(report, rows)
+    parts = [
+        "# hookpool benchmarks",
+        "",
+        "Generated by `python benchmarks/run.py"
+        + (" --quick" if quick else "") + "`. Lower is faster unless stated.",
+        "",
+        "## Machine",
+        "",
+        *(f"- {line}" for line in machine_lines(info)),
+        "",
+        "## Results",
+        "",
+        render_markdown_table(main_grid),
+        "",
+    ]
+    if other_grid:
+        parts += [
+            "### Other libraries (value, and ratio to stdlib Pool)",
+            "",
+            render_markdown_table(other_grid),
+            "",
+        ]
+    parts += ["## Method", "", *(f"- {line}" for line in method_lines(report.sizes, quick, cpu))]
+    all_notes = notes + report.failures()
+    if all_notes:
+        parts += ["", "## Notes and failures", "", *(f"- {n}" for n in all_notes)]
+    return "\n".join(parts) + "\n"
+
+
+# --------------------------------------------------------------------------- main
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    groups = sorted({c.group for c in build_cases(FULL, (1, 1), None)})
+    names = [c.name for c in build_cases(FULL, (1, 1), None)]
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("--quick", action="store_true", help="smaller sizes, 3 repeats (~2 min)")
+    ap.add_argument(
+        "--only", metavar="NAME[,NAME]",
+        help=f"workloads to run: {', '.join(groups)} (or single cases: {', '.join(names)})",
+    )
+    ap.add_argument("--repeats", type=int, metavar="N", help="samples per cell (default 5, "
+                    "--quick 3)")
+    ap.add_argument(
+        "--libs", metavar="KEY[,KEY]",
+        help=f"libraries to run (default: all available): {', '.join(LIBRARIES)}",
+    )
+    ap.add_argument("--timeout", type=float, metavar="S", help="time limit per sample (seconds)")
+    ap.add_argument("--budget", type=float, metavar="S",
+                    help="wall-time budget per (workload, library) cell before repeats stop")
+    ap.add_argument("--json", type=Path, metavar="PATH", help="write all samples and results")
+    ap.add_argument("--markdown", type=Path, metavar="PATH", help="write a Markdown report")
+    args = ap.parse_args(argv)
+    if args.repeats is not None and args.repeats < 1:
+        ap.error("--repeats must be >= 1")
+    if args.only:
+        wanted = {s.strip() for s in args.only.split(",") if s.strip()}
+        unknown = wanted - set(groups) - set(names)
+        if unknown:
+            ap.error(f"unknown workload(s): {', '.join(sorted(unknown))}")
+        args.only = wanted
+    if args.libs:
+        keys = [s.strip() for s in args.libs.split(",") if s.strip()]
+        unknown = set(keys) - set(LIBRARIES)
+        if unknown:
+            ap.error(f"unknown librar(y/ies): {', '.join(sorted(unknown))}")
+        args.libs = keys
+    return args
+
+
+def select_libs(requested: list[str] | None, notes: list[str]) -> list[str]:
+    libs = []
+    for key, lib in LIBRARIES.items():
+        if requested is not None and key not in requested:
+            continue
+        if key == "hookpool-ppe":
+            ok, why = probe_hookpool_executor()
+            if not ok:
+                notes.append(f"hookpool.ProcessPoolExecutor not benchmarked: {why}")
+                continue
+        elif lib.optional and importlib.util.find_spec(lib.module) is None:
+            continue
+        libs.append(key)
+    return libs
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def run(args: argparse.Namespace) -> int:
+    base = QUICK if args.quick else FULL
+    sizes = Sizes(**{
+        **asdict(base),
+        **({"repeats": args.repeats} if args.repeats else {}),
+        **({"cell_budget_s": args.budget} if args.budget else {}),
+    })
+    notes: list[str] = []
+    info = machine_info()
+    for line in machine_lines(info):
+        log(line)
+    libs = select_libs(args.libs, notes)
+    log(f"Libraries: {', '.join(LIBRARIES[k].title for k in libs)}")
+
+    def wanted(case: Case) -> bool:
+        return not args.only or case.group in args.only or case.name in args.only
+
+    cpu: tuple[int, int] | None = None
+    if not args.only or {"cpu"} & args.only:
+        cpu = calibrate_spin(sizes.cpu_task_ms)
+        log(f"CPU task calibrated: spin({cpu[0]:,}) ≈ {sizes.cpu_task_ms:g} ms")
+    cases = [c for c in build_cases(sizes, cpu, args.timeout) if wanted(c)]
+    rows = build_rows(sizes)
+
+    results: dict[str, dict[str, Cell]] = {}
+    total = sum((len(libs) + len(c.extra_libs)) * sizes.repeats for c in cases)
+    done = 0
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="hookpool-bench-") as tmp:
+        workdir = Path(tmp)
+        for case in cases:
+            case_libs = [*case.extra_libs, *libs]
+            cells = results[case.name] = {lib: Cell() for lib in case_libs}
+            if case.requires and importlib.util.find_spec(case.requires) is None:
+                for cell in cells.values():
+                    cell.skipped = f"skipped ({case.requires} missing)"
+                notes.append(f"{case.name}: skipped, {case.requires} is not installed")
+                done += len(case_libs) * sizes.repeats
+                continue
+            for repeat in range(sizes.repeats):
+                shift = repeat % len(case_libs)
+                for lib in case_libs[shift:] + case_libs[:shift]:
+                    done += 1
+                    cell = cells[lib]
+                    if cell.failures or (cell.samples and cell.wall_s >= sizes.cell_budget_s):
+                        continue
+                    outcome = run_child(case, lib, repeat, workdir)
+                    cell.wall_s += outcome.wall_s
+                    cell.notes += outcome.notes
+                    if outcome.ok:
+                        cell.samples.append(outcome.metrics)
+                        status = "ok"
+                    else:
+                        cell.failures.append(
+                            Failure(outcome.error, outcome.detail, repeat, outcome.log_tail)
+                        )
+                        status = f"{outcome.error}: {outcome.detail}"[:100]
+                    title = LIBRARIES[lib].title if lib in LIBRARIES else lib
+                    log(f"[{done:>3}/{total}] {case.name:<14} {title:<14} "
+                        f"rep {repeat + 1}/{sizes.repeats}  {outcome.wall_s:6.2f} s  {status}")
+    elapsed = time.monotonic() - started
+
+    serial = results.get("cpu", {}).get("serial")
+    serial_note = None
+    if serial is not None and (v := serial.value("time")) is not None:
+        serial_note = f"CPU serial baseline: {fmt_value(v, 's')}"
+        notes.insert(0, serial_note)
+    notes.append(f"Total benchmark wall time: {elapsed:.0f} s")
+
+    report = Report(sizes, cases, libs, results, serial_note)
+    main_grid, other_grid = table_grid(report, rows)
+    print()
+    print(f"hookpool benchmarks ({'quick' if args.quick else 'full'}; "
+          f"{WORKERS} workers, spawn; medians of {sizes.repeats})")
+    for line in machine_lines(info):
+        print("  " + line)
+    print()
+    print(render_text(main_grid))
+    if other_grid:
+        print()
+        print(render_text(other_grid))
+    print()
+    for line in notes + report.failures():
+        print(f"- {line}")
+
+    if args.markdown:
+        args.markdown.parent.mkdir(parents=True, exist_ok=True)
+        args.markdown.write_text(render_markdown(report, rows, info, args.quick, cpu, notes))
+        log(f"Markdown written to {args.markdown}")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        payload = {
+            "machine": info,
+            "config": {"quick": args.quick, "workers": WORKERS, **asdict(sizes),
+                       "cpu_loops": cpu[0] if cpu else None},
+            "libraries": {k: LIBRARIES[k].title for k in libs},
+            "cases": {c.name: {"group": c.group, "params": c.params, "timeout_s": c.timeout_s}
+                      for c in cases},
+            "samples": {
+                case: {lib: asdict(cell) for lib, cell in cells.items()}
+                for case, cells in results.items()
+            },
+            "table": [asdict(tr) for tr in report.table(rows)],
+            "notes": notes + report.failures(),
+            "elapsed_s": elapsed,
+        }
+        args.json.write_text(json.dumps(payload, indent=2, ensure_ascii=False) + "\n")
+        log(f"JSON written to {args.json}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run(parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+
