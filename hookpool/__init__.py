@@ -19,6 +19,7 @@ from ._errors import (
     TaskTimeoutError,
     WorkerLostError,
 )
+from ._executor import ProcessPoolExecutor
 from ._pool import Pool
 from ._results import AsyncResult, IMapIterator, MapResult
 
@@ -31,6 +32,7 @@ __all__ = [
     "Pool",
     "PoolBrokenError",
     "PoolTerminatedError",
+    "ProcessPoolExecutor",
     "RemoteError",
     "RemoteTraceback",
     "ResultEncodingError",

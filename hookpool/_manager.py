@@ -60,6 +60,7 @@ import signal
 import threading
 import time
 import weakref
+from collections.abc import Callable
 from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
@@ -156,6 +157,7 @@ class Manager:
         context: SpawnContext,
         maxtasksperchild: int | None,
         exit_mode: str,
+        closed_error: Callable[[], Exception],
         name: str = "hookpool",
     ) -> None:
         self._size = processes
@@ -163,6 +165,7 @@ class Manager:
         self._hooks = SpawnedHooks(hooks)
         self._maxtasks = maxtasksperchild
         self._exit_mode = exit_mode  # "terminate" (Pool) or "drain" (executor) at exit
+        self._closed_error = closed_error  # what submitting to a closed pool raises
         self._name = name
 
         self._lock = threading.Lock()
@@ -242,6 +245,11 @@ class Manager:
                 self._state = PoolState.CLOSING
         self._wake()
 
+    def cancel_queued(self) -> None:
+        """Cancel every task still waiting in the queue: they will never run."""
+        for task in list(self._queue):
+            task.future.cancel()
+
     def terminate(self) -> None:
         """Cancel queued tasks, fail running ones, stop the workers. Does not wait."""
         with self._lock:
@@ -266,7 +274,7 @@ class Manager:
             )
             error.__cause__ = self._broken_error
             return error
-        return ValueError("Pool not running")
+        return self._closed_error()
 
     def _wake(self) -> None:
         if not self._wake_pending:

@@ -8,10 +8,10 @@ from concurrent.futures import Future
 from typing import Any, ParamSpec, TypeVar
 
 from . import _protocol as wire
+from ._calls import chunk_tasks, lazy_map, submit_call
 from ._hooks import Hooks
-from ._manager import Manager, Task
+from ._manager import Manager
 from ._results import AsyncResult, IMapIterator, MapResult, chunked, gather
-from ._serialize import callable_name, dumps, dumps_callable
 from ._spawn import available_cpus, check_not_bootstrapping, resolve
 
 __all__ = ["Pool"]
@@ -19,9 +19,6 @@ __all__ = ["Pool"]
 T = TypeVar("T")
 R = TypeVar("R")
 P = ParamSpec("P")
-
-#: How many chunks per worker imap/imap_unordered keep submitted ahead of the consumer.
-IMAP_CHUNKS_PER_WORKER = 4
 
 
 class Pool:
@@ -80,6 +77,7 @@ class Pool:
             context=ctx,
             maxtasksperchild=maxtasksperchild,
             exit_mode="terminate",
+            closed_error=lambda: ValueError("Pool not running"),
         )
         self._iterators: weakref.WeakSet[IMapIterator[Any]] = weakref.WeakSet()
         # Garbage collection of the pool terminates it (with the finalizer grace period),
@@ -107,7 +105,7 @@ class Pool:
         The function and arguments are pickled here, in the calling thread: one that
         cannot be pickled raises now, and the pool keeps working.
         """
-        future = self._submit_call(func, tuple(args), dict(kwds))
+        future = submit_call(self._manager, func, tuple(args), dict(kwds))
         return AsyncResult(future, callback, error_callback)
 
     def submit(self, fn: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs) -> Future[R]:
@@ -116,17 +114,7 @@ class Pool:
         Usable with ``concurrent.futures.as_completed`` and ``wait``, and with
         ``asyncio.wrap_future``. Cancelling it while it is still queued means it never runs.
         """
-        return self._submit_call(fn, args, kwargs)
-
-    def _submit_call(
-        self, fn: Callable[..., R], args: tuple[Any, ...], kwargs: dict[str, Any]
-    ) -> Future[R]:
-        self._manager.check_running()
-        future: Future[R] = Future()
-        fn_data = dumps_callable(fn)
-        task = Task(wire.CallKind.APPLY, fn_data, dumps((args, kwargs)), future, callable_name(fn))
-        self._manager.submit(task)
-        return future
+        return submit_call(self._manager, fn, args, kwargs)
 
     # -- maps ------------------------------------------------------------------------------
 
@@ -189,28 +177,10 @@ class Pool:
                 chunksize += 1
         elif chunksize < 1:
             raise ValueError(f"Chunksize must be 1+, not {chunksize:n}")
-        tasks = self._chunk_tasks(func, kind, method, chunked(items, max(chunksize, 1)))
+        tasks = chunk_tasks(func, kind, method, chunked(items, max(chunksize, 1)))
         if tasks:
             self._manager.submit_many(tasks)
         return MapResult(gather([t.future for t in tasks]), callback, error_callback)
-
-    def _chunk_tasks(
-        self,
-        func: Callable[..., Any],
-        kind: wire.CallKind,
-        method: str,
-        chunks: Iterable[list[Any]],
-        first: int = 0,
-    ) -> list[Task]:
-        fn = dumps_callable(func)  # once for the whole map, not per chunk
-        name = callable_name(func)
-        tasks = []
-        for chunk in chunks:
-            tasks.append(
-                Task(kind, fn, dumps(chunk), Future(), name, items=(first, len(chunk), method))
-            )
-            first += len(chunk)
-        return tasks
 
     def imap(
         self, func: Callable[[T], R], iterable: Iterable[T], chunksize: int = 1
@@ -227,36 +197,14 @@ class Pool:
     def _imap(
         self, func: Callable[..., R], iterable: Iterable[Any], chunksize: int, *, ordered: bool
     ) -> IMapIterator[R]:
-        self._manager.check_running()
-        if chunksize < 1:
-            raise ValueError(f"Chunksize must be 1+, not {chunksize:n}")
-        fn = dumps_callable(func)
-        name = callable_name(func)
         method = "imap" if ordered else "imap_unordered"
-        position = [0]
-
-        def submit(chunks: list[list[Any]]) -> list[Future[list[Any]]]:
-            tasks = []
-            futures: list[Future[list[Any]]] = []
-            for chunk in chunks:
-                future: Future[list[Any]] = Future()
-                futures.append(future)
-                items = (position[0], len(chunk), method)
-                position[0] += len(chunk)
-                try:
-                    args = dumps(chunk)
-                except Exception as exc:  # fails this chunk's results, not the pool
-                    future.set_exception(exc)
-                    continue
-                tasks.append(Task(wire.CallKind.MAP, fn, args, future, name, items=items))
-            if tasks:
-                self._manager.submit_many(tasks, while_closing=True)
-            return futures
-
-        iterator: IMapIterator[R] = IMapIterator(
-            chunked(iterable, chunksize),
-            submit,
-            window=IMAP_CHUNKS_PER_WORKER * self._processes,
+        iterator = lazy_map(
+            self._manager,
+            func,
+            iterable,
+            chunksize,
+            kind=wire.CallKind.MAP,
+            method=method,
             ordered=ordered,
         )
         self._iterators.add(iterator)

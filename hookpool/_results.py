@@ -163,6 +163,7 @@ class IMapIterator(Iterator[T]):
         self._ordered = ordered
         self._pending: collections.deque[Future[list[Any]]] = collections.deque()
         self._done: queue.SimpleQueue[Future[list[Any]]] = queue.SimpleQueue()
+        self._unordered: set[Future[list[Any]]] = set()  # outstanding, when not ordered
         self._outstanding = 0
         self._current: Iterator[Any] = iter(())
         self._input_error: BaseException | None = None
@@ -200,9 +201,18 @@ class IMapIterator(Iterator[T]):
                 raise multiprocessing.TimeoutError
             return self._pending.popleft()
         try:
-            return self._done.get(timeout=timeout)
+            future = self._done.get(timeout=timeout)
         except queue.Empty:
             raise multiprocessing.TimeoutError from None
+        self._unordered.discard(future)
+        return future
+
+    def cancel(self) -> None:
+        """Read no more input; cancel the chunks still queued (they will never run)."""
+        with self._lock:
+            self._exhausted = True
+            for future in [*self._pending, *self._unordered]:
+                future.cancel()
 
     def feed_all(self) -> None:
         """Submit all remaining input now (``close()`` does this, as the stdlib would)."""
@@ -235,6 +245,7 @@ class IMapIterator(Iterator[T]):
             if self._ordered:
                 self._pending.append(future)
             else:
+                self._unordered.add(future)
                 future.add_done_callback(self._done.put)
 
 

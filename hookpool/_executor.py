@@ -1,0 +1,136 @@
+"""``hookpool.ProcessPoolExecutor``: the ``concurrent.futures`` facade, thin over the manager."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import multiprocessing
+import time
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future
+from typing import Any, ParamSpec, TypeVar
+
+from . import _protocol as wire
+from ._calls import lazy_map, submit_call
+from ._hooks import Hooks
+from ._manager import Manager
+from ._results import IMapIterator
+from ._spawn import available_cpus, check_not_bootstrapping, resolve
+
+__all__ = ["ProcessPoolExecutor"]
+
+R = TypeVar("R")
+P = ParamSpec("P")
+
+
+class ProcessPoolExecutor(concurrent.futures.Executor):
+    """A ``concurrent.futures`` executor on hookpool's engine, always on spawn.
+
+    Same signature as ``concurrent.futures.ProcessPoolExecutor``, plus the keyword-only
+    ``finalizer`` and ``finalargs`` (see ``hookpool.Pool`` for the hook contract).
+
+    Differences from the standard library, on purpose: a worker that dies fails only the
+    task it was running, with ``WorkerLostError`` (a ``BrokenProcessPool``, so existing
+    ``except`` clauses still catch it), and is replaced: the executor keeps serving other
+    tasks instead of failing every pending future. ``map`` reads its input lazily, a
+    bounded number of chunks ahead of the consumer, instead of all at once.
+    """
+
+    def __init__(
+        self,
+        max_workers: int | None = None,
+        mp_context: Any = None,
+        initializer: Callable[..., object] | None = None,
+        initargs: Iterable[Any] = (),
+        *,
+        max_tasks_per_child: int | None = None,
+        finalizer: Callable[..., object] | None = None,
+        finalargs: Iterable[Any] = (),
+    ) -> None:
+        check_not_bootstrapping()
+        if max_workers is None:
+            max_workers = available_cpus()
+        elif max_workers <= 0:
+            raise ValueError("max_workers must be greater than 0")
+        if max_tasks_per_child is not None:
+            if not isinstance(max_tasks_per_child, int):
+                raise TypeError("max_tasks_per_child must be an integer")
+            if max_tasks_per_child <= 0:
+                raise ValueError("max_tasks_per_child must be >= 1")
+        ctx = resolve(mp_context)
+        hooks = Hooks.validate(initializer, initargs, finalizer, finalargs)
+        self._max_workers = max_workers
+        self._manager = Manager(
+            processes=max_workers,
+            hooks=hooks,
+            context=ctx,
+            maxtasksperchild=max_tasks_per_child,
+            exit_mode="drain",
+            closed_error=lambda: RuntimeError("cannot schedule new futures after shutdown"),
+            name="hookpool-executor",
+        )
+
+    def submit(self, fn: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs) -> Future[R]:
+        """Schedule ``fn(*args, **kwargs)``; return a ``concurrent.futures.Future``.
+
+        Raises:
+            RuntimeError: after ``shutdown()``.
+            hookpool.PoolBrokenError: (a ``BrokenProcessPool``) if the initializer failed.
+        """
+        return submit_call(self._manager, fn, args, kwargs)
+
+    def map(
+        self,
+        fn: Callable[..., R],
+        *iterables: Iterable[Any],
+        timeout: float | None = None,
+        chunksize: int = 1,
+    ) -> Iterator[R]:
+        """Like the builtin ``map``, run in the workers; results in order, lazily.
+
+        The input is read a bounded number of chunks ahead of the consumer. ``timeout``
+        counts from this call: a result not ready by then raises
+        ``concurrent.futures.TimeoutError``. Closing the iterator early cancels the
+        chunks still queued.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        results: IMapIterator[R] = lazy_map(
+            self._manager,
+            fn,
+            zip(*iterables, strict=False),
+            chunksize,
+            kind=wire.CallKind.STARMAP,
+            method="map",
+            ordered=True,
+        )
+        return _yield_until(results, deadline)
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        """Accept no more tasks; let the queued ones run (unless ``cancel_futures``).
+
+        With ``wait``, return once every worker has left (each runs its finalizer);
+        otherwise return at once: the work still completes in the background.
+        """
+        if cancel_futures:
+            self._manager.cancel_queued()
+        self._manager.close()
+        if wait:
+            self._manager.join()
+
+    @property
+    def worker_pids(self) -> list[int]:
+        """Process ids of the current workers."""
+        return self._manager.worker_pids()
+
+
+def _yield_until(results: IMapIterator[R], deadline: float | None) -> Iterator[R]:
+    try:
+        while True:
+            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+            try:
+                yield results.next(remaining)
+            except StopIteration:
+                return
+            except multiprocessing.TimeoutError:
+                raise concurrent.futures.TimeoutError from None
+    finally:
+        results.cancel()
