@@ -15,7 +15,7 @@ from ._manager import Manager, Task
 from ._results import IMapIterator, chunked
 from ._serialize import callable_name, dumps, dumps_callable
 
-__all__ = ["IMAP_CHUNKS_PER_WORKER", "chunk_tasks", "lazy_map", "submit_call"]
+__all__ = ["IMAP_CHUNKS_PER_WORKER", "check_timeout", "chunk_tasks", "lazy_map", "submit_call"]
 
 R = TypeVar("R")
 
@@ -106,3 +106,10 @@ def lazy_map(
         window=IMAP_CHUNKS_PER_WORKER * manager.size,
         ordered=ordered,
     )
+
+
+def check_timeout(timeout: float | None) -> float | None:
+    """Validate a ``task_timeout``: None, or a positive number of seconds."""
+    if timeout is not None and not timeout > 0:
+        raise ValueError(f"task_timeout must be a positive number of seconds, not {timeout!r}")
+    return timeout

@@ -10,7 +10,7 @@ from concurrent.futures import Future
 from typing import Any, ParamSpec, TypeVar
 
 from . import _protocol as wire
-from ._calls import lazy_map, submit_call
+from ._calls import check_timeout, lazy_map, submit_call
 from ._hooks import Hooks
 from ._manager import Manager
 from ._results import IMapIterator
@@ -26,7 +26,9 @@ class ProcessPoolExecutor(concurrent.futures.Executor):
     """A ``concurrent.futures`` executor on hookpool's engine, always on spawn.
 
     Same signature as ``concurrent.futures.ProcessPoolExecutor``, plus the keyword-only
-    ``finalizer`` and ``finalargs`` (see ``hookpool.Pool`` for the hook contract).
+    ``finalizer`` and ``finalargs`` (see ``hookpool.Pool`` for the hook contract), and
+    ``task_timeout``: seconds a task may run before its worker is stopped and replaced and
+    the task fails with ``TaskTimeoutError`` (a ``concurrent.futures.TimeoutError``).
 
     Differences from the standard library, on purpose: a worker that dies fails only the
     task it was running, with ``WorkerLostError`` (a ``BrokenProcessPool``, so existing
@@ -45,6 +47,7 @@ class ProcessPoolExecutor(concurrent.futures.Executor):
         max_tasks_per_child: int | None = None,
         finalizer: Callable[..., object] | None = None,
         finalargs: Iterable[Any] = (),
+        task_timeout: float | None = None,
     ) -> None:
         check_not_bootstrapping()
         if max_workers is None:
@@ -59,6 +62,7 @@ class ProcessPoolExecutor(concurrent.futures.Executor):
         ctx = resolve(mp_context)
         hooks = Hooks.validate(initializer, initargs, finalizer, finalargs)
         self._max_workers = max_workers
+        self._task_timeout = check_timeout(task_timeout)
         self._manager = Manager(
             processes=max_workers,
             hooks=hooks,
@@ -76,7 +80,7 @@ class ProcessPoolExecutor(concurrent.futures.Executor):
             RuntimeError: after ``shutdown()``.
             hookpool.PoolBrokenError: (a ``BrokenProcessPool``) if the initializer failed.
         """
-        return submit_call(self._manager, fn, args, kwargs)
+        return submit_call(self._manager, fn, args, kwargs, timeout=self._task_timeout)
 
     def map(
         self,
@@ -101,6 +105,7 @@ class ProcessPoolExecutor(concurrent.futures.Executor):
             kind=wire.CallKind.STARMAP,
             method="map",
             ordered=True,
+            timeout=self._task_timeout,
         )
         return _yield_until(results, deadline)
 
@@ -115,6 +120,13 @@ class ProcessPoolExecutor(concurrent.futures.Executor):
         self._manager.close()
         if wait:
             self._manager.join()
+
+    def cancel(self, future: Future[Any]) -> bool:
+        """Cancel a task. A queued one never runs. A running one is stopped on request:
+        its worker is interrupted (running its finalizer), replaced, and the future fails
+        with ``concurrent.futures.CancelledError``. False if it already finished.
+        """
+        return self._manager.cancel(future)
 
     @property
     def worker_pids(self) -> list[int]:

@@ -61,7 +61,7 @@ import threading
 import time
 import weakref
 from collections.abc import Callable
-from concurrent.futures import Future, InvalidStateError
+from concurrent.futures import CancelledError, Future, InvalidStateError
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
@@ -110,6 +110,8 @@ class Task:
     task_id: int = 0
     #: set_running_or_notify_cancel() has been called (the task cannot be cancelled).
     claimed: bool = False
+    #: Cancelled on request while in flight: stop its worker as soon as it starts.
+    cancel_requested: bool = False
 
     def describe(self) -> str:
         if self.items is None:
@@ -176,6 +178,7 @@ class Manager:
         self._worker_ids = itertools.count(1)
         self._workers: list[WorkerHandle] = []
         self._by_id: dict[int, Task] = {}
+        self._commands: collections.deque[Callable[[], None]] = collections.deque()
         self._winding_down = False
 
         self._wake_r, self._wake_w = os.pipe()
@@ -245,6 +248,17 @@ class Manager:
                 self._state = PoolState.CLOSING
         self._wake()
 
+    def cancel(self, future: Future[Any]) -> bool:
+        """Cancel a task: a queued one never runs; a running one has its worker stopped
+        (and replaced) and fails with ``CancelledError``. False if it already finished."""
+        if future.cancel():
+            return True
+        if future.done():
+            return False
+        self._commands.append(lambda: self._cancel_running(future))
+        self._wake()
+        return True
+
     def cancel_queued(self) -> None:
         """Cancel every task still waiting in the queue: they will never run."""
         for task in list(self._queue):
@@ -311,6 +325,8 @@ class Manager:
             for key, _ in self._selector.select(self._seconds_to_next_deadline()):
                 if key.data is None:
                     self._drain_wakeups()
+                    while self._commands:
+                        self._commands.popleft()()
                     continue
                 handler, worker = key.data
                 if not worker.exited:  # it may have left earlier in this same batch
@@ -459,7 +475,9 @@ class Manager:
         else:
             assert isinstance(message, wire.Failed)
             _resolve(task.future, error=rebuild(message.error))
-        if self._maxtasks is not None and worker.tasks_done >= self._maxtasks:
+        if worker.inflight and worker.inflight[0].cancel_requested:
+            self._stop_running_task(worker)
+        elif self._maxtasks is not None and worker.tasks_done >= self._maxtasks:
             self._stop_worker(worker, signal_it=False)
 
     # -- worker processes ------------------------------------------------------------------
@@ -540,6 +558,23 @@ class Manager:
             exitcode=exitcode,
         )
 
+    def _cancel_running(self, future: Future[Any]) -> None:
+        for worker in self._workers:
+            for position, task in enumerate(worker.inflight):
+                if task.future is future:
+                    _resolve(future, error=CancelledError())
+                    task.cancel_requested = True
+                    if position == 0:
+                        self._stop_running_task(worker)
+                    return  # otherwise stopped when it reaches the head (_on_result)
+
+    def _stop_running_task(self, worker: WorkerHandle) -> None:
+        """Stop a worker in the middle of its task (already settled by the caller)."""
+        task = worker.inflight.popleft()
+        del self._by_id[task.task_id]
+        self._requeue_unstarted(worker)
+        self._stop_worker(worker, signal_it=True)
+
     def _requeue_unstarted(self, worker: WorkerHandle) -> None:
         """Put back the tasks queued behind a worker's current one: they never started."""
         while worker.inflight:
@@ -574,9 +609,8 @@ class Manager:
                     worker.process.kill()
                 worker.kill_at = None  # its sentinel will fire
             deadline = _task_deadline(worker)
-            if deadline is not None and now >= deadline and not worker.stopping:
-                task = worker.inflight.popleft()
-                del self._by_id[task.task_id]
+            if deadline is not None and now >= deadline:
+                task = worker.inflight[0]
                 _resolve(
                     task.future,
                     error=TaskTimeoutError(
@@ -585,8 +619,7 @@ class Manager:
                         f"stopped and will be replaced"
                     ),
                 )
-                self._requeue_unstarted(worker)
-                self._stop_worker(worker, signal_it=True)
+                self._stop_running_task(worker)
 
     # -- breaking down ---------------------------------------------------------------------
 

@@ -8,7 +8,7 @@ from concurrent.futures import Future
 from typing import Any, ParamSpec, TypeVar
 
 from . import _protocol as wire
-from ._calls import chunk_tasks, lazy_map, submit_call
+from ._calls import check_timeout, chunk_tasks, lazy_map, submit_call
 from ._hooks import Hooks
 from ._manager import Manager
 from ._results import AsyncResult, IMapIterator, MapResult, chunked, gather
@@ -39,6 +39,11 @@ class Pool:
             ``join()``, recycling, ``terminate()`` and the ``with`` exit (within a grace
             period), garbage collection of the pool, the parent exiting or dying.
         finalargs: arguments for the finalizer, handed over like ``initargs``.
+        task_timeout: seconds a task (for maps: a chunk) may run; past that its worker is
+            stopped and replaced and the task fails with ``TaskTimeoutError`` (a
+            ``multiprocessing.TimeoutError``). Each call can set its own ``task_timeout``.
+            Unlike ``AsyncResult.get(timeout)``, which only stops waiting, this stops the
+            work.
 
     Differences from the standard library, on purpose: workers always start with spawn;
     ``terminate()`` gives each worker a grace period to run its finalizer before killing
@@ -58,6 +63,7 @@ class Pool:
         *,
         finalizer: Callable[..., object] | None = None,
         finalargs: Iterable[Any] = (),
+        task_timeout: float | None = None,
     ) -> None:
         check_not_bootstrapping()
         ctx = resolve(context)
@@ -71,6 +77,7 @@ class Pool:
             raise ValueError("maxtasksperchild must be a positive int or None")
         hooks = Hooks.validate(initializer, initargs, finalizer, finalargs)
         self._processes = processes
+        self._task_timeout = check_timeout(task_timeout)
         self._manager = Manager(
             processes=processes,
             hooks=hooks,
@@ -87,10 +94,15 @@ class Pool:
     # -- single calls ----------------------------------------------------------------------
 
     def apply(
-        self, func: Callable[..., R], args: Iterable[Any] = (), kwds: Mapping[str, Any] = {}
+        self,
+        func: Callable[..., R],
+        args: Iterable[Any] = (),
+        kwds: Mapping[str, Any] = {},
+        *,
+        task_timeout: float | None = None,
     ) -> R:
         """Call ``func(*args, **kwds)`` in a worker and wait for the result."""
-        return self.apply_async(func, args, kwds).get()
+        return self.apply_async(func, args, kwds, task_timeout=task_timeout).get()
 
     def apply_async(
         self,
@@ -99,13 +111,16 @@ class Pool:
         kwds: Mapping[str, Any] = {},
         callback: Callable[[R], object] | None = None,
         error_callback: Callable[[BaseException], object] | None = None,
+        *,
+        task_timeout: float | None = None,
     ) -> AsyncResult[R]:
         """Call ``func(*args, **kwds)`` in a worker; return an ``AsyncResult``.
 
         The function and arguments are pickled here, in the calling thread: one that
         cannot be pickled raises now, and the pool keeps working.
         """
-        future = submit_call(self._manager, func, tuple(args), dict(kwds))
+        timeout = self._timeout(task_timeout)
+        future = submit_call(self._manager, func, tuple(args), dict(kwds), timeout=timeout)
         return AsyncResult(future, callback, error_callback)
 
     def submit(self, fn: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs) -> Future[R]:
@@ -114,15 +129,20 @@ class Pool:
         Usable with ``concurrent.futures.as_completed`` and ``wait``, and with
         ``asyncio.wrap_future``. Cancelling it while it is still queued means it never runs.
         """
-        return submit_call(self._manager, fn, args, kwargs)
+        return submit_call(self._manager, fn, args, kwargs, timeout=self._task_timeout)
 
     # -- maps ------------------------------------------------------------------------------
 
     def map(
-        self, func: Callable[[T], R], iterable: Iterable[T], chunksize: int | None = None
+        self,
+        func: Callable[[T], R],
+        iterable: Iterable[T],
+        chunksize: int | None = None,
+        *,
+        task_timeout: float | None = None,
     ) -> list[R]:
         """Like the builtin ``map``, run in the workers; returns a list, in order."""
-        return self.map_async(func, iterable, chunksize).get()
+        return self.map_async(func, iterable, chunksize, task_timeout=task_timeout).get()
 
     def map_async(
         self,
@@ -131,10 +151,12 @@ class Pool:
         chunksize: int | None = None,
         callback: Callable[[list[R]], object] | None = None,
         error_callback: Callable[[BaseException], object] | None = None,
+        *,
+        task_timeout: float | None = None,
     ) -> MapResult[R]:
         """Asynchronous ``map``: every chunk is pickled now, in the calling thread."""
         return self._map_async(
-            func, iterable, chunksize, callback, error_callback, wire.CallKind.MAP, "map"
+            func, iterable, chunksize, callback, error_callback, wire.CallKind.MAP, task_timeout
         )
 
     def starmap(
@@ -142,9 +164,11 @@ class Pool:
         func: Callable[..., R],
         iterable: Iterable[Iterable[Any]],
         chunksize: int | None = None,
+        *,
+        task_timeout: float | None = None,
     ) -> list[R]:
         """Like ``map``, but each item is unpacked as the arguments: ``func(*item)``."""
-        return self.starmap_async(func, iterable, chunksize).get()
+        return self.starmap_async(func, iterable, chunksize, task_timeout=task_timeout).get()
 
     def starmap_async(
         self,
@@ -153,10 +177,12 @@ class Pool:
         chunksize: int | None = None,
         callback: Callable[[list[R]], object] | None = None,
         error_callback: Callable[[BaseException], object] | None = None,
+        *,
+        task_timeout: float | None = None,
     ) -> MapResult[R]:
         """Asynchronous ``starmap``."""
         return self._map_async(
-            func, iterable, chunksize, callback, error_callback, wire.CallKind.STARMAP, "starmap"
+            func, iterable, chunksize, callback, error_callback, wire.CallKind.STARMAP, task_timeout
         )
 
     def _map_async(
@@ -167,7 +193,7 @@ class Pool:
         callback: Callable[[list[Any]], object] | None,
         error_callback: Callable[[BaseException], object] | None,
         kind: wire.CallKind,
-        method: str,
+        task_timeout: float | None,
     ) -> MapResult[Any]:
         self._manager.check_running()
         items = iterable if isinstance(iterable, list | tuple) else list(iterable)
@@ -177,25 +203,43 @@ class Pool:
                 chunksize += 1
         elif chunksize < 1:
             raise ValueError(f"Chunksize must be 1+, not {chunksize:n}")
-        tasks = chunk_tasks(func, kind, method, chunked(items, max(chunksize, 1)))
+        method = "map" if kind is wire.CallKind.MAP else "starmap"
+        timeout = self._timeout(task_timeout)
+        tasks = chunk_tasks(func, kind, method, chunked(items, max(chunksize, 1)), timeout=timeout)
         if tasks:
             self._manager.submit_many(tasks)
         return MapResult(gather([t.future for t in tasks]), callback, error_callback)
 
     def imap(
-        self, func: Callable[[T], R], iterable: Iterable[T], chunksize: int = 1
+        self,
+        func: Callable[[T], R],
+        iterable: Iterable[T],
+        chunksize: int = 1,
+        *,
+        task_timeout: float | None = None,
     ) -> IMapIterator[R]:
         """Lazy ``map``: results in order, input read a bounded number of chunks ahead."""
-        return self._imap(func, iterable, chunksize, ordered=True)
+        return self._imap(func, iterable, chunksize, task_timeout, ordered=True)
 
     def imap_unordered(
-        self, func: Callable[[T], R], iterable: Iterable[T], chunksize: int = 1
+        self,
+        func: Callable[[T], R],
+        iterable: Iterable[T],
+        chunksize: int = 1,
+        *,
+        task_timeout: float | None = None,
     ) -> IMapIterator[R]:
         """Like ``imap``, but results come in the order they finish."""
-        return self._imap(func, iterable, chunksize, ordered=False)
+        return self._imap(func, iterable, chunksize, task_timeout, ordered=False)
 
     def _imap(
-        self, func: Callable[..., R], iterable: Iterable[Any], chunksize: int, *, ordered: bool
+        self,
+        func: Callable[..., R],
+        iterable: Iterable[Any],
+        chunksize: int,
+        task_timeout: float | None,
+        *,
+        ordered: bool,
     ) -> IMapIterator[R]:
         method = "imap" if ordered else "imap_unordered"
         iterator = lazy_map(
@@ -206,9 +250,23 @@ class Pool:
             kind=wire.CallKind.MAP,
             method=method,
             ordered=ordered,
+            timeout=self._timeout(task_timeout),
         )
         self._iterators.add(iterator)
         return iterator
+
+    def cancel(self, task: AsyncResult[Any] | Future[Any]) -> bool:
+        """Cancel a task. A queued one never runs. A running one is stopped on request:
+        its worker is interrupted (running its finalizer), replaced, and the task fails
+        with ``concurrent.futures.CancelledError``. Returns False if it already finished.
+        """
+        future = task.future if isinstance(task, AsyncResult) else task
+        return self._manager.cancel(future)
+
+    def _timeout(self, task_timeout: float | None) -> float | None:
+        if task_timeout is None:
+            return self._task_timeout
+        return check_timeout(task_timeout)
 
     # -- lifecycle -------------------------------------------------------------------------
 
