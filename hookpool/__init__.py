@@ -1,27 +1,34 @@
 """hookpool: a spawn-based drop-in for ``multiprocessing.Pool`` and
 ``concurrent.futures.ProcessPoolExecutor``, with real per-worker initializer and finalizer
 hooks, remote tracebacks, and pools that neither hang nor lose tasks.
+
+The public names below are imported on first use (PEP 562), so that a spawned worker,
+which imports this package to reach ``hookpool._worker``, does not import the manager,
+the facades or ``concurrent.futures``.
 """
 
 from __future__ import annotations
 
+import importlib
 import multiprocessing
 import multiprocessing.context
+from typing import TYPE_CHECKING, Any
 
-from ._errors import (
-    HookpoolError,
-    InitializerError,
-    PoolBrokenError,
-    PoolTerminatedError,
-    RemoteError,
-    RemoteTraceback,
-    ResultEncodingError,
-    TaskTimeoutError,
-    WorkerLostError,
-)
-from ._executor import ProcessPoolExecutor
-from ._pool import Pool
-from ._results import AsyncResult, IMapIterator, MapResult
+if TYPE_CHECKING:
+    from ._errors import (
+        HookpoolError,
+        InitializerError,
+        PoolBrokenError,
+        PoolTerminatedError,
+        RemoteError,
+        RemoteTraceback,
+        ResultEncodingError,
+        TaskTimeoutError,
+        WorkerLostError,
+    )
+    from ._executor import ProcessPoolExecutor
+    from ._pool import Pool
+    from ._results import AsyncResult, IMapIterator, MapResult
 
 __all__ = [
     "AsyncResult",
@@ -43,8 +50,43 @@ __all__ = [
 
 __version__ = "0.1.0"
 
+_HOMES = {
+    "AsyncResult": "._results",
+    "IMapIterator": "._results",
+    "MapResult": "._results",
+    "Pool": "._pool",
+    "ProcessPoolExecutor": "._executor",
+    **dict.fromkeys(
+        [
+            "HookpoolError",
+            "InitializerError",
+            "PoolBrokenError",
+            "PoolTerminatedError",
+            "RemoteError",
+            "RemoteTraceback",
+            "ResultEncodingError",
+            "TaskTimeoutError",
+            "WorkerLostError",
+        ],
+        "._errors",
+    ),
+}
 
-def get_context() -> multiprocessing.context.BaseContext:
+
+def __getattr__(name: str) -> Any:
+    home = _HOMES.get(name)
+    if home is None:
+        raise AttributeError(f"module 'hookpool' has no attribute {name!r}")
+    value = getattr(importlib.import_module(home, __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *__all__])
+
+
+def get_context() -> multiprocessing.context.SpawnContext:
     """The spawn context hookpool starts workers from: make Locks, Queues and Values
     for ``initargs`` from it, e.g. ``hookpool.get_context().Lock()``."""
     return multiprocessing.get_context("spawn")

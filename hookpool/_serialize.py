@@ -18,10 +18,7 @@ from __future__ import annotations
 
 import functools
 import multiprocessing.context
-import multiprocessing.queues
 import multiprocessing.reduction
-import multiprocessing.sharedctypes
-import multiprocessing.synchronize
 import pickle
 import sys
 import traceback
@@ -29,20 +26,28 @@ import types
 from io import BytesIO
 from typing import Any
 
-from ._errors import RemoteError, RemoteTraceback
 from ._protocol import ErrorReport
 
 __all__ = ["capture", "dumps", "loads", "rebuild"]
 
-_INHERITANCE_ONLY: tuple[type, ...] = (
-    multiprocessing.synchronize.SemLock,
-    multiprocessing.synchronize.Condition,
-    multiprocessing.synchronize.Event,
-    multiprocessing.synchronize.Barrier,
-    multiprocessing.queues.Queue,
-    multiprocessing.queues.SimpleQueue,
-    multiprocessing.sharedctypes.SynchronizedBase,
-)
+
+@functools.cache
+def _inheritance_only() -> tuple[type, ...]:
+    """Types that may reach a child only by inheritance (imported when first needed, so
+    that a worker which never meets one does not import them)."""
+    import multiprocessing.queues
+    import multiprocessing.sharedctypes
+    import multiprocessing.synchronize
+
+    return (
+        multiprocessing.synchronize.SemLock,
+        multiprocessing.synchronize.Condition,
+        multiprocessing.synchronize.Event,
+        multiprocessing.synchronize.Barrier,
+        multiprocessing.queues.Queue,
+        multiprocessing.queues.SimpleQueue,
+        multiprocessing.sharedctypes.SynchronizedBase,
+    )
 
 
 class _Pickler(multiprocessing.reduction.ForkingPickler):
@@ -53,7 +58,9 @@ class _Pickler(multiprocessing.reduction.ForkingPickler):
         if kind is types.FunctionType or isinstance(obj, type):
             if _by_value(obj):
                 return _loads_by_value, (_cloudpickle().dumps(obj, protocol=5),)
-        elif isinstance(obj, _INHERITANCE_ONLY):
+        elif kind.__module__.startswith("multiprocessing.") and isinstance(
+            obj, _inheritance_only()
+        ):
             _check_inheritable(obj)
         return NotImplemented
 
@@ -119,7 +126,7 @@ def _check_inheritable(obj: Any) -> None:
             f"through initargs instead, e.g. Pool(initializer=setup, initargs=(obj,)), "
             f"and keep it in a global that setup() sets in each worker."
         )
-    if isinstance(obj, multiprocessing.synchronize.SemLock) and _made_for_fork(obj):
+    if hasattr(obj, "_semlock") and _made_for_fork(obj):
         raise ValueError(
             f"this {type(obj).__name__} was created from a 'fork' multiprocessing "
             f"context (often the default one: multiprocessing.{type(obj).__name__}()), "
@@ -129,12 +136,12 @@ def _check_inheritable(obj: Any) -> None:
         )
 
 
-def _made_for_fork(lock: multiprocessing.synchronize.SemLock) -> bool:
+def _made_for_fork(lock: Any) -> bool:
     flag = getattr(lock, "_is_fork_ctx", None)  # 3.11.7+
     if flag is not None:
         return bool(flag)
     # Before that: a fork-context semaphore is unlinked at once and so has no name.
-    return getattr(lock._semlock, "name", None) is None  # type: ignore[attr-defined]
+    return getattr(lock._semlock, "name", None) is None
 
 
 # ---------------------------------------------------------------------------------------
@@ -189,6 +196,8 @@ def rebuild(report: ErrorReport, *, remote_cause: bool = True) -> BaseException:
     If its ``__cause__`` was not set by the worker's code, it is set to a
     ``RemoteTraceback`` with the formatted worker traceback, as the standard library does.
     """
+    from ._errors import RemoteError, RemoteTraceback
+
     exc: BaseException | None = None
     if report.exception is not None:
         try:

@@ -38,7 +38,6 @@ from types import FrameType
 from typing import Any
 
 from . import _protocol as wire
-from ._errors import ResultEncodingError
 from ._hooks import Hooks
 from ._serialize import SpawnedHooks, capture, describe, dumps, loads
 
@@ -158,6 +157,8 @@ class _Worker:
         try:
             data = dumps(result)
         except BaseException as exc:
+            from ._errors import ResultEncodingError
+
             error = ResultEncodingError(f"{type(exc).__name__}: {exc}", describe(result))
             error.__cause__ = exc
             self._send(wire.Failed(call.task_id, capture(error)))
