@@ -631,10 +631,12 @@ class Manager:
             self._broken_error = error
 
     def _fail_everything(self, error: BaseException) -> None:
-        """Cancel queued tasks; fail the ones already running."""
+        """Settle every pending task: on a broken pool all fail with its error; on
+        terminate the queued ones are cancelled (they never ran) and running ones fail."""
+        broken = self._state is PoolState.BROKEN
         while self._queue:
             task = self._queue.popleft()
-            if not task.future.cancel():
+            if broken or not task.future.cancel():
                 _resolve(task.future, error=error)
         for worker in self._workers:
             while worker.inflight:

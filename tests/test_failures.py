@@ -1,0 +1,399 @@
+"""Nothing hangs, nothing is lost: the crash table, timeouts, cancellation, Ctrl-C, leaks."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import itertools
+import logging
+import multiprocessing
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import tasks
+import tasks_crash
+from conftest import assert_gone, run_script
+
+import hookpool
+import hookpool._manager
+
+
+@dataclass(frozen=True)
+class Crash:
+    """One row of the crash table: a task (or argument) and the error it must produce."""
+
+    name: str
+    fn: Callable[..., Any]
+    arg: Any
+    error: type[BaseException]
+    message: str  # a fragment the error's text must contain
+
+
+CRASHES = [
+    Crash("sigkill", tasks_crash.sigkill_self, None, hookpool.WorkerLostError, "SIGKILL"),
+    Crash("os._exit", tasks_crash.exit_abruptly, None, hookpool.WorkerLostError, "code 7"),
+    Crash("segfault", tasks_crash.segfault, None, hookpool.WorkerLostError, "SIGSEGV"),
+    Crash(
+        "exception unpicklable in parent",
+        tasks_crash.raise_two_arg_error,
+        None,
+        hookpool.RemoteError,
+        "TwoArgError",
+    ),
+    Crash(
+        "exception that will not pickle",
+        tasks_crash.raise_lock_holding_error,
+        None,
+        hookpool.RemoteError,
+        "holds a lock",
+    ),
+    Crash(
+        "result that will not pickle",
+        tasks_crash.return_lock,
+        None,
+        hookpool.ResultEncodingError,
+        "lock",
+    ),
+    Crash(
+        "result that will not unpickle",
+        tasks_crash.return_unloadable,
+        None,
+        hookpool.ResultEncodingError,
+        "cannot be unpickled",
+    ),
+    Crash(
+        "argument that kills the worker as it unpickles",
+        tasks_crash.take,
+        tasks_crash.ExitAtUnpickle(),
+        hookpool.WorkerLostError,
+        "code 9",
+    ),
+    Crash(
+        "argument that fails to unpickle in the worker",
+        tasks_crash.take,
+        tasks_crash.ErrorAtUnpickle(),
+        ImportError,
+        "cannot rebuild",
+    ),
+]
+
+
+@pytest.mark.parametrize("crash", CRASHES, ids=lambda c: c.name)
+def test_crash_fails_only_its_task(crash: Crash, make_pool: Callable[..., hookpool.Pool]) -> None:
+    pool = make_pool(2)
+    before = [pool.apply_async(tasks.square, (i,)) for i in range(4)]
+    bad = pool.apply_async(crash.fn, (crash.arg,))
+    after = [pool.apply_async(tasks.square, (i,)) for i in range(4, 8)]
+    with pytest.raises(crash.error) as info:
+        bad.get(timeout=30)
+    assert crash.message.lower() in str(info.value).lower()
+    assert [r.get(timeout=30) for r in before + after] == [i * i for i in range(8)]
+    assert pool.map(tasks.square, range(20)) == [i * i for i in range(20)]
+
+
+def test_worker_lost_error_names_pid_exit_and_task(
+    make_pool: Callable[..., hookpool.Pool],
+) -> None:
+    pool = make_pool(1)
+    with pytest.raises(hookpool.WorkerLostError) as info:
+        pool.map(tasks_crash.exit_abruptly, range(3), chunksize=1)
+    error = info.value
+    assert error.pid is not None and str(error.pid) in str(error)
+    assert error.exitcode == 7
+    assert "item 0 of map(exit_abruptly" in str(error)
+    assert isinstance(error, concurrent.futures.process.BrokenProcessPool)
+
+
+def test_imap_raises_worker_loss_at_its_position(
+    make_pool: Callable[..., hookpool.Pool],
+) -> None:
+    pool = make_pool(2)
+    results = pool.imap(_maybe_exit, range(6))
+    assert [next(results) for _ in range(3)] == [0, 1, 2]
+    with pytest.raises(hookpool.WorkerLostError):
+        next(results)
+    assert list(results) == [4, 5]
+
+
+def _maybe_exit(x: int) -> int:
+    if x == 3:
+        os._exit(1)
+    return x
+
+
+def test_unpicklable_argument_raises_at_call_site(
+    make_pool: Callable[..., hookpool.Pool],
+) -> None:
+    pool = make_pool(1)
+    with pytest.raises(TypeError, match="refuses to be pickled"):
+        pool.apply_async(tasks_crash.take, (tasks_crash.ErrorAtPickle(),))
+    with pytest.raises(TypeError, match="refuses to be pickled"):
+        pool.map(tasks_crash.take, [1, tasks_crash.ErrorAtPickle()])
+    assert pool.apply(tasks.square, (3,)) == 9
+
+
+def test_imap_chunk_that_fails_to_pickle_fails_only_that_chunk(
+    make_pool: Callable[..., hookpool.Pool],
+) -> None:
+    pool = make_pool(2)
+    items = [1, 2, tasks_crash.ErrorAtPickle(), 4]
+    results = pool.imap(tasks_crash.take, items)
+    assert [next(results), next(results)] == ["int", "int"]
+    with pytest.raises(TypeError, match="refuses to be pickled"):
+        next(results)
+    assert list(results) == ["int"]
+
+
+def test_lock_as_task_argument_says_use_initargs(
+    make_pool: Callable[..., hookpool.Pool],
+) -> None:
+    pool = make_pool(1)
+    lock = hookpool.get_context().Lock()
+    with pytest.raises(RuntimeError, match="initargs"):
+        pool.apply_async(tasks.identity, (lock,))
+    assert pool.apply(tasks.square, (2,)) == 4
+
+
+# -- timeouts and cancellation -------------------------------------------------------------
+
+
+def test_task_timeout_stops_and_replaces_the_worker(
+    make_pool: Callable[..., hookpool.Pool],
+) -> None:
+    pool = make_pool(2)
+    slow = pool.apply_async(tasks.sleep_then, (60,), task_timeout=0.5)
+    others = [pool.apply_async(tasks.square, (i,)) for i in range(6)]
+    with pytest.raises(hookpool.TaskTimeoutError) as info:
+        slow.get(timeout=30)
+    assert isinstance(info.value, multiprocessing.TimeoutError)
+    assert isinstance(info.value, concurrent.futures.TimeoutError)
+    assert [r.get(timeout=30) for r in others] == [i * i for i in range(6)]
+    assert pool.map(tasks.square, range(4)) == [0, 1, 4, 9]
+
+
+def test_pool_wide_task_timeout_applies_to_map_chunks(
+    make_pool: Callable[..., hookpool.Pool],
+) -> None:
+    pool = make_pool(2, task_timeout=0.5)
+    with pytest.raises(hookpool.TaskTimeoutError, match="item 1 of map"):
+        pool.map(_sleep_on_one, range(4), chunksize=1)
+    assert pool.map(tasks.square, range(4)) == [0, 1, 4, 9]
+
+
+def _sleep_on_one(x: int) -> int:
+    if x == 1:
+        time.sleep(60)
+    return x
+
+
+def test_get_timeout_only_stops_waiting(make_pool: Callable[..., hookpool.Pool]) -> None:
+    pool = make_pool(1)
+    result = pool.apply_async(tasks.sleep_then, (1.0, "done"))
+    with pytest.raises(multiprocessing.TimeoutError):
+        result.get(timeout=0.05)
+    assert result.get(timeout=30) == "done"
+
+
+def test_cancel_running_task_on_request(
+    make_pool: Callable[..., hookpool.Pool], tmp_path: Path
+) -> None:
+    pool = make_pool(1)
+    running = pool.submit(tasks_crash.record_run, str(tmp_path), "long", 60)
+    _wait_for(lambda: (tmp_path / "long").exists(), "the long task to start")
+    assert pool.cancel(running)
+    with pytest.raises(concurrent.futures.CancelledError):
+        running.result(timeout=30)
+    assert pool.apply(tasks.square, (5,)) == 25
+    assert (tmp_path / "long").read_text() == "x"  # it ran once, and was not re-run
+
+
+def test_cancelled_queued_task_never_runs(
+    make_pool: Callable[..., hookpool.Pool], tmp_path: Path
+) -> None:
+    pool = make_pool(1)
+    blocker = pool.submit(tasks_crash.record_run, str(tmp_path), "blocker", 1.0)
+    queued = [pool.submit(tasks_crash.record_run, str(tmp_path), f"q{i}") for i in range(3)]
+    assert queued[1].cancel()
+    assert blocker.result(timeout=30) == "blocker"
+    assert queued[0].result(timeout=30) == "q0" and queued[2].result(timeout=30) == "q2"
+    pool.close()
+    pool.join()
+    assert not (tmp_path / "q1").exists()
+
+
+# -- Ctrl-C, parent death ----------------------------------------------------------------------
+
+CTRL_C_SCRIPT = """
+import sys
+sys.path.insert(0, {tests!r})
+import hookpool, tasks
+
+if __name__ == "__main__":
+    d = sys.argv[1]
+    with hookpool.Pool(2, initializer=tasks.init_record, initargs=(d,),
+                       finalizer=tasks.fin_record, finalargs=(d,)) as pool:
+        print("pids", *pool.worker_pids, flush=True)
+        pool.map(tasks.sleep_then, [60] * 4, chunksize=1)
+"""
+
+
+def test_ctrl_c_interrupts_promptly_and_leaves_no_worker(tmp_path: Path) -> None:
+    script = tmp_path / "ctrl_c.py"
+    script.write_text(CTRL_C_SCRIPT.format(tests=str(Path(__file__).parent)))
+    markers = tmp_path / "markers"
+    markers.mkdir()
+    with subprocess.Popen(
+        [sys.executable, str(script), str(markers)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    ) as child:
+        try:
+            assert child.stdout is not None
+            pids = [int(p) for p in child.stdout.readline().split()[1:]]
+            _wait_for(lambda: len(tasks.counts(str(markers))[0]) == 2, "both workers to start")
+            time.sleep(0.3)  # let the map reach the workers
+            child.send_signal(signal.SIGINT)
+            _, stderr = child.communicate(timeout=30)
+        finally:
+            child.kill()
+    assert "KeyboardInterrupt" in stderr
+    assert stderr.count("Traceback") == 1, stderr  # the parent's only: workers stay quiet
+    assert_gone(pids)
+    inits, fins = tasks.counts(str(markers))
+    assert fins == inits  # each busy worker ran its finalizer within the grace period
+
+
+PARENT_SCRIPT = """
+import sys, time
+sys.path.insert(0, {tests!r})
+import hookpool, tasks
+
+if __name__ == "__main__":
+    d = sys.argv[1]
+    pool = hookpool.Pool(3, initializer=tasks.init_record, initargs=(d,),
+                         finalizer=tasks.fin_record, finalargs=(d,))
+    pool.apply_async(tasks.sleep_then, (60,))  # one busy worker, two idle
+    print("pids", *pool.worker_pids, flush=True)
+    time.sleep(60)
+"""
+
+
+def test_parent_sigkill_leaves_no_orphans(tmp_path: Path) -> None:
+    script = tmp_path / "parent.py"
+    script.write_text(PARENT_SCRIPT.format(tests=str(Path(__file__).parent)))
+    markers = tmp_path / "markers"
+    markers.mkdir()
+    with subprocess.Popen(
+        [sys.executable, str(script), str(markers)], stdout=subprocess.PIPE, text=True
+    ) as child:
+        try:
+            assert child.stdout is not None
+            pids = [int(p) for p in child.stdout.readline().split()[1:]]
+            _wait_for(lambda: len(tasks.counts(str(markers))[0]) == 3, "all workers to start")
+        finally:
+            child.kill()
+            child.wait(timeout=30)
+    assert_gone(pids, timeout=15)
+    inits, fins = tasks.counts(str(markers))
+    assert fins == inits
+
+
+# -- backpressure, leaks, the manager itself ---------------------------------------------------
+
+
+def test_imap_reads_an_endless_generator_a_bounded_amount_ahead(
+    make_pool: Callable[..., hookpool.Pool],
+) -> None:
+    pool = make_pool(2)
+    produced = itertools.count()
+    read = [0]
+
+    def numbers() -> Any:
+        for n in produced:
+            read[0] = n + 1
+            yield n
+
+    results = pool.imap(tasks.square, numbers(), chunksize=10)
+    for expected in range(500):
+        assert next(results) == expected * expected
+        assert read[0] - expected <= 10 * 4 * 2 + 10  # window: 4 chunks per worker
+
+
+def test_no_leaks_across_many_pools() -> None:
+    def snapshot() -> tuple[int, int, int]:
+        return (
+            threading.active_count(),
+            len(os.listdir("/proc/self/fd")),
+            len(multiprocessing.active_children()),
+        )
+
+    with hookpool.Pool(1) as pool:  # warm up lazily created module state
+        pool.apply(tasks.square, (1,))
+    baseline = snapshot()
+    for i in range(60):
+        pool = hookpool.Pool(1)
+        if i % 2:
+            assert pool.apply(tasks.square, (i,)) == i * i
+            pool.close()
+            pool.join()
+        else:
+            pool.terminate()
+    assert snapshot() == baseline
+
+
+def test_resource_tracker_stays_quiet(tmp_path: Path) -> None:
+    result = run_script(
+        "import hookpool, tasks\n"
+        "if __name__ == '__main__':\n"
+        "    for i in range(20):\n"
+        "        with hookpool.Pool(2) as pool:\n"
+        "            assert pool.map(tasks.square, range(10)) == [x * x for x in range(10)]\n"
+        "        pool = hookpool.Pool(1, initargs=(hookpool.get_context().Lock(),),\n"
+        "                             initializer=tasks.identity)\n"
+        "        pool.close(); pool.join()\n"
+        "    print('ok')\n",
+        tmp_path,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "ok"
+    assert "resource_tracker" not in result.stderr and "leaked" not in result.stderr
+
+
+def test_manager_internal_error_breaks_pool_loudly(
+    make_pool: Callable[..., hookpool.Pool],
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    pool = make_pool(1)
+    assert pool.apply(tasks.square, (2,)) == 4
+
+    def broken_dispatch(self: hookpool._manager.Manager) -> None:
+        raise RuntimeError("simulated manager bug")
+
+    monkeypatch.setattr(hookpool._manager.Manager, "_dispatch", broken_dispatch)
+    with caplog.at_level(logging.ERROR, logger="hookpool"):
+        future = pool.submit(tasks.square, 3)
+        with pytest.raises(hookpool.PoolBrokenError) as info:
+            future.result(timeout=30)
+        assert isinstance(info.value.__cause__, RuntimeError)
+        with pytest.raises(hookpool.PoolBrokenError):
+            pool.submit(tasks.square, 4)
+    assert "simulated manager bug" in caplog.text
+
+
+def _wait_for(predicate: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.02)
