@@ -90,6 +90,8 @@ logger = logging.getLogger("hookpool")
 TERMINATE_GRACE_SECONDS = 5.0
 #: Tasks shorter than this (on average, per worker) get a second task queued behind them.
 PREFETCH_BELOW_SECONDS = 0.005
+#: Workers in a row that die while starting before the pool gives up (PoolBrokenError).
+STARTUP_FAILURES_TO_BREAK = 3
 #: How long to wait for a worker's exit status once its sentinel has fired.
 REAP_SECONDS = 5.0
 
@@ -179,6 +181,7 @@ class Manager:
         self._workers: list[WorkerHandle] = []
         self._by_id: dict[int, Task] = {}
         self._commands: collections.deque[Callable[[], None]] = collections.deque()
+        self._startup_failures = 0  # workers in a row that died before reporting Ready
         self._winding_down = False
 
         self._wake_r, self._wake_w = os.pipe()
@@ -424,6 +427,7 @@ class Manager:
             self._on_result(worker, message)  # type: ignore[arg-type]
         elif kind is wire.Ready:
             worker.ready = True
+            self._startup_failures = 0
         elif kind is wire.InitFailed:
             assert isinstance(message, wire.InitFailed)
             cause = rebuild(message.error, remote_cause=True)
@@ -537,11 +541,17 @@ class Manager:
             del self._by_id[lost.task_id]
             _resolve(lost.future, error=self._lost_error(worker, lost, exitcode))
             self._requeue_unstarted(worker)
-        if not worker.ready and not worker.stopping and self._state is PoolState.RUNNING:
+        if worker.ready or worker.stopping or self._state.is_final:
+            return
+        # It died while starting. Once may be bad luck (an OOM kill): start another. Again
+        # and again is a bug in the set-up, and respawning forever would hide it.
+        self._startup_failures += 1
+        if self._startup_failures >= STARTUP_FAILURES_TO_BREAK:
             self._break(
                 PoolBrokenError(
-                    f"worker {worker.name} (pid {worker.pid}) {_exit_text(exitcode)} while "
-                    f"starting, before its initializer finished. Its stderr says why. A "
+                    f"{STARTUP_FAILURES_TO_BREAK} workers in a row died while starting; the "
+                    f"last, {worker.name} (pid {worker.pid}), {_exit_text(exitcode)} before "
+                    f"its initializer finished. Their stderr says why. A "
                     f"common cause is a script that creates a pool at import time: put that "
                     f'code under `if __name__ == "__main__":`.'
                 )
