@@ -4,6 +4,7 @@ task runs twice, no task is lost."""
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import os
 import signal
 import tempfile
@@ -76,10 +77,8 @@ class PoolUnderFire(RuleBasedStateMachine):
     @rule(data=st.data())
     def kill_a_worker(self, data: st.DataObject) -> None:
         pid = data.draw(st.sampled_from(self.pool.worker_pids))
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
 
     @invariant()
     def pool_is_running(self) -> None:
