@@ -88,8 +88,13 @@ logger = logging.getLogger("hookpool")
 
 #: Seconds a worker gets, after being asked to stop, to run its finalizer before SIGKILL.
 TERMINATE_GRACE_SECONDS = 5.0
-#: Tasks shorter than this (on average, per worker) get a second task queued behind them.
-PREFETCH_BELOW_SECONDS = 0.005
+#: A busy worker gets more tasks queued behind its current one while they amount to less
+#: than this much work at its recent pace (see Manager._pick_worker)...
+PREFETCH_SECONDS = 0.002
+#: ...and while the bytes and messages it has not read yet stay under these (far below
+#: what a socket buffer holds, so that a send to a busy worker never blocks).
+PREFETCH_BYTES = 64 * 1024
+PREFETCH_TASKS = 16
 #: Workers in a row that die while starting before the pool gives up (PoolBrokenError).
 STARTUP_FAILURES_TO_BREAK = 3
 #: How long to wait for a worker's exit status once its sentinel has fired.
@@ -139,15 +144,38 @@ class WorkerHandle:
     conn_closed: bool = False
     #: Tasks sent to this worker, in the order it runs them; [0] is running.
     inflight: collections.deque[Task] = field(default_factory=collections.deque)
+    #: Pickled bytes of the tasks in ``inflight``, and how many of them have a timeout.
+    inflight_bytes: int = 0
+    timeouts: int = 0
     #: When inflight[0] started (approximately: when it was sent or its predecessor ended).
     head_started: float = 0.0
     tasks_done: int = 0
-    #: Moving average of task duration, to decide whether to queue a second task.
-    avg_seconds: float = 0.0
+    #: Moving average of task duration, to decide how many tasks to queue behind the
+    #: running one. Until measured, assume tasks are long enough for one extra.
+    avg_seconds: float = PREFETCH_SECONDS / 2
     #: SIGKILL at this monotonic time if still alive (after a stop request).
     kill_at: float | None = None
     #: Its sentinel fired and it was reaped.
     exited: bool = False
+
+    def push(self, task: Task) -> None:
+        """Record a task sent to this worker."""
+        self.inflight.append(task)
+        self.inflight_bytes += len(task.fn) + len(task.args)
+        self.timeouts += task.timeout is not None
+
+    def pop_head(self) -> Task:
+        """Take the task it is running (finished, failed or abandoned)."""
+        return self._forget(self.inflight.popleft())
+
+    def pop_tail(self) -> Task:
+        """Take the last task queued behind the running one."""
+        return self._forget(self.inflight.pop())
+
+    def _forget(self, task: Task) -> Task:
+        self.inflight_bytes -= len(task.fn) + len(task.args)
+        self.timeouts -= task.timeout is not None
+        return task
 
 
 class Manager:
@@ -374,50 +402,60 @@ class Manager:
                 task.claimed = True
             if not worker.inflight:
                 worker.head_started = time.monotonic()
-            worker.inflight.append(task)
+            worker.push(task)
             self._by_id[task.task_id] = task
             try:
                 wire.send(
                     worker.conn,
-                    wire.Call(task.task_id, task.kind, task.fn, wire.blob(task.args)),
+                    wire.Call(task.task_id, int(task.kind), task.fn, wire.blob(task.args)),
                 )
             except OSError:
                 # The worker is dying: it never got this task. Its sentinel will fire.
-                worker.inflight.pop()
+                worker.pop_tail()
                 del self._by_id[task.task_id]
                 queue.appendleft(task)
                 worker.stopping = True
 
     def _pick_worker(self, task: Task) -> WorkerHandle | None:
+        """The least loaded ready worker with room for ``task``, if any.
+
+        An idle worker always has room. A busy one takes more tasks behind its current
+        one (hiding the round trip, which dominates short tasks) only while: the queued
+        work is worth about PREFETCH_SECONDS at its recent pace (bounding how unevenly
+        work can end up spread); the bytes it has not read yet stay under PREFETCH_BYTES
+        (so a send to it can never block, whatever it is sending back); no task involved
+        has a timeout (a timeout must only stop the task it belongs to); and it will not
+        reach maxtasksperchild first. The count and byte limits keep every send to a busy
+        worker far below what a socket buffer holds, so the manager never blocks on a
+        worker that is itself blocked sending results.
+        """
         best: WorkerHandle | None = None
-        large = len(task.args) >= wire.OUT_OF_BAND_MIN
+        best_load = 0
+        size = len(task.fn) + len(task.args)
         for worker in self._workers:
             if not worker.ready or worker.stopping:
                 continue
             load = len(worker.inflight)
             if load == 0:
                 return worker
+            if best is not None and load >= best_load:
+                continue
             if (
-                load == 1
-                and not large
-                and task.timeout is None
-                and worker.inflight[0].timeout is None
-                and worker.avg_seconds < PREFETCH_BELOW_SECONDS
-                and (self._maxtasks is None or worker.tasks_done + 1 < self._maxtasks)
-                and best is None
+                task.timeout is None
+                and worker.timeouts == 0
+                and load < PREFETCH_TASKS
+                and worker.inflight_bytes + size <= PREFETCH_BYTES
+                and load * worker.avg_seconds < PREFETCH_SECONDS
+                and (self._maxtasks is None or worker.tasks_done + load < self._maxtasks)
             ):
-                best = worker
+                best, best_load = worker, load
         return best
 
     # -- messages from a worker ------------------------------------------------------------
 
     def _on_readable(self, worker: WorkerHandle) -> None:
-        conn = worker.conn
         try:
-            while True:
-                self._handle(worker, wire.recv(conn))
-                if worker.conn_closed or not conn.poll():
-                    return
+            self._handle(worker, wire.recv(worker.conn))
         except (EOFError, OSError):
             self._forget_conn(worker)
 
@@ -454,7 +492,7 @@ class Manager:
     def _on_result(self, worker: WorkerHandle, message: wire.Done | wire.Failed) -> None:
         if message.task_id not in self._by_id:
             return  # a late answer for a task already settled (timed out, terminated)
-        task = worker.inflight.popleft()
+        task = worker.pop_head()
         if task.task_id != message.task_id:
             raise RuntimeError(
                 f"{worker.name} answered task {message.task_id} before task {task.task_id}"
@@ -526,9 +564,11 @@ class Manager:
                 self._forget_conn(worker)
 
     def _on_exit(self, worker: WorkerHandle) -> None:
-        if not worker.conn_closed:
-            self._on_readable(worker)  # results it sent before leaving still count
-            self._forget_conn(worker)
+        # Results it sent before leaving still count. (poll: a process it forked may hold
+        # the other end open, so do not wait for EOF.)
+        while not worker.conn_closed and _poll(worker.conn):
+            self._on_readable(worker)
+        self._forget_conn(worker)
         worker.exited = True
         self._selector.unregister(worker.process.sentinel)
         worker.process.join(REAP_SECONDS)
@@ -537,7 +577,7 @@ class Manager:
         with contextlib.suppress(ValueError):
             worker.process.close()
         if worker.inflight:
-            lost = worker.inflight.popleft()
+            lost = worker.pop_head()
             del self._by_id[lost.task_id]
             _resolve(lost.future, error=self._lost_error(worker, lost, exitcode))
             self._requeue_unstarted(worker)
@@ -580,7 +620,7 @@ class Manager:
 
     def _stop_running_task(self, worker: WorkerHandle) -> None:
         """Stop a worker in the middle of its task (already settled by the caller)."""
-        task = worker.inflight.popleft()
+        task = worker.pop_head()
         del self._by_id[task.task_id]
         self._requeue_unstarted(worker)
         self._stop_worker(worker, signal_it=True)
@@ -588,7 +628,7 @@ class Manager:
     def _requeue_unstarted(self, worker: WorkerHandle) -> None:
         """Put back the tasks queued behind a worker's current one: they never started."""
         while worker.inflight:
-            task = worker.inflight.pop()
+            task = worker.pop_tail()
             del self._by_id[task.task_id]
             self._queue.appendleft(task)
 
@@ -650,7 +690,7 @@ class Manager:
                 _resolve(task.future, error=error)
         for worker in self._workers:
             while worker.inflight:
-                task = worker.inflight.popleft()
+                task = worker.pop_head()
                 self._by_id.pop(task.task_id, None)
                 _resolve(task.future, error=error)
 
@@ -681,6 +721,13 @@ class Manager:
             self.close()
         else:
             self.terminate()
+
+
+def _poll(conn: Connection) -> bool:
+    try:
+        return conn.poll()
+    except (EOFError, OSError):
+        return False
 
 
 def _task_deadline(worker: WorkerHandle) -> float | None:

@@ -5,8 +5,9 @@ anything they do not know. User data (callables, arguments, results) is pickled 
 ``_serialize`` in the thread that produced it and travels here as opaque ``bytes``, so a
 message always unpickles even when the user data inside it will not.
 
-Framing: one ``send_bytes`` frame holding a count byte and the pickled message, then that
-many frames of raw out-of-band buffers (pickle protocol 5). Payloads larger than
+Framing: one ``send_bytes`` frame holding a count byte and the pickled message (its type
+tag and field values), then that many frames of raw out-of-band buffers (pickle protocol
+5). Payloads larger than
 ``OUT_OF_BAND_MIN`` are sent as such buffers, straight from the caller's bytes object to
 the pipe, without being copied into the message pickle.
 
@@ -22,7 +23,7 @@ import enum
 import pickle
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
-from typing import Any
+from typing import Any, ClassVar
 
 __all__ = [
     "Blob",
@@ -54,11 +55,17 @@ def blob(data: bytes) -> Blob:
 
 
 class Message:
-    """Base of all wire messages: pickled as ``(cls, field values)``, nothing more."""
+    """Base of all wire messages. On the wire a message is the tuple ``(tag, *fields)``:
+    pickling a class reference costs more than the rest of a small message."""
 
-    def __reduce__(self) -> tuple[Any, ...]:
-        # A frozen dataclass's __init__ stores the fields in order in __dict__.
-        return (type(self), tuple(self.__dict__.values()))
+    _tag: ClassVar[int]
+
+    def __init_subclass__(cls) -> None:
+        cls._tag = len(_MESSAGE_TYPES)
+        _MESSAGE_TYPES.append(cls)
+
+
+_MESSAGE_TYPES: list[type[Message]] = []
 
 
 class CallKind(enum.IntEnum):
@@ -93,7 +100,7 @@ class Call(Message):
     """Run one task. Sent to a worker only after it reported ``Ready``."""
 
     task_id: int
-    kind: CallKind
+    kind: int  # a CallKind value (a plain int on the wire)
     fn: Blob
     args: Blob
 
@@ -147,7 +154,9 @@ _COUNT = [bytes((n,)) for n in range(256)]
 def send(conn: Connection, message: Message) -> None:
     """Write one message (and its out-of-band buffers) to ``conn``."""
     buffers: list[pickle.PickleBuffer] = []
-    head = pickle.dumps(message, protocol=5, buffer_callback=buffers.append)
+    # A frozen dataclass's __init__ stores the fields in __dict__, in order.
+    fields = (message._tag, *message.__dict__.values())
+    head = pickle.dumps(fields, protocol=5, buffer_callback=buffers.append)
     conn.send_bytes(_COUNT[len(buffers)] + head)
     for buffer in buffers:
         conn.send_bytes(buffer.raw())
@@ -157,7 +166,8 @@ def recv(conn: Connection) -> Message:
     """Read one message. Raises EOFError or OSError when the other end is gone."""
     head = conn.recv_bytes()
     buffers = [conn.recv_bytes() for _ in range(head[0])]
-    message = pickle.loads(memoryview(head)[1:], buffers=buffers)
-    if not isinstance(message, Message):
-        raise TypeError(f"unrecognized wire message: {type(message).__name__}")
+    tag, *fields = pickle.loads(memoryview(head)[1:], buffers=buffers)
+    if not 0 <= tag < len(_MESSAGE_TYPES):
+        raise TypeError(f"unrecognized wire message tag: {tag!r}")
+    message: Message = _MESSAGE_TYPES[tag](*fields)
     return message

@@ -21,6 +21,7 @@ import multiprocessing.context
 import multiprocessing.reduction
 import pickle
 import sys
+import threading
 import traceback
 import types
 from io import BytesIO
@@ -65,11 +66,34 @@ class _Pickler(multiprocessing.reduction.ForkingPickler):
         return NotImplemented
 
 
+class _Reusable(threading.local):
+    """One pickler per thread, reused: building a ForkingPickler copies the reducer table."""
+
+    def __init__(self) -> None:
+        self.buffer = BytesIO()
+        self.pickler = _Pickler(self.buffer, 5)
+        self.busy = False
+
+
+_reusable = _Reusable()
+
+
 def dumps(obj: Any) -> bytes:
     """Pickle ``obj`` for a worker, in the calling thread."""
-    buffer = BytesIO()
-    _Pickler(buffer, 5).dump(obj)
-    return buffer.getvalue()
+    state = _reusable
+    if state.busy:  # re-entered from a __reduce__: use a fresh pickler
+        buffer = BytesIO()
+        _Pickler(buffer, 5).dump(obj)
+        return buffer.getvalue()
+    state.busy = True
+    try:
+        state.pickler.dump(obj)
+        return state.buffer.getvalue()
+    finally:
+        state.buffer.seek(0)
+        state.buffer.truncate()
+        state.pickler.clear_memo()
+        state.busy = False
 
 
 loads = pickle.loads
@@ -283,14 +307,16 @@ def dumps_callable(fn: Any) -> bytes:
     """Pickle a task function. Functions importable by name are pickled once and cached
     (their pickle is just the name); anything pickled by value is pickled every time,
     since a closure's cells or a lambda's globals may have changed since."""
-    if type(fn) is types.FunctionType and not _by_value(fn):
-        data = _CALLABLE_CACHE.get(fn)
-        if data is None:
-            if len(_CALLABLE_CACHE) >= _CALLABLE_CACHE_SIZE:
-                _CALLABLE_CACHE.clear()
-            data = _CALLABLE_CACHE[fn] = dumps(fn)
-        return data
-    return dumps(fn)
+    if type(fn) is not types.FunctionType:
+        return dumps(fn)
+    data = _CALLABLE_CACHE.get(fn)
+    if data is None:
+        if _by_value(fn):
+            return dumps(fn)
+        if len(_CALLABLE_CACHE) >= _CALLABLE_CACHE_SIZE:
+            _CALLABLE_CACHE.clear()
+        data = _CALLABLE_CACHE[fn] = dumps(fn)
+    return data
 
 
 def callable_name(fn: Any) -> str:

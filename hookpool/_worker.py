@@ -202,11 +202,11 @@ class _Worker:
         threading.Thread(target=watch, name="hookpool-parent-watch", daemon=True).start()
 
 
-def _run(kind: wire.CallKind, fn: Callable[..., Any], args: Any) -> Any:
-    if kind is wire.CallKind.APPLY:
+def _run(kind: int, fn: Callable[..., Any], args: Any) -> Any:
+    if kind == wire.CallKind.APPLY:
         return fn(*args[0], **args[1])
-    if kind is wire.CallKind.MAP:
+    if kind == wire.CallKind.MAP:
         return list(map(fn, args))
-    if kind is wire.CallKind.STARMAP:
+    if kind == wire.CallKind.STARMAP:
         return list(itertools.starmap(fn, args))
     raise TypeError(f"unrecognized call kind: {kind!r}")
