@@ -94,7 +94,7 @@ PREFETCH_SECONDS = 0.002
 #: ...and while the bytes and messages it has not read yet stay under these (far below
 #: what a socket buffer holds, so that a send to a busy worker never blocks).
 PREFETCH_BYTES = 64 * 1024
-PREFETCH_TASKS = 16
+PREFETCH_TASKS = 256
 #: Workers in a row that die while starting before the pool gives up (PoolBrokenError).
 STARTUP_FAILURES_TO_BREAK = 3
 #: How long to wait for a worker's exit status once its sentinel has fired.
@@ -136,6 +136,7 @@ class WorkerHandle:
     process: BaseProcess
     conn: Connection
     pid: int
+    reader: wire.FrameReader
     #: Reported Ready: the initializer ran, the finalizer is registered.
     ready: bool = False
     #: Asked to leave (Stop sent or SIGTERM): gets no more tasks.
@@ -390,11 +391,13 @@ class Manager:
                     self._stop_worker(worker, signal_it=False)
 
     def _dispatch(self) -> None:
+        """Move queued tasks to workers with room; one frame per worker per pass."""
         queue = self._queue
+        outbox: dict[WorkerHandle, list[Task]] = {}
         while queue:
             worker = self._pick_worker(queue[0])
             if worker is None:
-                return
+                break
             task = queue.popleft()
             if not task.claimed:
                 if not task.future.set_running_or_notify_cancel():
@@ -404,16 +407,19 @@ class Manager:
                 worker.head_started = time.monotonic()
             worker.push(task)
             self._by_id[task.task_id] = task
+            outbox.setdefault(worker, []).append(task)
+        for worker, tasks in outbox.items():
+            calls: list[wire.Message] = [
+                wire.Call(t.task_id, int(t.kind), t.fn, wire.blob(t.args)) for t in tasks
+            ]
             try:
-                wire.send(
-                    worker.conn,
-                    wire.Call(task.task_id, int(task.kind), task.fn, wire.blob(task.args)),
-                )
+                wire.send(worker.conn, calls)
             except OSError:
-                # The worker is dying: it never got this task. Its sentinel will fire.
-                worker.pop_tail()
-                del self._by_id[task.task_id]
-                queue.appendleft(task)
+                # The worker is dying and never got these tasks. Its sentinel will fire.
+                for task in reversed(tasks):
+                    worker.pop_tail()
+                    del self._by_id[task.task_id]
+                    queue.appendleft(task)
                 worker.stopping = True
 
     def _pick_worker(self, task: Task) -> WorkerHandle | None:
@@ -455,9 +461,12 @@ class Manager:
 
     def _on_readable(self, worker: WorkerHandle) -> None:
         try:
-            self._handle(worker, wire.recv(worker.conn))
+            messages = worker.reader.read()
         except (EOFError, OSError):
             self._forget_conn(worker)
+            return
+        for message in messages:
+            self._handle(worker, message)
 
     def _handle(self, worker: WorkerHandle, message: wire.Message) -> None:
         kind = type(message)
@@ -539,7 +548,13 @@ class Manager:
         finally:
             child_end.close()
         assert process.pid is not None
-        worker = WorkerHandle(name=name, process=process, conn=parent_end, pid=process.pid)
+        worker = WorkerHandle(
+            name=name,
+            process=process,
+            conn=parent_end,
+            pid=process.pid,
+            reader=wire.FrameReader(parent_end),
+        )
         self._workers.append(worker)
         self._selector.register(
             parent_end.fileno(), selectors.EVENT_READ, (self._on_readable, worker)
@@ -559,7 +574,7 @@ class Manager:
                 worker.process.terminate()
         elif not worker.conn_closed:
             try:
-                wire.send(worker.conn, wire.Stop())
+                wire.send(worker.conn, [wire.Stop()])
             except OSError:
                 self._forget_conn(worker)
 

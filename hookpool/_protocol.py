@@ -20,7 +20,9 @@ the pipe, without being copied into the message pickle.
 from __future__ import annotations
 
 import enum
+import os
 import pickle
+import struct
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Any, ClassVar
@@ -33,6 +35,7 @@ __all__ = [
     "ErrorReport",
     "Failed",
     "FinalizerFailed",
+    "FrameReader",
     "InitFailed",
     "Message",
     "Ready",
@@ -149,25 +152,101 @@ class FinalizerFailed(Message):
 
 
 _COUNT = [bytes((n,)) for n in range(256)]
+_HEADER = struct.Struct("!i")  # multiprocessing.connection's frame header
+_LONG_HEADER = struct.Struct("!Q")  # after a -1 header, for frames of 2 GiB and more
+_READ_SIZE = 256 * 1024
 
 
-def send(conn: Connection, message: Message) -> None:
-    """Write one message (and its out-of-band buffers) to ``conn``."""
+def send(conn: Connection, messages: list[Message]) -> None:
+    """Write a batch of messages as one frame (plus one frame per out-of-band buffer)."""
     buffers: list[pickle.PickleBuffer] = []
     # A frozen dataclass's __init__ stores the fields in __dict__, in order.
-    fields = (message._tag, *message.__dict__.values())
-    head = pickle.dumps(fields, protocol=5, buffer_callback=buffers.append)
+    batch = [(message._tag, *message.__dict__.values()) for message in messages]
+    head = pickle.dumps(batch, protocol=5, buffer_callback=buffers.append)
     conn.send_bytes(_COUNT[len(buffers)] + head)
     for buffer in buffers:
         conn.send_bytes(buffer.raw())
 
 
-def recv(conn: Connection) -> Message:
-    """Read one message. Raises EOFError or OSError when the other end is gone."""
+def recv(conn: Connection) -> list[Message]:
+    """Read one batch. Raises EOFError or OSError when the other end is gone."""
     head = conn.recv_bytes()
-    buffers = [conn.recv_bytes() for _ in range(head[0])]
-    tag, *fields = pickle.loads(memoryview(head)[1:], buffers=buffers)
-    if not 0 <= tag < len(_MESSAGE_TYPES):
-        raise TypeError(f"unrecognized wire message tag: {tag!r}")
-    message: Message = _MESSAGE_TYPES[tag](*fields)
-    return message
+    return _decode(head, [conn.recv_bytes() for _ in range(head[0])])
+
+
+def _decode(head: bytes | bytearray, buffers: list[bytes | bytearray]) -> list[Message]:
+    messages = []
+    for tag, *fields in pickle.loads(memoryview(head)[1:], buffers=buffers):
+        if not 0 <= tag < len(_MESSAGE_TYPES):
+            raise TypeError(f"unrecognized wire message tag: {tag!r}")
+        messages.append(_MESSAGE_TYPES[tag](*fields))
+    return messages
+
+
+class FrameReader:
+    """Reads whatever a Connection has ready, without blocking, and returns the complete
+    batches in it: the manager reads many results with one system call, and is never
+    stuck mid-frame waiting for a slow writer."""
+
+    def __init__(self, conn: Connection) -> None:
+        self._fd = conn.fileno()
+        self._buffer = bytearray()
+        self._big: bytearray | None = None  # a large frame being read in place
+        self._big_filled = 0
+        self._frames: list[bytes | bytearray] = []  # complete frames of a partial batch
+
+    def read(self) -> list[Message]:
+        """Call when the connection is readable. Raises EOFError when it is closed."""
+        if self._big is not None:
+            self._fill_big()
+        else:
+            chunk = os.read(self._fd, _READ_SIZE)
+            if not chunk:
+                raise EOFError
+            self._buffer += chunk
+        messages = self._complete_batch() if self._frames and self._big is None else []
+        while self._big is None and (frame := self._next_frame()) is not None:
+            self._frames.append(frame)
+            messages.extend(self._complete_batch())
+        return messages
+
+    def _complete_batch(self) -> list[Message]:
+        head = self._frames[0]
+        if len(self._frames) < 1 + head[0]:
+            return []
+        frames, self._frames = self._frames, []
+        return _decode(head, frames[1:])
+
+    def _next_frame(self) -> bytes | bytearray | None:
+        buffer = self._buffer
+        if len(buffer) < 4:
+            return None
+        (size,) = _HEADER.unpack_from(buffer)
+        start = 4
+        if size == -1:
+            if len(buffer) < 12:
+                return None
+            (size,) = _LONG_HEADER.unpack_from(buffer, 4)
+            start = 12
+        if len(buffer) >= start + size:
+            with memoryview(buffer) as view:
+                frame = bytes(view[start : start + size])
+            del buffer[: start + size]
+            return frame
+        if size >= _READ_SIZE:  # read the rest straight into a buffer of the right size
+            self._big = bytearray(size)
+            self._big_filled = len(buffer) - start
+            self._big[: self._big_filled] = buffer[start:]
+            buffer.clear()
+        return None
+
+    def _fill_big(self) -> None:
+        assert self._big is not None
+        view = memoryview(self._big)[self._big_filled :]
+        count = os.readv(self._fd, [view])
+        if not count:
+            raise EOFError
+        self._big_filled += count
+        if self._big_filled == len(self._big):
+            self._frames.append(self._big)
+            self._big = None

@@ -23,6 +23,7 @@ remembered and honoured at the next safe point, so a finalizer is never cut shor
 
 from __future__ import annotations
 
+import collections
 import enum
 import itertools
 import multiprocessing
@@ -124,12 +125,17 @@ class _Worker:
 
     def _serve(self) -> None:
         conn = self.conn
+        queued: collections.deque[wire.Message] = collections.deque()
         while True:
-            self.phase = _Phase.IDLE
+            if not queued:
+                self.phase = _Phase.IDLE
+                if self.stop_requested:
+                    return
+                queued.extend(wire.recv(conn))
+            self.phase = _Phase.BUSY
             if self.stop_requested:
                 return
-            message = wire.recv(conn)
-            self.phase = _Phase.BUSY
+            message = queued.popleft()
             if type(message) is wire.Call:
                 self._call(message)
             elif type(message) is wire.Stop:
@@ -178,7 +184,7 @@ class _Worker:
 
     def _send(self, message: wire.Message) -> None:
         with self.send_lock:
-            wire.send(self.conn, message)
+            wire.send(self.conn, [message])
 
     # -- signals and the parent --------------------------------------------------------
 
