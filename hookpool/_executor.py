@@ -5,12 +5,14 @@ from __future__ import annotations
 import concurrent.futures
 import multiprocessing
 import time
+import weakref
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future
 from typing import Any, ParamSpec, TypeVar
 
 from . import _protocol as wire
 from ._calls import check_timeout, lazy_map, submit_call
+from ._errors import TaskTimeoutError
 from ._hooks import Hooks
 from ._manager import Manager
 from ._results import IMapIterator
@@ -72,6 +74,9 @@ class ProcessPoolExecutor(concurrent.futures.Executor):
             closed_error=lambda: RuntimeError("cannot schedule new futures after shutdown"),
             name="hookpool-executor",
         )
+        # Dropped without shutdown(): let the queued work finish, then release the workers
+        # (each runs its finalizer), as shutdown(wait=False) would.
+        weakref.finalize(self, self._manager.close)
 
     def submit(self, fn: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs) -> Future[R]:
         """Schedule ``fn(*args, **kwargs)``; return a ``concurrent.futures.Future``.
@@ -142,6 +147,8 @@ def _yield_until(results: IMapIterator[R], deadline: float | None) -> Iterator[R
                 yield results.next(remaining)
             except StopIteration:
                 return
+            except TaskTimeoutError:
+                raise  # the task ran too long (task_timeout): not our deadline
             except multiprocessing.TimeoutError:
                 raise concurrent.futures.TimeoutError from None
     finally:

@@ -152,8 +152,8 @@ class WorkerHandle:
     head_started: float = 0.0
     tasks_done: int = 0
     #: Moving average of task duration, to decide how many tasks to queue behind the
-    #: running one. Until measured, assume tasks are long enough for one extra.
-    avg_seconds: float = PREFETCH_SECONDS / 2
+    #: running one. Until a task was measured, nothing is queued behind the first.
+    avg_seconds: float = PREFETCH_SECONDS
     #: SIGKILL at this monotonic time if still alive (after a stop request).
     kill_at: float | None = None
     #: Its sentinel fired and it was reaped.
@@ -217,6 +217,7 @@ class Manager:
         os.set_blocking(self._wake_w, False)
         os.set_blocking(self._wake_r, False)
         self._wake_pending = False
+        self._wake_lock = threading.Lock()  # _close_fds vs a late _wake
         self._selector = selectors.DefaultSelector()
         self._selector.register(self._wake_r, selectors.EVENT_READ, None)
 
@@ -323,10 +324,18 @@ class Manager:
         return self._closed_error()
 
     def _wake(self) -> None:
+        """Make the manager thread look at the queue, the commands and the state.
+
+        Callers change those first, then call this. The flag saves a system call per
+        submit while a wake-up is already on its way; the manager clears it only after
+        emptying the pipe, and acts on the queue after that (see _drain_wakeups).
+        """
         if not self._wake_pending:
             self._wake_pending = True
-            with contextlib.suppress(BlockingIOError, OSError):
-                os.write(self._wake_w, b"\0")
+            with self._wake_lock:
+                if self._wake_w >= 0:  # not after _close_fds: the number may be reused
+                    with contextlib.suppress(BlockingIOError, OSError):
+                        os.write(self._wake_w, b"\0")
 
     # -- the manager thread ----------------------------------------------------------------
 
@@ -427,8 +436,9 @@ class Manager:
 
         An idle worker always has room. A busy one takes more tasks behind its current
         one (hiding the round trip, which dominates short tasks) only while: the queued
-        work is worth about PREFETCH_SECONDS at its recent pace (bounding how unevenly
-        work can end up spread); the bytes it has not read yet stay under PREFETCH_BYTES
+        work is worth about PREFETCH_SECONDS at its recent pace, and its current task has
+        not already run longer than that (bounding how unevenly work can end up
+        spread); the bytes it has not read yet stay under PREFETCH_BYTES
         (so a send to it can never block, whatever it is sending back); no task involved
         has a timeout (a timeout must only stop the task it belongs to); and it will not
         reach maxtasksperchild first. The count and byte limits keep every send to a busy
@@ -438,6 +448,10 @@ class Manager:
         best: WorkerHandle | None = None
         best_load = 0
         size = len(task.fn) + len(task.args)
+        now = time.monotonic()
+        # While a worker is still starting, queue nothing behind a busy one: it will be
+        # ready in a moment, and the first worker up would otherwise take everything.
+        prefetch = task.timeout is None and all(w.ready or w.stopping for w in self._workers)
         for worker in self._workers:
             if not worker.ready or worker.stopping:
                 continue
@@ -447,11 +461,12 @@ class Manager:
             if best is not None and load >= best_load:
                 continue
             if (
-                task.timeout is None
+                prefetch
                 and worker.timeouts == 0
                 and load < PREFETCH_TASKS
                 and worker.inflight_bytes + size <= PREFETCH_BYTES
                 and load * worker.avg_seconds < PREFETCH_SECONDS
+                and now - worker.head_started < PREFETCH_SECONDS  # not stuck on a long one
                 and (self._maxtasks is None or worker.tasks_done + load < self._maxtasks)
             ):
                 best, best_load = worker, load
@@ -470,7 +485,7 @@ class Manager:
 
     def _handle(self, worker: WorkerHandle, message: wire.Message) -> None:
         kind = type(message)
-        if kind is wire.Done or kind is wire.Failed:
+        if kind is wire.Done or kind is wire.Failed or kind is wire.Skipped:
             self._on_result(worker, message)  # type: ignore[arg-type]
         elif kind is wire.Ready:
             worker.ready = True
@@ -498,7 +513,9 @@ class Manager:
         else:
             raise TypeError(f"unrecognized wire message from {worker.name}: {message!r}")
 
-    def _on_result(self, worker: WorkerHandle, message: wire.Done | wire.Failed) -> None:
+    def _on_result(
+        self, worker: WorkerHandle, message: wire.Done | wire.Failed | wire.Skipped
+    ) -> None:
         if message.task_id not in self._by_id:
             return  # a late answer for a task already settled (timed out, terminated)
         task = worker.pop_head()
@@ -508,10 +525,13 @@ class Manager:
             )
         del self._by_id[task.task_id]
         now = time.monotonic()
-        worker.avg_seconds = 0.8 * worker.avg_seconds + 0.2 * (now - worker.head_started)
+        if type(message) is not wire.Skipped:
+            worker.avg_seconds = 0.8 * worker.avg_seconds + 0.2 * (now - worker.head_started)
+            worker.tasks_done += 1
         worker.head_started = now
-        worker.tasks_done += 1
-        if type(message) is wire.Done:
+        if type(message) is wire.Skipped:
+            pass  # cancelled before it started; its future is settled already
+        elif type(message) is wire.Done:
             try:
                 value = loads(message.value)
             except BaseException as exc:
@@ -526,6 +546,10 @@ class Manager:
         else:
             assert isinstance(message, wire.Failed)
             _resolve(task.future, error=rebuild(message.error))
+            if message.leaving:  # SystemExit: it is on its way out; send it nothing more
+                worker.stopping = True
+                self._requeue_unstarted(worker)
+                return
         if worker.inflight and worker.inflight[0].cancel_requested:
             self._stop_running_task(worker)
         elif self._maxtasks is not None and worker.tasks_done >= self._maxtasks:
@@ -564,12 +588,15 @@ class Manager:
 
     def _stop_worker(self, worker: WorkerHandle, *, signal_it: bool) -> None:
         """Ask a worker to leave: Stop when idle, SIGTERM when it must stop now."""
-        if worker.stopping and not signal_it:
+        if worker.stopping and (not signal_it or worker.kill_at is not None):
             return
         worker.stopping = True
-        if worker.kill_at is None:
-            worker.kill_at = time.monotonic() + TERMINATE_GRACE_SECONDS
         if signal_it:
+            # Interrupted: it gets a bounded grace period for its finalizer. A worker asked
+            # to leave in an orderly way (close, recycling) finishes its finalizer, however
+            # long it takes, as the standard library's join() waits for its workers.
+            if worker.kill_at is None:
+                worker.kill_at = time.monotonic() + TERMINATE_GRACE_SECONDS
             with contextlib.suppress(OSError):
                 worker.process.terminate()
         elif not worker.conn_closed:
@@ -628,10 +655,17 @@ class Manager:
             for position, task in enumerate(worker.inflight):
                 if task.future is future:
                     _resolve(future, error=CancelledError())
-                    task.cancel_requested = True
                     if position == 0:
                         self._stop_running_task(worker)
-                    return  # otherwise stopped when it reaches the head (_on_result)
+                        return
+                    # Queued behind the running task, in the worker's pipe: tell it to
+                    # skip the task. If the Skip cannot be sent, stop the worker when
+                    # the task reaches the head (_on_result).
+                    try:
+                        wire.send(worker.conn, [wire.Skip(task.task_id)])
+                    except OSError:
+                        task.cancel_requested = True
+                    return
 
     def _stop_running_task(self, worker: WorkerHandle) -> None:
         """Stop a worker in the middle of its task (already settled by the caller)."""
@@ -710,10 +744,13 @@ class Manager:
                 _resolve(task.future, error=error)
 
     def _drain_wakeups(self) -> None:
-        self._wake_pending = False
+        # Empty the pipe, then clear the flag: in the other order, a _wake() between the
+        # two would leave the flag set with no byte in the pipe, and every later _wake()
+        # would skip its write while the manager sleeps: a lost wake-up, a hang.
         with contextlib.suppress(BlockingIOError, OSError):
             while os.read(self._wake_r, 4096):
                 pass
+        self._wake_pending = False
 
     def _kill_all(self) -> None:
         for worker in self._workers:
@@ -725,9 +762,11 @@ class Manager:
 
     def _close_fds(self) -> None:
         self._selector.close()
-        for fd in (self._wake_r, self._wake_w):
-            with contextlib.suppress(OSError):
-                os.close(fd)
+        with self._wake_lock:
+            for fd in (self._wake_r, self._wake_w):
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+            self._wake_r = self._wake_w = -1
 
     # -- interpreter exit ------------------------------------------------------------------
 
@@ -767,6 +806,8 @@ def _resolve(future: Future[Any], *, value: Any = None, error: BaseException | N
 def _exit_text(exitcode: int | None) -> str:
     if exitcode is None:
         return "disappeared"
+    if exitcode == _worker.SIGTERM_EXIT_CODE:
+        return "was stopped by SIGTERM"
     if exitcode < 0:
         try:
             name = signal.Signals(-exitcode).name
@@ -787,8 +828,8 @@ def _likely_cause(exitcode: int | None) -> str:
         return " (a crash in native code: a C extension, ctypes, or the interpreter)"
     if exitcode == -signal.SIGABRT:
         return " (native code called abort(), e.g. a failed C assertion)"
-    if exitcode == -signal.SIGTERM:
-        return " (someone outside hookpool sent it SIGTERM)"
+    if exitcode in (-signal.SIGTERM, _worker.SIGTERM_EXIT_CODE):
+        return " (someone outside hookpool sent it SIGTERM; it ran its finalizer and left)"
     if exitcode >= 0:
         return " (the task, or a library it called, ended the process with os._exit())"
     return ""

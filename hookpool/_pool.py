@@ -208,7 +208,8 @@ class Pool:
         tasks = chunk_tasks(func, kind, method, chunked(items, max(chunksize, 1)), timeout=timeout)
         if tasks:
             self._manager.submit_many(tasks)
-        return MapResult(gather([t.future for t in tasks]), callback, error_callback)
+        futures = [t.future for t in tasks]
+        return MapResult(gather(futures), callback, error_callback, tasks=futures)
 
     def imap(
         self,
@@ -260,8 +261,8 @@ class Pool:
         its worker is interrupted (running its finalizer), replaced, and the task fails
         with ``concurrent.futures.CancelledError``. Returns False if it already finished.
         """
-        future = task.future if isinstance(task, AsyncResult) else task
-        return self._manager.cancel(future)
+        futures = task.tasks if isinstance(task, AsyncResult) else [task]
+        return any([self._manager.cancel(future) for future in futures])
 
     def _timeout(self, task_timeout: float | None) -> float | None:
         if task_timeout is None:

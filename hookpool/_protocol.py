@@ -39,6 +39,8 @@ __all__ = [
     "InitFailed",
     "Message",
     "Ready",
+    "Skip",
+    "Skipped",
     "Stop",
     "blob",
     "recv",
@@ -95,6 +97,7 @@ class ErrorReport:
     frames: dict[str, Any] | None
     cause: ErrorReport | None = None
     context: ErrorReport | None = None
+    context_is_cause: bool = False
     suppress_context: bool = False
 
 
@@ -106,6 +109,13 @@ class Call(Message):
     kind: int  # a CallKind value (a plain int on the wire)
     fn: Blob
     args: Blob
+
+
+@dataclass(frozen=True)
+class Skip(Message):
+    """Do not run this task, sent earlier: it was cancelled before it started."""
+
+    task_id: int
 
 
 @dataclass(frozen=True)
@@ -141,6 +151,15 @@ class Failed(Message):
 
     task_id: int
     error: ErrorReport
+    #: The error was a SystemExit: the worker leaves after sending this.
+    leaving: bool = False
+
+
+@dataclass(frozen=True)
+class Skipped(Message):
+    """The answer, in order, for a task the worker did not run because of a Skip."""
+
+    task_id: int
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import collections
 import concurrent.futures
 import itertools
+import logging
 import multiprocessing
 import queue
 import threading
@@ -22,6 +23,8 @@ from ._errors import PoolTerminatedError
 __all__ = ["AsyncResult", "IMapIterator", "MapResult", "gather"]
 
 T = TypeVar("T")
+
+logger = logging.getLogger("hookpool")
 
 
 def _result(future: Future[T], timeout: float | None) -> T:
@@ -38,7 +41,8 @@ class AsyncResult(Generic[T]):
     """The result of ``apply_async``: the standard library's interface over a Future.
 
     Callbacks run in hookpool's manager thread, as the standard library runs them in its
-    result-handler thread: keep them short, and do not wait on the pool from them.
+    result-handler thread: keep them short, and do not wait on the pool from them. As in
+    the standard library, the result becomes ready only after its callback returned.
     """
 
     def __init__(
@@ -46,29 +50,37 @@ class AsyncResult(Generic[T]):
         future: Future[T],
         callback: Callable[[T], object] | None = None,
         error_callback: Callable[[BaseException], object] | None = None,
+        *,
+        tasks: list[Future[Any]] | None = None,
     ) -> None:
         self._future = future
+        #: The futures of the tasks behind this result (what Pool.cancel cancels).
+        self.tasks = [future] if tasks is None else tasks
+        #: What ready(), wait() and get() look at: settled after the callbacks ran.
+        self._settled = future
         if callback is not None or error_callback is not None:
-            future.add_done_callback(_callbacks(callback, error_callback))
+            self._settled = Future()
+            future.add_done_callback(_after_callbacks(self._settled, callback, error_callback))
 
     @property
     def future(self) -> Future[T]:
-        """The underlying ``concurrent.futures.Future``."""
+        """The task's ``concurrent.futures.Future`` (cancelling it cancels the task). It
+        settles just before the callbacks run; ``get()`` returns just after."""
         return self._future
 
     def ready(self) -> bool:
         """Whether the task has finished (successfully or not)."""
-        return self._future.done()
+        return self._settled.done()
 
     def successful(self) -> bool:
         """Whether the task finished without raising. ValueError if not ready yet."""
-        if not self._future.done():
+        if not self._settled.done():
             raise ValueError(f"{self!r} not ready")
-        return not self._future.cancelled() and self._future.exception() is None
+        return not self._settled.cancelled() and self._settled.exception() is None
 
     def wait(self, timeout: float | None = None) -> None:
         """Wait until the result is ready or ``timeout`` seconds pass."""
-        concurrent.futures.wait([self._future], timeout)
+        concurrent.futures.wait([self._settled], timeout)
 
     def get(self, timeout: float | None = None) -> T:
         """Return the result, or raise the task's exception (with the worker's frames).
@@ -78,28 +90,39 @@ class AsyncResult(Generic[T]):
             concurrent.futures.CancelledError: the task was cancelled before it ran
                 (``terminate()`` cancels queued tasks).
         """
-        return _result(self._future, timeout)
+        return _result(self._settled, timeout)
 
 
 class MapResult(AsyncResult[list[T]]):
     """The result of ``map_async`` / ``starmap_async``."""
 
 
-def _callbacks(
+def _after_callbacks(
+    visible: Future[Any],
     callback: Callable[[Any], object] | None,
     error_callback: Callable[[BaseException], object] | None,
 ) -> Callable[[Future[Any]], None]:
+    """Run the callback for a settled task, then settle the future the caller sees."""
+
     def done(future: Future[Any]) -> None:
-        if future.cancelled():
-            if error_callback is not None:
-                error_callback(CancelledError())
-            return
-        error = future.exception()
-        if error is None:
-            if callback is not None:
-                callback(future.result())
-        elif error_callback is not None:
-            error_callback(error)
+        try:
+            if future.cancelled():
+                if error_callback is not None:
+                    error_callback(CancelledError())
+            elif future.exception() is None:
+                if callback is not None:
+                    callback(future.result())
+            elif error_callback is not None:
+                error_callback(future.exception())  # type: ignore[arg-type]
+        except Exception:
+            logger.exception("hookpool: a callback of apply_async/map_async raised")
+        finally:
+            if future.cancelled():
+                visible.cancel()
+            elif (error := future.exception()) is not None:
+                visible.set_exception(error)
+            else:
+                visible.set_result(future.result())
 
     return done
 

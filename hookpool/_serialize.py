@@ -16,6 +16,8 @@ meets a lambda or an exception does not pay for them).
 
 from __future__ import annotations
 
+import collections
+import copyreg
 import functools
 import multiprocessing.context
 import multiprocessing.reduction
@@ -25,7 +27,7 @@ import threading
 import traceback
 import types
 from io import BytesIO
-from typing import Any
+from typing import Any, ClassVar
 
 from ._protocol import ErrorReport
 
@@ -51,23 +53,61 @@ def _inheritance_only() -> tuple[type, ...]:
     )
 
 
+#: multiprocessing's reducers (connections, shared-memory arenas...), looked up live:
+#: some are registered only when their module is first imported (multiprocessing.heap
+#: on the first Value or Array), after a reused pickler was built.
+_MP_EXTRA_REDUCERS: dict[type, Any] = multiprocessing.reduction.ForkingPickler._extra_reducers  # type: ignore[attr-defined]
+_MP_REDUCERS: Any = collections.ChainMap(_MP_EXTRA_REDUCERS, copyreg.dispatch_table)
+
+
+def _refuse_if_inheritance_only(obj: Any) -> None:
+    if type(obj).__module__.startswith("multiprocessing.") and isinstance(obj, _inheritance_only()):
+        _check_inheritable(obj)
+
+
 class _Pickler(multiprocessing.reduction.ForkingPickler):
     """ForkingPickler that hands what plain pickle cannot do to cloudpickle."""
 
+    def __init__(self, file: Any, protocol: int) -> None:
+        super().__init__(file, protocol)
+        self.dispatch_table = _MP_REDUCERS
+
     def reducer_override(self, obj: Any) -> Any:
-        kind = type(obj)
-        if kind is types.FunctionType or isinstance(obj, type):
+        if type(obj) is types.FunctionType or isinstance(obj, type):
             if _by_value(obj):
-                return _loads_by_value, (_cloudpickle().dumps(obj, protocol=5),)
-        elif kind.__module__.startswith("multiprocessing.") and isinstance(
-            obj, _inheritance_only()
-        ):
-            _check_inheritable(obj)
+                return _loads_by_value, (_cloudpickle_dumps(obj),)
+        else:
+            _refuse_if_inheritance_only(obj)
         return NotImplemented
 
 
+def _cloudpickle_dumps(obj: Any) -> bytes:
+    buffer = BytesIO()
+    _cloud_pickler_class()(buffer, protocol=5).dump(obj)
+    return buffer.getvalue()
+
+
+@functools.cache
+def _cloud_pickler_class() -> type:
+    """cloudpickle's Pickler, with the same rules as ours for what a function captures:
+    multiprocessing's reducers apply, and inheritance-only objects are refused in tasks
+    (a lambda initializer that captures a Queue still passes at spawn time)."""
+    base: Any = _cloudpickle().Pickler
+
+    class CloudPickler(base):  # type: ignore[misc]
+        dispatch_table: ClassVar[Any] = collections.ChainMap(
+            _MP_EXTRA_REDUCERS, base.dispatch_table
+        )
+
+        def reducer_override(self, obj: Any) -> Any:
+            _refuse_if_inheritance_only(obj)
+            return super().reducer_override(obj)
+
+    return CloudPickler
+
+
 class _Reusable(threading.local):
-    """One pickler per thread, reused: building a ForkingPickler copies the reducer table."""
+    """One pickler per thread, reused: building a ForkingPickler costs a dict copy."""
 
     def __init__(self) -> None:
         self.buffer = BytesIO()
@@ -210,6 +250,7 @@ def _capture(exc: BaseException, skip_frames: int, seen: set[int]) -> ErrorRepor
             if context is None or context is cause or id(context) in seen
             else _capture(context, 0, seen)
         ),
+        context_is_cause=context is not None and context is cause,
         suppress_context=exc.__suppress_context__,
     )
 
@@ -245,6 +286,8 @@ def rebuild(report: ErrorReport, *, remote_cause: bool = True) -> BaseException:
         exc.__cause__ = RemoteTraceback(report.traceback_text)
     if report.context is not None:
         exc.__context__ = rebuild(report.context, remote_cause=False)
+    elif report.context_is_cause:  # `raise X from err` inside `except ... as err`
+        exc.__context__ = exc.__cause__
     exc.__suppress_context__ = report.suppress_context
     return exc
 

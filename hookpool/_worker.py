@@ -42,10 +42,15 @@ from . import _protocol as wire
 from ._hooks import Hooks
 from ._serialize import SpawnedHooks, capture, describe, dumps, loads
 
-__all__ = ["main"]
+__all__ = ["SIGTERM_EXIT_CODE", "main"]
 
 _FUNCTION_CACHE_SIZE = 64
 _FINALIZE_PRIORITY = 100  # before multiprocessing's own exit-time finalizers
+
+
+#: The exit code of a worker that SIGTERM stopped (after running its finalizer), as a
+#: shell reports a process killed by that signal: the parent can tell why it left.
+SIGTERM_EXIT_CODE = 128 + signal.SIGTERM
 
 
 class _StopWorker(SystemExit):
@@ -72,6 +77,7 @@ class _Worker:
         self.stop_requested = False
         self.interrupted = False
         self.functions: dict[bytes, Callable[..., Any]] = {}
+        self.skipped: set[int] = set()  # ids of queued tasks cancelled before they started
         self.send_lock = threading.Lock()
 
     # -- lifecycle ---------------------------------------------------------------------
@@ -131,17 +137,32 @@ class _Worker:
                 self.phase = _Phase.IDLE
                 if self.stop_requested:
                     return
-                queued.extend(wire.recv(conn))
+                self._take(wire.recv(conn), queued)
+                continue
+            if conn.poll():  # read everything sent so far: a Skip may follow its Call
+                self._take(wire.recv(conn), queued)
+                continue
             self.phase = _Phase.BUSY
             if self.stop_requested:
                 return
             message = queued.popleft()
             if type(message) is wire.Call:
-                self._call(message)
+                if message.task_id in self.skipped:
+                    self.skipped.discard(message.task_id)
+                    self._send(wire.Skipped(message.task_id))
+                else:
+                    self._call(message)
             elif type(message) is wire.Stop:
                 return
             else:
                 raise TypeError(f"unrecognized wire message: {message!r}")
+
+    def _take(self, messages: list[wire.Message], queued: collections.deque[wire.Message]) -> None:
+        for message in messages:
+            if type(message) is wire.Skip:
+                self.skipped.add(message.task_id)
+            else:
+                queued.append(message)
 
     def _call(self, call: wire.Call) -> None:
         try:
@@ -156,8 +177,9 @@ class _Worker:
         except _StopWorker:
             raise
         except BaseException as exc:
-            self._send(wire.Failed(call.task_id, capture(exc, skip_frames=2)))
-            if isinstance(exc, SystemExit):
+            leaving = isinstance(exc, SystemExit)
+            self._send(wire.Failed(call.task_id, capture(exc, skip_frames=2), leaving))
+            if leaving:
                 raise
             return
         try:
@@ -192,7 +214,7 @@ class _Worker:
         self.stop_requested = True
         if self.phase in (_Phase.IDLE, _Phase.RUNNING) and not self.interrupted:
             self.interrupted = True
-            raise _StopWorker(0)
+            raise _StopWorker(SIGTERM_EXIT_CODE)
 
     def _watch_parent(self) -> None:
         """Leave when the parent dies, even while a task is running (no orphans)."""

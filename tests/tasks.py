@@ -68,3 +68,43 @@ def counts(directory: str) -> tuple[dict[str, int], dict[str, int]]:
         elif kind == "fin":
             fins[who] = int(path.read_text())
     return inits, fins
+
+
+def exit_with(code: int) -> None:
+    """A task that ends its worker through SystemExit (sys.exit in library code)."""
+    raise SystemExit(code)
+
+
+def append_to(path: str, value: Any) -> Any:
+    """Record that this task ran (one line per run), then return ``value``."""
+    with open(path, "a") as f:
+        f.write(f"{value}\n")
+    return value
+
+
+def raise_from_inside_except() -> None:
+    try:
+        raise KeyError("inner")
+    except KeyError as err:
+        raise ValueError("outer") from err
+
+
+_shared: dict[str, Any] = {}
+
+
+def keep(name: str, value: Any) -> None:
+    """Initializer: keep ``value`` in this worker under ``name``."""
+    _shared[name] = value
+
+
+def read_value(name: str) -> Any:
+    return _shared[name].value
+
+
+def read_array(name: str) -> list[Any]:
+    return list(_shared[name])
+
+
+def sleep_then_pid(seconds: float) -> int:
+    time.sleep(seconds)
+    return os.getpid()

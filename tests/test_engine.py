@@ -1,0 +1,214 @@
+"""The engine's own corner cases: wake-ups, prefetching and Skip, SystemExit, SIGTERM
+from outside, pickling of shared ctypes after the pickler was first used, callbacks."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import multiprocessing
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from tasks import (
+    append_to,
+    exit_with,
+    keep,
+    pid,
+    raise_from_inside_except,
+    read_array,
+    read_value,
+    sleep_then,
+    sleep_then_pid,
+    square,
+)
+
+import hookpool
+
+SPAWN = multiprocessing.get_context("spawn")
+MakePool = Callable[..., hookpool.Pool]
+
+
+def test_many_threads_submitting_never_lose_a_wakeup(make_pool: MakePool) -> None:
+    """Submits from several threads, racing the manager's wake-up handling, all complete
+    (a lost wake-up would leave some future pending forever)."""
+    pool = make_pool(2)
+    futures: list[concurrent.futures.Future[int]] = []
+    lock = threading.Lock()
+
+    def submit_many() -> None:
+        for i in range(300):
+            future = pool.submit(square, i)
+            with lock:
+                futures.append(future)
+            if i % 50 == 0:
+                time.sleep(0.001)
+
+    threads = [threading.Thread(target=submit_many) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    done, pending = concurrent.futures.wait(futures, timeout=30)
+    assert not pending
+    assert sorted(f.result() for f in done) == sorted([i * i for i in range(300)] * 4)
+
+
+def test_long_tasks_spread_over_idle_workers(make_pool: MakePool) -> None:
+    """A task is not queued behind a long one while another worker could take it, not
+    even right after start-up, when the first worker is ready before the others."""
+    pool = make_pool(2)
+    pool.map(square, range(20))  # the first worker up is measured as fast
+    results = [pool.apply_async(sleep_then_pid, (0.5,)) for _ in range(2)]
+    pids = {result.get(timeout=20) for result in results}
+    assert len(pids) == 2
+
+
+def test_a_cancelled_task_queued_at_a_worker_is_skipped(
+    make_pool: MakePool, tmp_path: Path
+) -> None:
+    """Cancel tasks already sent to a busy worker: none runs, and the worker is not
+    stopped for them (it is told to skip them)."""
+    pool = make_pool(1)
+    pool.map(square, range(300), chunksize=1)  # measured fast: tasks queue behind the head
+    log = tmp_path / "ran"
+    first = pool.submit(sleep_then, 0.5, "first")
+    behind = [pool.submit(append_to, str(log), i) for i in range(20)]
+    time.sleep(0.1)  # let the manager send them to the worker
+    workers_before = pool.worker_pids
+    assert all(pool.cancel(f) for f in behind)
+    assert first.result(timeout=20) == "first"
+    concurrent.futures.wait(behind, timeout=20)
+    # Those already at the worker were running in the futures' sense: they fail with
+    # CancelledError instead of being cancelled() in place.
+    at_worker = [f for f in behind if not f.cancelled()]
+    assert at_worker, "no task was queued at the worker; the test did not test skipping"
+    for future in at_worker:
+        assert isinstance(future.exception(0), concurrent.futures.CancelledError)
+    assert not log.exists()  # none of them ran
+    assert pool.worker_pids == workers_before  # no worker was stopped for a Skip
+    assert pool.apply(square, (3,)) == 9
+
+
+def test_system_exit_in_a_task_fails_only_that_task(make_pool: MakePool) -> None:
+    pool = make_pool(1)
+    pool.map(square, range(50))  # let it queue tasks behind the running one
+    exiting = pool.submit(exit_with, 3)
+    after = [pool.submit(square, i) for i in range(30)]
+    with pytest.raises(SystemExit):
+        exiting.result(timeout=20)
+    assert [f.result(timeout=20) for f in after] == [i * i for i in range(30)]
+
+
+def test_sigterm_from_outside_is_named_in_the_error(make_pool: MakePool) -> None:
+    pool = make_pool(1)
+    running = pool.apply_async(sleep_then, (30,))
+    [worker] = pool.worker_pids
+    time.sleep(0.5)  # let it start the task
+    os.kill(worker, signal.SIGTERM)
+    with pytest.raises(hookpool.WorkerLostError, match="SIGTERM") as info:
+        running.get(timeout=20)
+    assert "os._exit" not in str(info.value)
+    assert pool.apply(square, (4,)) == 16  # replaced
+
+
+def test_value_and_array_in_initargs_after_the_pickler_was_used(
+    make_pool: MakePool,
+) -> None:
+    """Shared ctypes need reducers that multiprocessing registers only when they are
+    first created; a pickler built before that must still find them."""
+    warm = make_pool(1)
+    warm.apply(square, (2,))  # pickles in this thread before any Value exists
+    value = SPAWN.Value("i", 41)
+    array = SPAWN.Array("d", [1.0, 2.0])
+    pool = make_pool(1, initializer=keep, initargs=("v", value))
+    assert pool.apply(read_value, ("v",)) == 41
+    pool2 = make_pool(1, initializer=keep, initargs=("a", array))
+    assert pool2.apply(read_array, ("a",)) == [1.0, 2.0]
+
+
+def test_a_lambda_initializer_may_capture_a_queue(make_pool: MakePool) -> None:
+    """A closure pickled by value (cloudpickle) still gets multiprocessing's reducers and
+    passes inheritance-only objects at spawn time."""
+    queue = SPAWN.Queue()
+    pool = make_pool(1, initializer=lambda: queue.put(os.getpid()))
+    [worker] = pool.worker_pids
+    assert queue.get(timeout=20) == worker
+    pool.terminate()
+    queue.close()
+    queue.join_thread()
+
+
+def test_a_closure_capturing_a_lock_is_refused_as_a_task(make_pool: MakePool) -> None:
+    lock = SPAWN.Lock()
+    pool = make_pool(1)
+    with pytest.raises(RuntimeError, match="initargs"):
+        pool.submit(lambda: lock.acquire())
+
+
+def test_context_equal_to_cause_is_kept(make_pool: MakePool) -> None:
+    pool = make_pool(1)
+    with pytest.raises(ValueError) as info:
+        pool.apply(raise_from_inside_except)
+    error = info.value
+    assert isinstance(error.__cause__, KeyError)
+    assert error.__context__ is error.__cause__
+
+
+def test_callbacks_run_before_the_result_is_ready(make_pool: MakePool) -> None:
+    pool = make_pool(1)
+    seen: list[Any] = []
+
+    def slow_callback(value: Any) -> None:
+        time.sleep(0.3)
+        seen.append(value)
+
+    result = pool.apply_async(square, (5,), callback=slow_callback)
+    assert result.get(timeout=20) == 25
+    assert seen == [25]  # get() returned only after the callback ran
+
+    errors: list[BaseException] = []
+    failing = pool.map_async(square, [1, "x"], error_callback=errors.append)
+    failing.wait(20)
+    assert failing.ready() and not failing.successful()
+    assert len(errors) == 1 and isinstance(errors[0], TypeError)
+
+
+def test_a_callback_that_raises_is_logged_and_the_result_still_settles(
+    make_pool: MakePool, caplog: pytest.LogCaptureFixture
+) -> None:
+    pool = make_pool(1)
+
+    def bad_callback(value: Any) -> None:
+        raise RuntimeError("callback bug")
+
+    result = pool.apply_async(square, (3,), callback=bad_callback)
+    assert result.get(timeout=20) == 9
+    assert any("callback" in r.getMessage() for r in caplog.records)
+    assert pool.apply(square, (4,)) == 16
+
+
+def test_cancelling_a_map_result_cancels_its_chunks(make_pool: MakePool) -> None:
+    pool = make_pool(1)
+    blocker = pool.apply_async(sleep_then, (1.0,))
+    result = pool.map_async(square, range(10), chunksize=1)
+    assert pool.cancel(result)
+    with pytest.raises((concurrent.futures.CancelledError, hookpool.PoolTerminatedError)):
+        result.get(timeout=20)
+    blocker.get(timeout=20)
+
+
+def test_executor_map_keeps_task_timeout_errors(tmp_path: Path) -> None:
+    with hookpool.ProcessPoolExecutor(1, task_timeout=0.5) as ex:
+        results = ex.map(sleep_then, [5])
+        with pytest.raises(hookpool.TaskTimeoutError):
+            next(results)
+
+
+def test_pid_helper_is_a_worker(make_pool: MakePool) -> None:
+    pool = make_pool(1)
+    assert pool.apply(pid) in pool.worker_pids
