@@ -1,0 +1,147 @@
+"""The public surface is ``hookpool/__init__.py``; everything else is private, and a worker
+process imports only what it needs."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import pkgutil
+import subprocess
+import sys
+import types
+from collections.abc import Callable
+from pathlib import Path
+
+from tasks_exec import loaded
+
+import hookpool
+
+PUBLIC = {
+    "AsyncResult",
+    "HookpoolError",
+    "IMapIterator",
+    "InitializerError",
+    "MapResult",
+    "Pool",
+    "PoolBrokenError",
+    "PoolTerminatedError",
+    "ProcessPoolExecutor",
+    "RemoteError",
+    "RemoteTraceback",
+    "ResultEncodingError",
+    "TaskTimeoutError",
+    "WorkerLostError",
+    "get_context",
+}
+
+#: What a worker must not import: the manager, the facades, and the heavy dependencies
+#: that only the parent (or an exception, or a lambda) needs.
+NOT_IN_A_WORKER = [
+    "hookpool._manager",
+    "hookpool._pool",
+    "hookpool._executor",
+    "hookpool._calls",
+    "hookpool._results",
+    "concurrent.futures.process",
+    "cloudpickle",
+    "tblib",
+]
+
+
+def test_all_lists_exactly_the_public_names() -> None:
+    assert len(hookpool.__all__) == len(set(hookpool.__all__)), "duplicates in __all__"
+    assert set(hookpool.__all__) == PUBLIC
+    for name in hookpool.__all__:
+        assert getattr(hookpool, name) is not None, name
+    assert set(hookpool.__all__) <= set(dir(hookpool))
+
+
+def test_star_import_gives_the_public_names() -> None:
+    namespace: dict[str, object] = {}
+    exec("from hookpool import *", namespace)
+    namespace.pop("__builtins__")
+    assert set(namespace) == PUBLIC
+
+
+def test_no_other_public_name_is_defined_by_hookpool() -> None:
+    """After every lazy name is loaded, a name of ``hookpool`` that is not private and not
+    in ``__all__`` may only be a module or a helper hookpool itself imported."""
+    for name in hookpool.__all__:
+        getattr(hookpool, name)
+    for name, value in vars(hookpool).items():
+        if name.startswith("_") or name in hookpool.__all__:
+            continue
+        if isinstance(value, types.ModuleType):
+            assert not value.__name__.startswith("hookpool"), f"hookpool.{name} is public"
+            continue
+        module = getattr(value, "__module__", None)
+        assert not (isinstance(module, str) and module.startswith("hookpool")), (
+            f"hookpool.{name} is defined by hookpool but not in __all__"
+        )
+
+
+def test_unknown_attribute_raises_attribute_error() -> None:
+    try:
+        hookpool.NoSuchName  # type: ignore[attr-defined]  # noqa: B018
+    except AttributeError as exc:
+        assert "NoSuchName" in str(exc)
+    else:
+        raise AssertionError("hookpool.NoSuchName did not raise AttributeError")
+
+
+def test_public_objects_come_from_private_modules() -> None:
+    for name in hookpool.__all__:
+        value = getattr(hookpool, name)
+        module = value.__module__
+        assert module == "hookpool" or module.startswith("hookpool._"), (name, module)
+
+
+def test_every_module_but_init_is_private() -> None:
+    package_dir = Path(hookpool.__file__).parent
+    names = [info.name for info in pkgutil.iter_modules(hookpool.__path__)]
+    assert names, "no submodules found"
+    assert [n for n in names if not n.startswith("_")] == []
+    files = [p.stem for p in package_dir.glob("*.py") if p.name != "__init__.py"]
+    assert sorted(files) == sorted(names)
+    assert [p.name for p in package_dir.iterdir() if p.is_dir() and p.name != "__pycache__"] == []
+
+
+def _imported_by(code: str) -> list[str]:
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            f"import json, sys\n{code}\n"
+            f"print(json.dumps([m for m in {NOT_IN_A_WORKER!r} if m in sys.modules]))",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    )
+    found: list[str] = json.loads(out.stdout)
+    return found
+
+
+def test_importing_the_worker_module_imports_little() -> None:
+    assert _imported_by("import hookpool._worker") == []
+
+
+def test_importing_hookpool_imports_little() -> None:
+    """The lazy public names (PEP 562) keep a plain ``import hookpool`` light too."""
+    assert _imported_by("import hookpool") == []
+
+
+def test_the_check_can_see_an_import() -> None:
+    """The probe itself works: the manager does pull these modules in."""
+    found = _imported_by("import hookpool._manager")
+    assert "hookpool._manager" in found
+
+
+def test_a_live_worker_imports_little(make_pool: Callable[..., hookpool.Pool]) -> None:
+    """A spawned worker that ran a plain task has not imported the parent-only modules."""
+    pool = make_pool(1)
+    assert pool.apply(loaded, (NOT_IN_A_WORKER,)) == []
+    # ... and the probe is real: the parent has them.
+    importlib.import_module("hookpool._manager")
+    assert "hookpool._manager" in loaded(NOT_IN_A_WORKER)

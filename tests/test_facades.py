@@ -1,0 +1,266 @@
+"""What ``hookpool.Pool`` and ``hookpool.ProcessPoolExecutor`` share, tested on both faces.
+
+One parametrized fixture, ``facade``, builds either face behind the same tiny adapter
+(``Face``), each face spoken in its own words: ``apply_async``/``apply``/``map``/
+``close``+``join`` for the Pool, ``submit``/``map``/``shutdown`` for the executor.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+import traceback
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future
+from concurrent.futures.process import BrokenProcessPool
+from pathlib import Path
+from typing import Any
+
+import pytest
+import tasks_exec
+from conftest import assert_gone
+from tasks import counts, fin_record, identity, init_record, pid, raise_value_error, square
+from tasks_exec import attempts, fail_on, init_gate_then_fail, join_manager, kill_self
+
+import hookpool
+
+
+class Face:
+    """One facade behind a common interface."""
+
+    def __init__(self, kind: str, workers: int, **hooks: Any) -> None:
+        self.kind = kind
+        self.futures: list[Future[Any]] = []
+        self.pool: hookpool.Pool | None = None
+        self.executor: hookpool.ProcessPoolExecutor | None = None
+        if kind == "Pool":
+            self.pool = hookpool.Pool(workers, **hooks)
+        else:
+            self.executor = hookpool.ProcessPoolExecutor(workers, **hooks)
+
+    def submit(self, fn: Callable[..., Any], *args: Any) -> Future[Any]:
+        if self.pool is not None:
+            future = self.pool.apply_async(fn, args).future
+        else:
+            assert self.executor is not None
+            future = self.executor.submit(fn, *args)
+        self.futures.append(future)
+        return future
+
+    def apply(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """Call and wait (``apply_async().get()``; ``submit().result()``), bounded."""
+        if self.pool is not None:
+            return self.pool.apply_async(fn, args).get(timeout=30)
+        return self.submit(fn, *args).result(timeout=30)
+
+    def map(self, fn: Callable[..., Any], items: list[Any] | range) -> list[Any]:
+        if self.pool is not None:
+            return self.pool.map_async(fn, items).get(timeout=30)
+        assert self.executor is not None
+        return list(self.executor.map(fn, items, timeout=30))
+
+    def shutdown(self) -> None:
+        """The orderly way out: ``close()`` + ``join()``; ``shutdown(wait=True)``."""
+        if self.pool is not None:
+            self.pool.close()
+            self.pool.join()
+        else:
+            assert self.executor is not None
+            self.executor.shutdown(wait=True)
+
+    @property
+    def worker_pids(self) -> list[int]:
+        face = self.pool if self.pool is not None else self.executor
+        assert face is not None
+        return face.worker_pids
+
+    def stop(self) -> bool:
+        """Teardown: stop now, even with a long task running. False if the manager had to
+        be poked awake (a lost wake-up, see ``tasks_exec.join_manager``)."""
+        if self.pool is not None:
+            self.pool._manager.terminate()
+            awake = join_manager(self.pool._manager)
+            self.pool.terminate()
+            return awake
+        assert self.executor is not None
+        self.executor.shutdown(wait=False, cancel_futures=True)
+        for future in self.futures:
+            if not future.done():
+                self.executor.cancel(future)  # stops a running task's worker
+        awake = join_manager(self.executor._manager)
+        self.executor.shutdown(wait=True)
+        return awake
+
+
+MakeFace = Callable[..., Face]
+
+
+@pytest.fixture(params=["Pool", "ProcessPoolExecutor"])
+def facade(request: pytest.FixtureRequest) -> Iterator[MakeFace]:
+    """``facade(workers, initializer=..., initargs=..., finalizer=..., finalargs=...)``
+    builds the parametrized face; at teardown every face is stopped and no worker of it
+    may survive."""
+    faces: list[Face] = []
+
+    def make(workers: int = 1, **hooks: Any) -> Face:
+        face = Face(request.param, workers, **hooks)
+        faces.append(face)
+        return face
+
+    yield make
+    pids = [p for face in faces for p in face.worker_pids]
+    awake = [face.stop() for face in faces]
+    assert_gone(pids)
+    assert all(awake), "lost wake-up: the manager slept through the stop until poked"
+
+
+def wait_for(predicate: Callable[[], object], timeout: float = 20.0, what: str = "") -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what or predicate}")
+        time.sleep(0.02)
+
+
+def frame_names(exc: BaseException) -> list[str]:
+    return [frame.name for frame in traceback.extract_tb(exc.__traceback__)]
+
+
+# -- lifecycle hooks --------------------------------------------------------------------------
+
+
+def test_initializer_once_per_worker_and_finalizer_once_at_shutdown(
+    facade: MakeFace, tmp_path: Path
+) -> None:
+    d = str(tmp_path)
+    face = facade(2, initializer=init_record, initargs=(d,), finalizer=fin_record, finalargs=(d,))
+    assert face.map(square, range(20)) == [x * x for x in range(20)]
+    used = {face.apply(pid) for _ in range(4)}
+    pids = face.worker_pids
+    assert used <= set(pids)
+    inits, fins = counts(d)
+    assert set(inits) <= {str(p) for p in pids}
+    assert all(n == 1 for n in inits.values()), inits
+    assert fins == {}  # not before the workers leave
+    face.shutdown()
+    inits, fins = counts(d)
+    assert inits == {str(p): 1 for p in pids}
+    assert fins == inits
+    assert_gone(pids)
+
+
+def test_closures_and_lambdas_as_tasks_and_hooks(facade: MakeFace, tmp_path: Path) -> None:
+    d = str(tmp_path)
+    tag = f"tag-{os.getpid()}"
+    offset = 100
+
+    def setup(prefix: str) -> None:  # a closure over d and tag
+        tasks_exec.STATE["tag"] = prefix + tag
+        Path(d, f"init-{os.getpid()}").write_text("1")
+
+    face = facade(
+        2,
+        initializer=setup,
+        initargs=("x-",),
+        finalizer=lambda: Path(d, f"fin-{os.getpid()}").write_text("1"),
+    )
+
+    def scale(x: int) -> int:
+        return x * offset
+
+    assert face.map(lambda x: x + offset, range(5)) == [100, 101, 102, 103, 104]
+    assert face.submit(scale, 3).result(timeout=30) == 300
+    # What the closure initializer set up in the worker is what a lambda task sees there.
+    assert face.apply(lambda: tasks_exec.STATE["tag"]) == f"x-{tag}"
+    pids = face.worker_pids
+    face.shutdown()
+    inits, fins = counts(d)
+    assert inits == {str(p): 1 for p in pids}
+    assert fins == inits
+    assert_gone(pids)
+
+
+# -- errors --------------------------------------------------------------------------------------
+
+
+def test_remote_tracebacks_show_the_worker_frames(facade: MakeFace) -> None:
+    face = facade(1)
+    with pytest.raises(ValueError, match="boom") as info:
+        face.apply(raise_value_error, "boom")
+    assert "raise_value_error" in frame_names(info.value)
+    assert isinstance(info.value.__cause__, hookpool.RemoteTraceback)
+    assert "raise_value_error" in info.value.__cause__.tb
+
+    with pytest.raises(ValueError, match="bad item 3") as info:
+        face.map(fail_on, range(6))
+    names = frame_names(info.value)
+    assert "fail_on" in names
+    assert "_fail_on_inner" in names
+    assert names.index("fail_on") < names.index("_fail_on_inner")
+
+    with pytest.raises(ZeroDivisionError) as info:
+        face.apply(lambda: 1 / 0)
+    assert "<lambda>" in frame_names(info.value)
+
+
+def test_bad_arguments_raise_at_the_call_site(facade: MakeFace) -> None:
+    face = facade(1)
+    with pytest.raises(TypeError, match="pickle"):
+        face.submit(identity, threading.Lock())
+    with pytest.raises(TypeError, match="pickle"):
+        face.map(identity, [1, threading.Lock()])
+    lock = hookpool.get_context().Lock()
+    with pytest.raises(RuntimeError, match="initargs"):
+        face.submit(identity, lock)
+    with pytest.raises(RuntimeError, match="initargs"):
+        face.map(identity, [lock])
+    assert face.futures == []  # nothing was queued
+    assert face.apply(square, 3) == 9  # the facade is not hurt
+    assert face.map(square, range(3)) == [0, 1, 4]
+
+
+def test_a_worker_killed_mid_task_fails_only_that_task(facade: MakeFace) -> None:
+    face = facade(2)
+    doomed = face.submit(kill_self)
+    others = [face.submit(square, i) for i in range(6)]
+    with pytest.raises(hookpool.WorkerLostError) as info:
+        doomed.result(timeout=30)
+    assert isinstance(info.value, BrokenProcessPool)
+    assert [f.result(timeout=30) for f in others] == [i * i for i in range(6)]
+    assert face.map(square, range(10)) == [i * i for i in range(10)]
+    assert face.apply(square, 4) == 16
+    assert info.value.pid is not None
+    assert info.value.pid not in face.worker_pids
+    assert_gone([info.value.pid])
+
+
+def test_an_initializer_that_raises_breaks_the_facade_without_respawning(
+    facade: MakeFace, tmp_path: Path
+) -> None:
+    d = str(tmp_path)
+    face = facade(2, initializer=init_gate_then_fail, initargs=(d,))
+    pids = face.worker_pids
+    # Queued while the initializers wait at their gate: no worker is ready yet.
+    future = face.submit(square, 2)
+    Path(d, "go").write_text("")
+    with pytest.raises(hookpool.InitializerError) as info:
+        future.result(timeout=30)
+    error = info.value
+    assert isinstance(error, BrokenProcessPool)
+    assert isinstance(error.__cause__, ValueError)
+    assert "on purpose" in str(error.__cause__)
+    assert "init_gate_then_fail" in frame_names(error.__cause__)
+    # Later calls are refused at once with the pool's broken error.
+    with pytest.raises(hookpool.PoolBrokenError):
+        face.submit(square, 3)
+    with pytest.raises(hookpool.PoolBrokenError):
+        face.map(square, range(3))
+    # No respawn loop: the workers leave, and no new one tries the initializer again.
+    assert_gone(pids)
+    wait_for(lambda: not face.worker_pids, what="the workers to leave")
+    time.sleep(0.5)
+    # One attempt per worker at most (a worker stopped while starting makes none).
+    assert 1 <= attempts(d) <= 2
+    assert face.worker_pids == []
+    face.shutdown()  # still returns
