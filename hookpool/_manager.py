@@ -39,9 +39,10 @@ Actors:
     order, the first task in ``inflight`` is the one it is running: if the worker dies,
     that task fails with ``WorkerLostError`` and the ones queued behind it, which never
     started, go back to the front of the queue. A task is sent to a worker only after the
-    worker reported ``Ready``; at most two are in flight per worker (the second hides the
-    round trip for short tasks), and a large payload goes only to an idle worker, so the
-    pipe can never fill in both directions at once.
+    worker reported ``Ready``. Short tasks are queued behind a worker's running one, to
+    hide the round trip, within small bounds of time, bytes and count (``_pick_worker``),
+    so the pipe can never fill in both directions at once; a task cancelled while queued
+    at a worker is skipped there (``Skip``) instead of stopping the worker.
 
 ``_worker``
     The child side, in its own module, which imports neither this module nor the facades.
