@@ -77,8 +77,13 @@ def _emit(payload: dict[str, Any]) -> bool:
 
 def _on_timeout(seconds: float) -> None:
     faulthandler.dump_traceback(file=sys.stderr, all_threads=True)
-    _emit({"ok": False, "error": "timeout", "detail": f"timed out after {seconds:.0f} s "
-           f"during {_phase}"})
+    _emit(
+        {
+            "ok": False,
+            "error": "timeout",
+            "detail": f"timed out after {seconds:.0f} s during {_phase}",
+        }
+    )
     os._exit(3)
 
 
@@ -201,28 +206,52 @@ class _CountingSource:
             yield i
 
 
-def case_imap(ad: Adapter | None, p: Params, deadline: Deadline) -> Metrics:
-    ad = _started(ad, deadline)
-    n: int = p["n"]
+def _consume(ad: Adapter, n: int, chunksize: int, stall_s: float) -> tuple[float, int]:
+    """Iterate ``imap`` over a counting generator; return (seconds, max read-ahead).
+
+    The consumer sleeps ``stall_s`` once, after the first result: an unbounded feeder
+    keeps pulling input meanwhile, a bounded one stops. The sleep is not timed.
+    """
     source = _CountingSource(n)
-    base_kib = _proc_status_kib("VmRSS")
-    reset = _reset_peak_rss()
     consumed = 0
     max_ahead = 0
-    _enter("imap")
     t0 = perf_counter()
-    for r in ad.imap(inc, iter(source), p["chunksize"]):
+    results = ad.imap(inc, iter(source), chunksize)
+    for r in results:  # the first result, then the optional stall
+        consumed = 1
+        _check(r == 1, f"imap item 0: got {r!r}")
+        time.sleep(stall_s)
+        max_ahead = source.produced - consumed
+        break
+    for r in results:
         consumed += 1
         if r != consumed:
             raise WrongResult(f"imap item {consumed - 1}: got {r!r}")
         ahead = source.produced - consumed
         if ahead > max_ahead:
             max_ahead = ahead
-    dt = perf_counter() - t0
+    dt = perf_counter() - t0 - stall_s
     _check(consumed == n, f"imap yielded {consumed} of {n} items")
+    return dt, max_ahead
+
+
+def case_imap(ad: Adapter | None, p: Params, deadline: Deadline) -> Metrics:
+    ad = _started(ad, deadline)
+    n: int = p["n"]
+    base_kib = _proc_status_kib("VmRSS")
+    reset = _reset_peak_rss()
+    _enter("imap, fast consumer")
+    dt, fast_ahead = _consume(ad, n, p["chunksize"], 0.0)
+    _enter("imap, stalling consumer")
+    _, stalled_ahead = _consume(ad, n, p["chunksize"], p["stall_s"])
     peak_kib = _proc_status_kib("VmHWM")
     _shutdown(ad)
-    metrics: Metrics = {"time": dt, "max_ahead": float(max_ahead)}
+    metrics: Metrics = {
+        "time": dt,
+        "max_ahead": float(max(fast_ahead, stalled_ahead)),
+        "max_ahead_fast": float(fast_ahead),
+        "max_ahead_stalled": float(stalled_ahead),
+    }
     if base_kib is not None and peak_kib is not None:
         metrics["rss_growth"] = max(0.0, (peak_kib - base_kib) * 1024.0)
         metrics["rss_peak_was_reset"] = float(reset)
@@ -279,22 +308,29 @@ def case_lambda(ad: Adapter | None, p: Params, deadline: Deadline) -> Metrics:
 
 
 def case_cpu(ad: Adapter | None, p: Params, deadline: Deadline) -> Metrics:
+    """Speedup of a pool over running the same tasks serially in this process.
+
+    The serial baseline runs in the same child right before the parallel run, so
+    both see the same machine state; a separate baseline process proved too noisy
+    on shared virtual machines.
+    """
     loops: int = p["loops"]
     tasks = [loops] * p["tasks"]
-    if ad is None:  # the serial baseline, same tasks in this process
-        _enter("serial")
-        t0 = perf_counter()
-        out = [spin(x) for x in tasks]
-        dt = perf_counter() - t0
-    else:
-        ad = _started(ad, deadline)
-        _enter("cpu map")
-        t0 = perf_counter()
-        out = ad.map(spin, tasks, 1, deadline.left())
-        dt = perf_counter() - t0
-        _shutdown(ad)
-    _check(list(out) == [p["expected"]] * len(tasks), "spin results")
-    return {"time": dt}
+    ad = _started(ad, deadline)
+    _enter("serial baseline")
+    serial_tasks = tasks[: p["serial_tasks"]]
+    t0 = perf_counter()
+    serial_out = [spin(x) for x in serial_tasks]
+    serial = (perf_counter() - t0) * len(tasks) / len(serial_tasks)
+    _enter("cpu map")
+    t0 = perf_counter()
+    out = ad.map(spin, tasks, 1, deadline.left())
+    parallel = perf_counter() - t0
+    _check(
+        serial_out + list(out) == [p["expected"]] * (len(serial_tasks) + len(tasks)), "spin results"
+    )
+    _shutdown(ad)
+    return {"speedup": serial / parallel, "time": parallel, "serial_time": serial}
 
 
 CASES: dict[str, Callable[[Adapter | None, Params, Deadline], Metrics]] = {
@@ -324,14 +360,14 @@ def main() -> int:
     faulthandler.dump_traceback_later(seconds + 5, exit=True)
     try:
         _enter("import")
-        lib: str = spec["lib"]
-        ad = None if lib == "serial" else LIBRARIES[lib].make()
+        ad = LIBRARIES[spec["lib"]].make()
         metrics = CASES[spec["case"]](ad, spec["params"], deadline)
     except BaseException as exc:
         traceback.print_exc()
-        error = "timeout" if isinstance(exc, TimeoutError) else type(exc).__name__
-        _emit({"ok": False, "error": error, "detail": f"{type(exc).__name__}: {exc} "
-               f"(during {_phase})"})
+        name = type(exc).__name__
+        error = "timeout" if isinstance(exc, TimeoutError) or name == "TimeoutError" else name
+        message = f"{name}: {exc}" if str(exc) else name
+        _emit({"ok": False, "error": error, "detail": f"{message} (during {_phase})"})
         sys.stderr.flush()
         os._exit(1)  # do not wait for a possibly broken library at interpreter exit
     _emit({"ok": True, "metrics": metrics})

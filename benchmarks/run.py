@@ -29,6 +29,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -48,6 +49,11 @@ EXIT_GRACE_S = 10.0
 LEAK_GRACE_S = 2.0
 """How long leftover processes of a finished child may linger (e.g. resource tracker)."""
 
+REFERENCE_LIBS = ("pool", "ppe")
+SLOWDOWN_LIMIT = 10.0
+"""Other libraries time out after this many times the slowest reference sample of the
+same workload (never below ``Sizes.min_timeout_s``, never above the case's limit)."""
+
 
 # --------------------------------------------------------------------------- configuration
 
@@ -64,19 +70,25 @@ class Sizes:
     latency_idle_s: float
     imap_n: int
     imap_chunksize: int
+    imap_stall_s: float
     transfer_mib: int
     transfer_rounds: int
     lambda_n: int
     lambda_chunksize: int
     cpu_tasks: int
     cpu_task_ms: float
+    cpu_serial_tasks: int
     timeout_s: float
-    """Default per-sample time limit; some cases get a multiple of it."""
+    """Per-sample time limit."""
+    long_timeout_s: float
+    """Per-sample time limit of the cases that may legitimately take long."""
+    min_timeout_s: float
+    """Floor of the adaptive limit for non-stdlib libraries (see ``SLOWDOWN_LIMIT``)."""
 
 
 FULL = Sizes(
     repeats=5,
-    cell_budget_s=40.0,
+    cell_budget_s=30.0,
     map_default_n=100_000,
     map_cs1_n=10_000,
     submit_n=10_000,
@@ -84,32 +96,40 @@ FULL = Sizes(
     latency_idle_s=0.002,
     imap_n=1_000_000,
     imap_chunksize=1000,
+    imap_stall_s=1.0,
     transfer_mib=64,
-    transfer_rounds=3,
+    transfer_rounds=1,
     lambda_n=10_000,
     lambda_chunksize=1,
     cpu_tasks=200,
     cpu_task_ms=20.0,
-    timeout_s=120.0,
+    cpu_serial_tasks=100,
+    timeout_s=60.0,
+    long_timeout_s=120.0,
+    min_timeout_s=20.0,
 )
 
 QUICK = Sizes(
     repeats=3,
     cell_budget_s=6.0,
-    map_default_n=20_000,
+    map_default_n=10_000,
     map_cs1_n=2_000,
     submit_n=2_000,
     latency_samples=50,
     latency_idle_s=0.002,
     imap_n=200_000,
     imap_chunksize=1000,
-    transfer_mib=64,
-    transfer_rounds=2,
+    imap_stall_s=0.5,
+    transfer_mib=16,
+    transfer_rounds=1,
     lambda_n=2_000,
     lambda_chunksize=1,
     cpu_tasks=40,
     cpu_task_ms=20.0,
-    timeout_s=45.0,
+    cpu_serial_tasks=20,
+    timeout_s=20.0,
+    long_timeout_s=40.0,
+    min_timeout_s=10.0,
 )
 
 
@@ -121,7 +141,6 @@ class Case:
     group: str
     params: dict[str, Any]
     timeout_s: float
-    extra_libs: tuple[str, ...] = ()
     requires: str | None = None
     """A module that must be importable (e.g. numpy), else the case is skipped."""
 
@@ -136,7 +155,7 @@ class Row:
     kind: str
     """'ratio' (hookpool/Pool <= limit), 'info' (no target), 'lambda' (hookpool lambda /
     hookpool function <= limit), 'bounded' (hookpool value <= limit items) or 'speedup'
-    (serial time / time >= limit)."""
+    (hookpool speedup over serial >= limit)."""
     limit: float | None = None
     unit: str = "s"
     """How raw values are shown: 's' (auto ms/µs/s), 'items', 'bytes' or 'x'."""
@@ -144,14 +163,19 @@ class Row:
 
 def build_cases(z: Sizes, cpu: tuple[int, int] | None, timeout: float | None) -> list[Case]:
     t = timeout or z.timeout_s
-    long_t = timeout or 2 * z.timeout_s
+    long_t = timeout or z.long_timeout_s
     cases = [
         Case("startup", "startup", {}, t),
         Case("map_default", "map", {"n": z.map_default_n, "chunksize": None}, long_t),
         Case("map_cs1", "map", {"n": z.map_cs1_n, "chunksize": 1}, t),
         Case("submit", "submit", {"n": z.submit_n}, t),
         Case("latency", "submit", {"samples": z.latency_samples, "idle_s": z.latency_idle_s}, t),
-        Case("imap", "imap", {"n": z.imap_n, "chunksize": z.imap_chunksize}, long_t),
+        Case(
+            "imap",
+            "imap",
+            {"n": z.imap_n, "chunksize": z.imap_chunksize, "stall_s": z.imap_stall_s},
+            long_t,
+        ),
         Case(
             "transfer_bytes",
             "transfer",
@@ -169,8 +193,13 @@ def build_cases(z: Sizes, cpu: tuple[int, int] | None, timeout: float | None) ->
     ]
     if cpu is not None:
         loops, expected = cpu
-        params = {"tasks": z.cpu_tasks, "loops": loops, "expected": expected}
-        cases.append(Case("cpu", "cpu", params, long_t, extra_libs=("serial",)))
+        params = {
+            "tasks": z.cpu_tasks,
+            "serial_tasks": z.cpu_serial_tasks,
+            "loops": loops,
+            "expected": expected,
+        }
+        cases.append(Case("cpu", "cpu", params, long_t))
     return cases
 
 
@@ -181,27 +210,57 @@ def build_rows(z: Sizes) -> list[Row]:
     return [
         Row("startup", "startup", "startup → first result", "ratio", 0.9),
         Row("startup", "shutdown", "shutdown (close + join)", "info"),
-        Row("map_default", "map", f"map {k(z.map_default_n)} items, default chunksize",
-            "ratio", 1.0),
+        Row(
+            "map_default", "map", f"map {k(z.map_default_n)} items, default chunksize", "ratio", 1.0
+        ),
         Row("map_cs1", "map", f"map {k(z.map_cs1_n)} items, chunksize=1", "ratio", 0.9),
-        Row("submit", "per_task", f"apply_async/submit {k(z.submit_n)} tasks, per task",
-            "ratio", 0.6),
+        Row(
+            "submit",
+            "per_task",
+            f"apply_async/submit {k(z.submit_n)} tasks, per task",
+            "ratio",
+            0.6,
+        ),
         Row("latency", "latency", "single-task latency, idle pool", "ratio", 0.7),
-        Row("imap", "time", f"imap {k(z.imap_n)} lazy items, chunksize={z.imap_chunksize}",
-            "ratio", 1.2),
-        Row("imap", "max_ahead", "imap read-ahead: max(produced - consumed)", "bounded",
-            0.1 * z.imap_n, unit="items"),
+        Row(
+            "imap",
+            "time",
+            f"imap {k(z.imap_n)} lazy items, chunksize={z.imap_chunksize}",
+            "ratio",
+            1.2,
+        ),
+        Row(
+            "imap",
+            "max_ahead",
+            f"imap read-ahead, consumer stalls {z.imap_stall_s:g} s",
+            "bounded",
+            0.1 * z.imap_n,
+            unit="items",
+        ),
         Row("imap", "rss_growth", "imap peak parent RSS growth", "info", unit="bytes"),
-        Row("transfer_bytes", "roundtrip", f"{z.transfer_mib} MiB bytes round trip",
-            "ratio", 0.5),
-        Row("transfer_numpy", "roundtrip", f"{z.transfer_mib} MiB numpy array round trip",
-            "ratio", 0.5),
-        Row("lambda", "map_function",
+        Row("transfer_bytes", "roundtrip", f"{z.transfer_mib} MiB bytes round trip", "ratio", 0.5),
+        Row(
+            "transfer_numpy",
+            "roundtrip",
+            f"{z.transfer_mib} MiB numpy array round trip",
+            "ratio",
+            0.5,
+        ),
+        Row(
+            "lambda",
+            "map_function",
             f"map {k(z.lambda_n)} items, module function, chunksize={z.lambda_chunksize}",
-            "info"),
+            "info",
+        ),
         Row("lambda", "map_lambda", "same map with a closure (lambda)", "lambda", 1.1),
-        Row("cpu", "time", f"CPU: {z.cpu_tasks} x {z.cpu_task_ms:g} ms tasks, speedup vs serial",
-            "speedup", 1.9, unit="x"),
+        Row(
+            "cpu",
+            "speedup",
+            f"CPU: {z.cpu_tasks} x {z.cpu_task_ms:g} ms tasks, speedup",
+            "speedup",
+            1.9,
+            unit="x",
+        ),
     ]
 
 
@@ -224,6 +283,7 @@ class Cell:
     failures: list[Failure] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     wall_s: float = 0.0
+    max_wall_s: float = 0.0
     skipped: str | None = None
 
     def value(self, metric: str) -> float | None:
@@ -304,12 +364,12 @@ def reap_group(pgid: int, grace_s: float) -> int:
     return len(members)
 
 
-def run_child(case: Case, lib: str, repeat: int, workdir: Path) -> Outcome:
+def run_child(case: Case, lib: str, repeat: int, timeout_s: float, workdir: Path) -> Outcome:
     stem = f"{case.name}-{lib}-{repeat}"
     out_path = workdir / f"{stem}.result.json"
     log_path = workdir / f"{stem}.log"
     spec_path = workdir / f"{stem}.spec.json"
-    deadline_s = max(5.0, case.timeout_s - 3.0)
+    deadline_s = max(5.0, timeout_s - 3.0)
     spec = {
         "case": case.name,
         "lib": lib,
@@ -330,7 +390,7 @@ def run_child(case: Case, lib: str, repeat: int, workdir: Path) -> Outcome:
             cwd=REPO,
             start_new_session=True,
         )
-        hard_end = start + case.timeout_s + 5.0
+        hard_end = start + timeout_s + 5.0
         result_seen: float | None = None
         killed_for_timeout = False
         while True:
@@ -358,11 +418,17 @@ def run_child(case: Case, lib: str, repeat: int, workdir: Path) -> Outcome:
     if out_path.exists():
         result = json.loads(out_path.read_text())
     elif killed_for_timeout:
-        result = {"ok": False, "error": "timeout",
-                  "detail": f"killed after {case.timeout_s:.0f} s (no result written)"}
+        result = {
+            "ok": False,
+            "error": "timeout",
+            "detail": f"killed after {timeout_s:.0f} s (no result written)",
+        }
     else:
-        result = {"ok": False, "error": "crash",
-                  "detail": f"child exited with code {proc.returncode} without a result"}
+        result = {
+            "ok": False,
+            "error": "crash",
+            "detail": f"child exited with code {proc.returncode} without a result",
+        }
     if result["ok"] and leaked:
         notes.append(f"{leaked} process(es) still alive {LEAK_GRACE_S:.0f} s after exit; killed")
     return Outcome(
@@ -381,8 +447,13 @@ def probe_hookpool_executor() -> tuple[bool, str]:
     code = "import hookpool; hookpool.ProcessPoolExecutor"
     try:
         proc = subprocess.run(
-            [sys.executable, "-c", code], env=child_env(), cwd=REPO, capture_output=True,
-            text=True, timeout=60, stdin=subprocess.DEVNULL,
+            [sys.executable, "-c", code],
+            env=child_env(),
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            stdin=subprocess.DEVNULL,
         )
     except subprocess.TimeoutExpired:
         return False, "import hookpool timed out"
@@ -436,6 +507,17 @@ def _version(dist: str) -> str | None:
         return None
 
 
+def load_average() -> list[float] | None:
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except (OSError, AttributeError):
+        return None
+
+
+def fmt_load(load: list[float] | None) -> str:
+    return "unknown" if load is None else " ".join(f"{x:.2f}" for x in load)
+
+
 def machine_info() -> dict[str, Any]:
     try:
         affinity: int | None = len(os.sched_getaffinity(0))
@@ -443,13 +525,19 @@ def machine_info() -> dict[str, Any]:
         affinity = None
     try:
         commit = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True,
-            timeout=10, check=True, stdin=subprocess.DEVNULL,
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+            stdin=subprocess.DEVNULL,
         ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         commit = "unknown"
     mem = _first_line("/proc/meminfo", "MemTotal")
     return {
+        "loadavg_start": load_average(),
         "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "platform": platform.platform(),
         "python": f"{platform.python_implementation()} {platform.python_version()}",
@@ -478,6 +566,8 @@ def fmt_value(value: float, unit: str) -> str:
         return f"{value:.2f}x"
     if value >= 10:
         return f"{value:.1f} s"
+    if value >= 1:
+        return f"{value:.2f} s"
     if value >= 1e-3:
         ms = value * 1e3
         return f"{ms:.0f} ms" if ms >= 100 else f"{ms:.3g} ms"
@@ -503,13 +593,11 @@ class Report:
         cases: list[Case],
         libs: list[str],
         results: dict[str, dict[str, Cell]],
-        serial_note: str | None,
     ) -> None:
         self.sizes = sizes
         self.cases = {c.name: c for c in cases}
         self.libs = libs
         self.results = results
-        self.serial_note = serial_note
 
     def cell(self, case: str, lib: str) -> Cell | None:
         return self.results.get(case, {}).get(lib)
@@ -519,13 +607,6 @@ class Report:
         if cell is None or cell.failures:
             return None
         return cell.value(metric)
-
-    def display_value(self, row: Row, lib: str) -> float | None:
-        value = self.raw(row.case, lib, row.metric)
-        if row.kind != "speedup" or value is None:
-            return value
-        serial = self.raw(row.case, "serial", row.metric)
-        return serial / value if serial is not None and value > 0 else None
 
     def cell_text(self, row: Row, lib: str) -> str:
         cell = self.cell(row.case, lib)
@@ -537,7 +618,7 @@ class Report:
             return text
         if row.kind == "lambda" and not cell.count(row.metric):
             return "n/a"
-        value = self.display_value(row, lib)
+        value = self.raw(row.case, lib, row.metric)
         if value is None:
             return "n/a"
         text = fmt_value(value, row.unit)
@@ -554,13 +635,15 @@ class Report:
             return lam / fun if lam is not None and fun else None
         num = self.raw(row.case, num_lib, row.metric)
         den = self.raw(row.case, den_lib, row.metric)
+        if row.kind == "speedup":  # express as a time ratio too: lower is faster
+            num, den = den, num
         return num / den if num is not None and den else None
 
     def target_text(self, row: Row) -> str:
         if row.kind == "ratio":
-            return f"≤ {row.limit:g}"
+            return f"≤ {row.limit:.1f}"
         if row.kind == "lambda":
-            return f"≤ {row.limit:g} (lambda ÷ function)"
+            return f"≤ {row.limit:.1f} (lambda ÷ function)"
         if row.kind == "bounded":
             return f"bounded: ≤ {row.limit:,.0f} items (10% of input)"
         if row.kind == "speedup":
@@ -571,15 +654,17 @@ class Report:
         if row.kind == "info" or row.limit is None:
             return "—"
         cell = self.cell(row.case, "hookpool")
-        if cell is None or cell.skipped:
+        if cell is None:
             return "—"
+        if cell.skipped:
+            return "skipped"
         if cell.failures:
             return "FAILED"
         if row.kind in ("ratio", "lambda"):
             if ratio is None:
                 return "?"
             return "met" if ratio <= row.limit else "missed"
-        value = self.display_value(row, "hookpool")
+        value = self.raw(row.case, "hookpool", row.metric)
         if value is None:
             return "?"
         if row.kind == "bounded":
@@ -596,7 +681,7 @@ class Report:
                 TableRow(
                     label=row.label,
                     cells={lib: self.cell_text(row, lib) for lib in self.libs},
-                    values={lib: self.display_value(row, lib) for lib in self.libs},
+                    values={lib: self.raw(row.case, lib, row.metric) for lib in self.libs},
                     ratio=ratio,
                     ratio_ppe=self.ratio(row, "hookpool-ppe", "ppe"),
                     target=self.target_text(row),
@@ -609,10 +694,12 @@ class Report:
         lines = []
         for case, cells in self.results.items():
             for lib, cell in cells.items():
-                title = LIBRARIES[lib].title if lib in LIBRARIES else lib
+                title = LIBRARIES[lib].title
                 for f in cell.failures:
                     lines.append(f"{case} / {title} (repeat {f.repeat + 1}): {f.detail}")
-                lines.extend(f"{case} / {title}: {note}" for note in cell.notes)
+                for note, count in Counter(cell.notes).items():
+                    times = f" ({count} samples)" if count > 1 else ""
+                    lines.append(f"{case} / {title}: {note}{times}")
         return lines
 
 
@@ -662,12 +749,16 @@ def table_grid(report: Report, rows: list[Row]) -> tuple[list[list[str]], list[l
     return main_grid, other_grid
 
 
+LEFT = {"Workload", "Target", "Met"}
+"""Columns aligned left; all others hold numbers and are aligned right."""
+
+
 def render_text(grid: list[list[str]]) -> str:
     widths = [max(len(r[i]) for r in grid) for i in range(len(grid[0]))]
     lines = []
     for n, r in enumerate(grid):
         pairs = enumerate(zip(r, widths, strict=True))
-        cells = [c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in pairs]
+        cells = [c.ljust(w) if grid[0][i] in LEFT else c.rjust(w) for i, (c, w) in pairs]
         lines.append("  ".join(cells).rstrip())
         if n == 0:
             lines.append("  ".join("-" * w for w in widths))
@@ -680,7 +771,7 @@ def render_markdown_table(grid: list[list[str]]) -> str:
 
     header, *body = grid
     lines = ["| " + " | ".join(esc(c) for c in header) + " |"]
-    lines.append("|" + "|".join([":---", *(["---:"] * (len(header) - 1))]) + "|")
+    lines.append("|" + "|".join(":---" if c in LEFT else "---:" for c in header) + "|")
     lines += ["| " + " | ".join(esc(c) for c in r) + " |" for r in body]
     return "\n".join(lines)
 
@@ -696,23 +787,34 @@ def method_lines(z: Sizes, quick: bool, cpu: tuple[int, int] | None) -> list[str
         f"{z.cell_budget_s:g} s); `†` = see notes.",
         "Ratio columns are hookpool ÷ stdlib (lower is faster), except the lambda row "
         "(hookpool lambda map ÷ hookpool function map) and the CPU row (time ratio; the "
-        "cells show speedup over serial).",
+        "cells show speedup over serial, the ratio is Pool speedup ÷ hookpool speedup).",
         "Pools are warmed up (every worker has run a task) before all workloads except startup.",
         "map/submit: trivial `x + 1` task; latency: median over "
         f"{z.latency_samples} single `apply_async`/`submit` round trips, "
         f"{z.latency_idle_s * 1e3:g} ms idle before each.",
         f"imap: lazy generator of {z.imap_n:,} ints, chunksize={z.imap_chunksize} for every "
-        "library (Executor-style libraries use `map(..., chunksize=)`); read-ahead = max over "
-        "the iteration of items pulled from the generator minus items consumed.",
-        f"Round trip: one task returning its {z.transfer_mib} MiB argument, median of "
-        f"{z.transfer_rounds} per sample.",
+        "library (Executor-style libraries use `map(..., chunksize=)`). Time: one pass with a "
+        "consumer that keeps up. Read-ahead: max of items pulled from the generator minus "
+        "items consumed, over that pass and a second one whose consumer sleeps "
+        f"{z.imap_stall_s:g} s after the first result (an unbounded feeder keeps reading "
+        "meanwhile); bounded means at most 10% of the input. RSS: growth of the parent's peak "
+        "RSS (VmHWM, reset first via /proc/self/clear_refs) over both passes.",
+        f"Round trip: one task that returns its {z.transfer_mib} MiB argument (bytes, or a "
+        "float64 numpy array), submitted to a warmed-up pool; "
+        + (
+            "one round trip per sample."
+            if z.transfer_rounds == 1
+            else f"median of {z.transfer_rounds} round trips per sample."
+        ),
         "Lambda: `lambda x: x * k + 1` closing over a local vs the module function "
         "`x * 3 + 1`; the stdlib cannot pickle lambdas under spawn, so it runs the function only.",
     ]
     if cpu is not None:
         lines.append(
             f"CPU: {z.cpu_tasks} pure-Python tasks calibrated to ~{z.cpu_task_ms:g} ms each "
-            f"(`spin({cpu[0]:,})`), `map(chunksize=1)`; serial baseline in a fresh process."
+            f"(`spin({cpu[0]:,})`), `map(chunksize=1)`; speedup = serial time ÷ pool time, "
+            f"the serial time measured on {z.cpu_serial_tasks} of the tasks in the same child "
+            "process just before the pool run (scaled to all tasks)."
         )
     return lines
 
@@ -725,19 +827,26 @@ def machine_lines(info: dict[str, Any]) -> list[str]:
         f"CPU: {info['cpu_model']}; os.cpu_count()={info['cpu_count']}, "
         f"usable={info['cpu_affinity']}; memory {info['memory']}",
         f"Packages: {versions or 'none found'}",
+        f"Load average (1/5/15 min) at start: {fmt_load(info['loadavg_start'])}"
+        + (f"; at end: {fmt_load(info['loadavg_end'])}" if "loadavg_end" in info else ""),
     ]
 
 
 def render_markdown(
-    report: Report, rows: list[Row], info: dict[str, Any], quick: bool,
-    cpu: tuple[int, int] | None, notes: list[str],
+    report: Report,
+    rows: list[Row],
+    info: dict[str, Any],
+    quick: bool,
+    cpu: tuple[int, int] | None,
+    notes: list[str],
 ) -> str:
     main_grid, other_grid = table_grid(report, rows)
     parts = [
         "# hookpool benchmarks",
         "",
         "Generated by `python benchmarks/run.py"
-        + (" --quick" if quick else "") + "`. Lower is faster unless stated.",
+        + (" --quick" if quick else "")
+        + "`. Lower is faster unless stated.",
         "",
         "## Machine",
         "",
@@ -773,18 +882,39 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     ap.add_argument("--quick", action="store_true", help="smaller sizes, 3 repeats (~2 min)")
     ap.add_argument(
-        "--only", metavar="NAME[,NAME]",
+        "--only",
+        metavar="NAME[,NAME]",
         help=f"workloads to run: {', '.join(groups)} (or single cases: {', '.join(names)})",
     )
-    ap.add_argument("--repeats", type=int, metavar="N", help="samples per cell (default 5, "
-                    "--quick 3)")
     ap.add_argument(
-        "--libs", metavar="KEY[,KEY]",
+        "--repeats", type=int, metavar="N", help="samples per cell (default 5, --quick 3)"
+    )
+    ap.add_argument(
+        "--libs",
+        metavar="KEY[,KEY]",
         help=f"libraries to run (default: all available): {', '.join(LIBRARIES)}",
     )
-    ap.add_argument("--timeout", type=float, metavar="S", help="time limit per sample (seconds)")
-    ap.add_argument("--budget", type=float, metavar="S",
-                    help="wall-time budget per (workload, library) cell before repeats stop")
+    ap.add_argument(
+        "--timeout",
+        type=float,
+        metavar="S",
+        help="fixed time limit per sample, in seconds (default: 60 s, 120 s for the long "
+        f"workloads, and for non-stdlib libraries {SLOWDOWN_LIMIT:g}x the slowest stdlib sample "
+        "of the workload if lower, but at least 20 s; --quick: 20/40/10 s)",
+    )
+    ap.add_argument(
+        "--budget",
+        type=float,
+        metavar="S",
+        help="wall-time budget per (workload, library) cell before repeats stop",
+    )
+    ap.add_argument(
+        "--max-timeouts",
+        type=int,
+        default=3,
+        metavar="N",
+        help="skip a library's remaining workloads after N timeouts (0: never)",
+    )
     ap.add_argument("--json", type=Path, metavar="PATH", help="write all samples and results")
     ap.add_argument("--markdown", type=Path, metavar="PATH", help="write a Markdown report")
     args = ap.parse_args(argv)
@@ -825,80 +955,194 @@ def log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
+class Runner:
+    """Runs every (case, library, repeat) sample, interleaving libraries within a repeat."""
+
+    def __init__(
+        self, sizes: Sizes, libs: list[str], max_timeouts: int, fixed_timeout: bool
+    ) -> None:
+        self.sizes = sizes
+        self.fixed_timeout = fixed_timeout
+        self.libs = libs
+        self.max_timeouts = max_timeouts
+        self.results: dict[str, dict[str, Cell]] = {}
+        self.notes: list[str] = []
+        self.timeouts: Counter[str] = Counter()
+        self.done = 0
+        self.total = 0
+
+    def run(self, cases: list[Case]) -> None:
+        self.total = len(self.libs) * len(cases) * self.sizes.repeats
+        with tempfile.TemporaryDirectory(prefix="hookpool-bench-") as tmp:
+            for case in cases:
+                self.run_case(case, Path(tmp))
+
+    def run_case(self, case: Case, workdir: Path) -> None:
+        cells = self.results[case.name] = {lib: Cell() for lib in self.libs}
+        if case.requires and importlib.util.find_spec(case.requires) is None:
+            for cell in cells.values():
+                cell.skipped = f"skipped ({case.requires} missing)"
+            self.notes.append(f"{case.name}: skipped, {case.requires} is not installed")
+            self.done += len(self.libs) * self.sizes.repeats
+            return
+        for repeat in range(self.sizes.repeats):
+            shift = repeat % len(self.libs)
+            for lib in self.libs[shift:] + self.libs[:shift]:
+                self.done += 1
+                if self.should_run(cells[lib], lib):
+                    self.sample(case, lib, repeat, cells, workdir)
+
+    def should_run(self, cell: Cell, lib: str) -> bool:
+        if cell.failures or (cell.samples and cell.wall_s >= self.sizes.cell_budget_s):
+            return False
+        if self.max_timeouts and self.timeouts[lib] >= self.max_timeouts:
+            if not cell.samples:
+                cell.skipped = "skipped (timeouts)"
+            return False
+        return True
+
+    def time_limit(self, case: Case, lib: str, cells: dict[str, Cell]) -> tuple[float, str]:
+        """The limit for one sample, and how it was chosen (for the failure message)."""
+        if self.fixed_timeout or lib in REFERENCE_LIBS:
+            return case.timeout_s, ""
+        walls = [
+            cells[ref].max_wall_s for ref in REFERENCE_LIBS if ref in cells and cells[ref].samples
+        ]
+        if not walls:
+            return case.timeout_s, ""
+        limit = min(case.timeout_s, max(self.sizes.min_timeout_s, SLOWDOWN_LIMIT * max(walls)))
+        if limit >= case.timeout_s:
+            return case.timeout_s, ""
+        return limit, (
+            f" [limit {limit:.0f} s: {SLOWDOWN_LIMIT:g}x the slowest stdlib sample,"
+            f" at least {self.sizes.min_timeout_s:g} s]"
+        )
+
+    def sample(
+        self, case: Case, lib: str, repeat: int, cells: dict[str, Cell], workdir: Path
+    ) -> None:
+        cell = cells[lib]
+        timeout_s, why = self.time_limit(case, lib, cells)
+        outcome = run_child(case, lib, repeat, timeout_s, workdir)
+        if outcome.error == "timeout":
+            outcome.detail += why
+        cell.wall_s += outcome.wall_s
+        cell.notes += outcome.notes
+        title = LIBRARIES[lib].title
+        if outcome.ok:
+            cell.samples.append(outcome.metrics)
+            cell.max_wall_s = max(cell.max_wall_s, outcome.wall_s)
+            status = "ok"
+        else:
+            cell.failures.append(Failure(outcome.error, outcome.detail, repeat, outcome.log_tail))
+            status = f"{outcome.error}: {outcome.detail}"[:100]
+            if outcome.error == "timeout":
+                self.timeouts[lib] += 1
+                if self.timeouts[lib] == self.max_timeouts:
+                    self.notes.append(
+                        f"{title}: remaining workloads skipped after "
+                        f"{self.max_timeouts} timeouts (--max-timeouts)"
+                    )
+        log(
+            f"[{self.done:>3}/{self.total}] {case.name:<14} {title:<14} "
+            f"rep {repeat + 1}/{self.sizes.repeats}  {outcome.wall_s:6.2f} s  {status}"
+        )
+
+
+def write_json(
+    path: Path,
+    report: Report,
+    rows: list[Row],
+    info: dict[str, Any],
+    quick: bool,
+    cpu: tuple[int, int] | None,
+    notes: list[str],
+    elapsed: float,
+) -> None:
+    payload = {
+        "machine": info,
+        "config": {
+            "quick": quick,
+            "workers": WORKERS,
+            **asdict(report.sizes),
+            "cpu_loops": cpu[0] if cpu else None,
+        },
+        "libraries": {k: LIBRARIES[k].title for k in report.libs},
+        "cases": {
+            name: {"group": c.group, "params": c.params, "timeout_s": c.timeout_s}
+            for name, c in report.cases.items()
+        },
+        "samples": {
+            case: {lib: asdict(cell) for lib, cell in cells.items()}
+            for case, cells in report.results.items()
+        },
+        "table": [asdict(tr) for tr in report.table(rows)],
+        "notes": notes + report.failures(),
+        "elapsed_s": elapsed,
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(payload, indent=2, ensure_ascii=False) + "\n")
+
+
 def run(args: argparse.Namespace) -> int:
     base = QUICK if args.quick else FULL
-    sizes = Sizes(**{
-        **asdict(base),
-        **({"repeats": args.repeats} if args.repeats else {}),
-        **({"cell_budget_s": args.budget} if args.budget else {}),
-    })
-    notes: list[str] = []
+    sizes = Sizes(
+        **{
+            **asdict(base),
+            **({"repeats": args.repeats} if args.repeats else {}),
+            **({"cell_budget_s": args.budget} if args.budget else {}),
+        }
+    )
     info = machine_info()
     for line in machine_lines(info):
         log(line)
+    notes: list[str] = []
     libs = select_libs(args.libs, notes)
+    if not libs:
+        log("No library to benchmark (see --libs).")
+        return 2
     log(f"Libraries: {', '.join(LIBRARIES[k].title for k in libs)}")
 
-    def wanted(case: Case) -> bool:
-        return not args.only or case.group in args.only or case.name in args.only
-
     cpu: tuple[int, int] | None = None
-    if not args.only or {"cpu"} & args.only:
+    if not args.only or "cpu" in args.only:
         cpu = calibrate_spin(sizes.cpu_task_ms)
         log(f"CPU task calibrated: spin({cpu[0]:,}) ≈ {sizes.cpu_task_ms:g} ms")
-    cases = [c for c in build_cases(sizes, cpu, args.timeout) if wanted(c)]
+    cases = [
+        c
+        for c in build_cases(sizes, cpu, args.timeout)
+        if not args.only or c.group in args.only or c.name in args.only
+    ]
     rows = build_rows(sizes)
 
-    results: dict[str, dict[str, Cell]] = {}
-    total = sum((len(libs) + len(c.extra_libs)) * sizes.repeats for c in cases)
-    done = 0
+    runner = Runner(sizes, libs, args.max_timeouts, fixed_timeout=args.timeout is not None)
     started = time.monotonic()
-    with tempfile.TemporaryDirectory(prefix="hookpool-bench-") as tmp:
-        workdir = Path(tmp)
-        for case in cases:
-            case_libs = [*case.extra_libs, *libs]
-            cells = results[case.name] = {lib: Cell() for lib in case_libs}
-            if case.requires and importlib.util.find_spec(case.requires) is None:
-                for cell in cells.values():
-                    cell.skipped = f"skipped ({case.requires} missing)"
-                notes.append(f"{case.name}: skipped, {case.requires} is not installed")
-                done += len(case_libs) * sizes.repeats
-                continue
-            for repeat in range(sizes.repeats):
-                shift = repeat % len(case_libs)
-                for lib in case_libs[shift:] + case_libs[:shift]:
-                    done += 1
-                    cell = cells[lib]
-                    if cell.failures or (cell.samples and cell.wall_s >= sizes.cell_budget_s):
-                        continue
-                    outcome = run_child(case, lib, repeat, workdir)
-                    cell.wall_s += outcome.wall_s
-                    cell.notes += outcome.notes
-                    if outcome.ok:
-                        cell.samples.append(outcome.metrics)
-                        status = "ok"
-                    else:
-                        cell.failures.append(
-                            Failure(outcome.error, outcome.detail, repeat, outcome.log_tail)
-                        )
-                        status = f"{outcome.error}: {outcome.detail}"[:100]
-                    title = LIBRARIES[lib].title if lib in LIBRARIES else lib
-                    log(f"[{done:>3}/{total}] {case.name:<14} {title:<14} "
-                        f"rep {repeat + 1}/{sizes.repeats}  {outcome.wall_s:6.2f} s  {status}")
+    runner.run(cases)
     elapsed = time.monotonic() - started
+    notes += runner.notes
 
-    serial = results.get("cpu", {}).get("serial")
-    serial_note = None
-    if serial is not None and (v := serial.value("time")) is not None:
-        serial_note = f"CPU serial baseline: {fmt_value(v, 's')}"
-        notes.insert(0, serial_note)
+    info["loadavg_end"] = load_average()
+    if info["loadavg_start"] and info["loadavg_start"][0] > 0.5:
+        notes.append(
+            "The machine was not idle when the run started (load average above); "
+            "other processes may have perturbed the timings."
+        )
+    serial = [s["serial_time"] for c in runner.results.get("cpu", {}).values() for s in c.samples]
+    if serial:
+        per_task = median(serial) / sizes.cpu_tasks
+        notes.insert(
+            0,
+            f"CPU task: median serial time per task {fmt_value(per_task, 's')} "
+            f"(calibrated to {sizes.cpu_task_ms:g} ms before the run)",
+        )
     notes.append(f"Total benchmark wall time: {elapsed:.0f} s")
 
-    report = Report(sizes, cases, libs, results, serial_note)
+    report = Report(sizes, cases, libs, runner.results)
     main_grid, other_grid = table_grid(report, rows)
     print()
-    print(f"hookpool benchmarks ({'quick' if args.quick else 'full'}; "
-          f"{WORKERS} workers, spawn; medians of {sizes.repeats})")
+    print(
+        f"hookpool benchmarks ({'quick' if args.quick else 'full'}; "
+        f"{WORKERS} workers, spawn; medians of {sizes.repeats})"
+    )
     for line in machine_lines(info):
         print("  " + line)
     print()
@@ -915,23 +1159,7 @@ def run(args: argparse.Namespace) -> int:
         args.markdown.write_text(render_markdown(report, rows, info, args.quick, cpu, notes))
         log(f"Markdown written to {args.markdown}")
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        payload = {
-            "machine": info,
-            "config": {"quick": args.quick, "workers": WORKERS, **asdict(sizes),
-                       "cpu_loops": cpu[0] if cpu else None},
-            "libraries": {k: LIBRARIES[k].title for k in libs},
-            "cases": {c.name: {"group": c.group, "params": c.params, "timeout_s": c.timeout_s}
-                      for c in cases},
-            "samples": {
-                case: {lib: asdict(cell) for lib, cell in cells.items()}
-                for case, cells in results.items()
-            },
-            "table": [asdict(tr) for tr in report.table(rows)],
-            "notes": notes + report.failures(),
-            "elapsed_s": elapsed,
-        }
-        args.json.write_text(json.dumps(payload, indent=2, ensure_ascii=False) + "\n")
+        write_json(args.json, report, rows, info, args.quick, cpu, notes, elapsed)
         log(f"JSON written to {args.json}")
     return 0
 
@@ -942,4 +1170,3 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
-
