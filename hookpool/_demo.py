@@ -2,8 +2,10 @@
 
 Each worker opens a per-worker resource in its initializer (a row buffer for a sqlite
 database), tasks append to it, and the finalizer writes and commits it as the worker
-leaves: no row is lost, though workers exit through ``os._exit`` and atexit never runs
-there. Then a lambda runs as a task, and a worker exception arrives with its frames.
+leaves (here on ``close()`` + ``join()``; also on recycling, ``terminate()`` and the
+``with`` exit, where the standard library kills its workers before a hook could run):
+no row is lost. Then a lambda runs as a task, and a worker exception arrives with its
+frames.
 """
 
 from __future__ import annotations
