@@ -6,16 +6,27 @@ error is raised at the call site and never reaches the manager thread.
 
 from __future__ import annotations
 
+import logging
+import threading
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future
 from typing import Any, TypeVar
 
 from . import _protocol as wire
 from ._manager import Manager, Task
-from ._results import IMapIterator, chunked
+from ._results import IMapIterator, MapGather, chunked
 from ._serialize import callable_name, dumps, dumps_callable
 
-__all__ = ["IMAP_CHUNKS_PER_WORKER", "check_timeout", "chunk_tasks", "lazy_map", "submit_call"]
+__all__ = [
+    "IMAP_CHUNKS_PER_WORKER",
+    "check_timeout",
+    "chunk_tasks",
+    "feed_in_background",
+    "lazy_map",
+    "submit_call",
+]
+
+logger = logging.getLogger("hookpool")
 
 R = TypeVar("R")
 
@@ -48,18 +59,19 @@ def chunk_tasks(
     chunks: Iterable[list[Any]],
     *,
     timeout: float | None = None,
-) -> list[Task]:
-    """One Task per chunk; the function is pickled once for all of them."""
+) -> tuple[list[Task], MapGather]:
+    """One Task per chunk, all settling one MapGather; ``fn`` is pickled once for all."""
     fn_data = dumps_callable(fn)
     name = callable_name(fn)
+    chunks = list(chunks)
+    gather = MapGather(len(chunks))
     tasks = []
     first = 0
-    for chunk in chunks:
-        task = Task(kind, fn_data, dumps(chunk), Future(), name, items=(first, len(chunk), method))
-        task.timeout = timeout
-        tasks.append(task)
+    for chunk, slot in zip(chunks, gather.slots, strict=True):
+        items = (first, len(chunk), method)
+        tasks.append(Task(kind, fn_data, dumps(chunk), slot, name, items=items, timeout=timeout))
         first += len(chunk)
-    return tasks
+    return tasks, gather
 
 
 def lazy_map(
@@ -106,6 +118,30 @@ def lazy_map(
         window=IMAP_CHUNKS_PER_WORKER * manager.size,
         ordered=ordered,
     )
+
+
+def feed_in_background(manager: Manager, iterators: Iterable[IMapIterator[Any]]) -> None:
+    """On close/shutdown, submit what open lazy maps have not read yet, each from its own
+    thread, so that their results still come (``close()`` then ``join()`` before reading,
+    or a ``with`` block that ends before the loop over ``executor.map``). The manager
+    keeps its workers until every feeder is done. Call before ``manager.close()``."""
+    for iterator in list(iterators):
+        if iterator.exhausted:
+            continue
+        manager.hold()
+        threading.Thread(
+            target=_feed, args=(manager, iterator), name="hookpool-feeder", daemon=True
+        ).start()
+
+
+def _feed(manager: Manager, iterator: IMapIterator[Any]) -> None:
+    try:
+        iterator.feed_rest()
+    except Exception:  # the pool was terminated meanwhile: nothing more to submit
+        logger.debug("hookpool: a lazy map's input was not fully submitted", exc_info=True)
+        iterator.cancel()
+    finally:
+        manager.release()
 
 
 def check_timeout(timeout: float | None) -> float | None:

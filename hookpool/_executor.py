@@ -11,7 +11,7 @@ from concurrent.futures import Future
 from typing import Any, ParamSpec, TypeVar
 
 from . import _protocol as wire
-from ._calls import check_timeout, lazy_map, submit_call
+from ._calls import check_timeout, feed_in_background, lazy_map, submit_call
 from ._errors import TaskTimeoutError
 from ._hooks import Hooks
 from ._manager import Manager
@@ -77,6 +77,7 @@ class ProcessPoolExecutor(concurrent.futures.Executor):
         # Dropped without shutdown(): let the queued work finish, then release the workers
         # (each runs its finalizer), as shutdown(wait=False) would.
         weakref.finalize(self, self._manager.close)
+        self._maps: weakref.WeakSet[IMapIterator[Any]] = weakref.WeakSet()
 
     def submit(self, fn: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs) -> Future[R]:
         """Schedule ``fn(*args, **kwargs)``; return a ``concurrent.futures.Future``.
@@ -112,6 +113,7 @@ class ProcessPoolExecutor(concurrent.futures.Executor):
             ordered=True,
             timeout=self._task_timeout,
         )
+        self._maps.add(results)
         return _yield_until(results, deadline)
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
@@ -121,7 +123,13 @@ class ProcessPoolExecutor(concurrent.futures.Executor):
         otherwise return at once: the work still completes in the background.
         """
         if cancel_futures:
+            for results in list(self._maps):
+                results.cancel()
             self._manager.cancel_queued()
+        elif self._manager.state.accepts_tasks:
+            # The standard library submits a map's whole input at once: a loop over its
+            # results may come after the `with` block. Submit what ours has not read yet.
+            feed_in_background(self._manager, self._maps)
         self._manager.close()
         if wait:
             self._manager.join()

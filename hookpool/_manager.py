@@ -62,11 +62,11 @@ import threading
 import time
 import weakref
 from collections.abc import Callable
-from concurrent.futures import CancelledError, Future, InvalidStateError
+from concurrent.futures import CancelledError, InvalidStateError
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
-from typing import Any
+from typing import Any, Protocol
 
 from . import _protocol as wire
 from . import _worker
@@ -102,14 +102,25 @@ STARTUP_FAILURES_TO_BREAK = 3
 REAP_SECONDS = 5.0
 
 
-@dataclass(eq=False)
+class Outcome(Protocol):
+    """What the manager needs of a task's future: a ``concurrent.futures.Future`` is one;
+    a map's chunks use a lighter ``_results.ChunkSlot``."""
+
+    def set_running_or_notify_cancel(self) -> bool: ...
+    def set_result(self, result: Any) -> None: ...
+    def set_exception(self, exception: BaseException | None) -> None: ...
+    def cancel(self) -> bool: ...
+    def done(self) -> bool: ...
+
+
+@dataclass(eq=False, slots=True)
 class Task:
     """One unit of work, parent side: owns the Future and the pickled call."""
 
     kind: wire.CallKind
     fn: bytes
     args: bytes
-    future: Future[Any]
+    future: Outcome
     fn_name: str
     #: For a chunk of a map: (index of its first item, number of items, method name).
     items: tuple[int, int, str] | None = None
@@ -212,6 +223,7 @@ class Manager:
         self._by_id: dict[int, Task] = {}
         self._commands: collections.deque[Callable[[], None]] = collections.deque()
         self._startup_failures = 0  # workers in a row that died before reporting Ready
+        self._holds = 0  # lazy maps still submitting while closing (see hold())
         self._winding_down = False
 
         self._wake_r, self._wake_w = os.pipe()
@@ -282,7 +294,17 @@ class Manager:
                 self._state = PoolState.CLOSING
         self._wake()
 
-    def cancel(self, future: Future[Any]) -> bool:
+    def hold(self) -> None:
+        """Keep the workers while closing, until ``release()``: more tasks are coming."""
+        with self._lock:
+            self._holds += 1
+
+    def release(self) -> None:
+        with self._lock:
+            self._holds -= 1
+        self._wake()
+
+    def cancel(self, future: Outcome) -> bool:
         """Cancel a task: a queued one never runs; a running one has its worker stopped
         (and replaced) and fails with ``CancelledError``. False if it already finished."""
         if future.cancel():
@@ -395,7 +417,7 @@ class Manager:
             while alive < self._size:
                 self._start_worker()
                 alive += 1
-        elif not self._queue and not any(w.inflight for w in self._workers):
+        elif not self._queue and not self._holds and not any(w.inflight for w in self._workers):
             for worker in self._workers:
                 if not worker.stopping:
                     self._stop_worker(worker, signal_it=False)
@@ -651,7 +673,12 @@ class Manager:
             exitcode=exitcode,
         )
 
-    def _cancel_running(self, future: Future[Any]) -> None:
+    def _cancel_running(self, future: Outcome) -> None:
+        for task in self._queue:  # put back after its worker was lost: it never started
+            if task.future is future:
+                self._queue.remove(task)
+                _resolve(future, error=CancelledError())
+                return
         for worker in self._workers:
             for position, task in enumerate(worker.inflight):
                 if task.future is future:
@@ -793,7 +820,7 @@ def _task_deadline(worker: WorkerHandle) -> float | None:
     return None
 
 
-def _resolve(future: Future[Any], *, value: Any = None, error: BaseException | None = None) -> None:
+def _resolve(future: Outcome, *, value: Any = None, error: BaseException | None = None) -> None:
     """Settle a future that may already be settled (terminate races a late result)."""
     try:
         if error is not None:

@@ -8,10 +8,10 @@ from concurrent.futures import Future
 from typing import Any, ParamSpec, TypeVar
 
 from . import _protocol as wire
-from ._calls import check_timeout, chunk_tasks, lazy_map, submit_call
+from ._calls import check_timeout, chunk_tasks, feed_in_background, lazy_map, submit_call
 from ._hooks import Hooks
 from ._manager import Manager
-from ._results import AsyncResult, IMapIterator, MapResult, chunked, gather
+from ._results import AsyncResult, IMapIterator, MapResult, chunked
 from ._spawn import available_cpus, check_not_bootstrapping, resolve
 
 __all__ = ["Pool"]
@@ -205,11 +205,11 @@ class Pool:
             raise ValueError(f"Chunksize must be 1+, not {chunksize:n}")
         method = "map" if kind is wire.CallKind.MAP else "starmap"
         timeout = self._timeout(task_timeout)
-        tasks = chunk_tasks(func, kind, method, chunked(items, max(chunksize, 1)), timeout=timeout)
+        chunks = chunked(items, chunksize)
+        tasks, gather = chunk_tasks(func, kind, method, chunks, timeout=timeout)
         if tasks:
             self._manager.submit_many(tasks)
-        futures = [t.future for t in tasks]
-        return MapResult(gather(futures), callback, error_callback, tasks=futures)
+        return MapResult(gather.future, callback, error_callback, tasks=gather.slots)
 
     def imap(
         self,
@@ -274,12 +274,12 @@ class Pool:
     def close(self) -> None:
         """Accept no more tasks; the workers leave (finalizers run) when the work is done.
 
-        Open ``imap`` iterators have their remaining input submitted now, so that their
-        results are still there after ``join()``, as with the standard library.
+        Open ``imap`` iterators have their remaining input submitted (from a background
+        thread, as the standard library's task handler does), so that their results are
+        still there after ``join()``.
         """
         if self._manager.state.accepts_tasks:
-            for iterator in list(self._iterators):
-                iterator.feed_all()
+            feed_in_background(self._manager, self._iterators)
         self._manager.close()
 
     def terminate(self) -> None:

@@ -14,13 +14,13 @@ import logging
 import multiprocessing
 import queue
 import threading
-from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import CancelledError, Future
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import CancelledError, Future, InvalidStateError
 from typing import Any, Generic, TypeVar
 
 from ._errors import PoolTerminatedError
 
-__all__ = ["AsyncResult", "IMapIterator", "MapResult", "gather"]
+__all__ = ["AsyncResult", "ChunkSlot", "IMapIterator", "MapGather", "MapResult"]
 
 T = TypeVar("T")
 
@@ -51,7 +51,7 @@ class AsyncResult(Generic[T]):
         callback: Callable[[T], object] | None = None,
         error_callback: Callable[[BaseException], object] | None = None,
         *,
-        tasks: list[Future[Any]] | None = None,
+        tasks: Sequence[Future[Any] | ChunkSlot] | None = None,
     ) -> None:
         self._future = future
         #: The futures of the tasks behind this result (what Pool.cancel cancels).
@@ -127,40 +127,98 @@ def _after_callbacks(
     return done
 
 
-def gather(chunks: list[Future[list[Any]]]) -> Future[list[Any]]:
-    """One future for a whole map: the concatenated chunk results, in order.
+class MapGather:
+    """The outcome of a whole ``map_async``: one Future, fed by a light slot per chunk.
 
-    Like the standard library, it settles when every chunk has finished; if any failed,
-    it fails with the error of the first failed chunk (in input order).
+    A map with ``chunksize=1`` has a chunk per item: a ``Future`` for each (a Condition,
+    an RLock and two lists) would cost more than the rest of the work, mostly in the
+    garbage collector. A slot has only what the manager uses of a Future.
+
+    Like the standard library, the Future settles when every chunk has finished; if any
+    failed, it fails with the error of the first failed chunk (in input order).
     """
-    combined: Future[list[Any]] = Future()
-    combined.set_running_or_notify_cancel()
-    if not chunks:
-        combined.set_result([])
-        return combined
-    remaining = [len(chunks)]
-    lock = threading.Lock()
 
-    def one_done(_: Future[list[Any]]) -> None:
-        with lock:
-            remaining[0] -= 1
-            if remaining[0]:
-                return
-        for chunk in chunks:
-            if chunk.cancelled():
-                combined.set_exception(
-                    PoolTerminatedError("the pool was terminated before this map finished")
-                )
-                return
-            error = chunk.exception()
-            if error is not None:
-                combined.set_exception(error)
-                return
-        combined.set_result(list(itertools.chain.from_iterable(c.result() for c in chunks)))
+    def __init__(self, count: int) -> None:
+        self.future: Future[list[Any]] = Future()
+        self.future.set_running_or_notify_cancel()
+        self.slots = [ChunkSlot(self, index) for index in range(count)]
+        self._results: list[Any] = [None] * count
+        self._errors: dict[int, BaseException] = {}
+        self._remaining = count
+        self._lock = threading.Lock()
+        if not count:
+            self.future.set_result([])
 
-    for chunk in chunks:
-        chunk.add_done_callback(one_done)
-    return combined
+    def _settled(self, index: int, value: Any, error: BaseException | None) -> None:
+        """One chunk is settled (called with the lock held)."""
+        if error is None:
+            self._results[index] = value
+        else:
+            self._errors[index] = error
+        self._remaining -= 1
+        if self._remaining:
+            return
+        if self._errors:
+            self.future.set_exception(self._errors[min(self._errors)])
+        else:
+            self.future.set_result(list(itertools.chain.from_iterable(self._results)))
+
+
+_PENDING, _RUNNING, _FINISHED, _CANCELLED = range(4)
+
+
+class ChunkSlot:
+    """One chunk of a ``map_async``: the part of the Future interface the manager uses."""
+
+    __slots__ = ("_gather", "_index", "_state")
+
+    def __init__(self, gather: MapGather, index: int) -> None:
+        self._gather = gather
+        self._index = index
+        self._state = _PENDING
+
+    def set_running_or_notify_cancel(self) -> bool:
+        with self._gather._lock:
+            if self._state == _CANCELLED:
+                return False
+            self._state = _RUNNING
+            return True
+
+    def cancel(self) -> bool:
+        with self._gather._lock:
+            if self._state == _CANCELLED:
+                return True
+            if self._state != _PENDING:
+                return False
+            self._state = _CANCELLED
+            self._gather._settled(
+                self._index,
+                None,
+                PoolTerminatedError("this map was cancelled or its pool terminated before it ran"),
+            )
+            return True
+
+    def set_result(self, value: Any) -> None:
+        self._settle(value, None)
+
+    def set_exception(self, error: BaseException | None) -> None:
+        self._settle(None, error)
+
+    def _settle(self, value: Any, error: BaseException | None) -> None:
+        with self._gather._lock:
+            if self._state == _FINISHED or self._state == _CANCELLED:
+                raise InvalidStateError(f"chunk {self._index} of a map is already settled")
+            self._state = _FINISHED
+            self._gather._settled(self._index, value, error)
+
+    def done(self) -> bool:
+        return self._state == _FINISHED or self._state == _CANCELLED
+
+    def cancelled(self) -> bool:
+        return self._state == _CANCELLED
+
+
+_NO_ITEM: Any = object()
 
 
 class IMapIterator(Iterator[T]):
@@ -198,6 +256,11 @@ class IMapIterator(Iterator[T]):
         return self
 
     def __next__(self) -> T:
+        # Fast path, without the lock: the next item of the chunk being consumed (a list
+        # iterator's next() is atomic, so this stays safe with several consumers).
+        item = next(self._current, _NO_ITEM)
+        if item is not _NO_ITEM:
+            return item  # type: ignore[no-any-return]
         return self.next()
 
     def next(self, timeout: float | None = None) -> T:
@@ -237,11 +300,21 @@ class IMapIterator(Iterator[T]):
             for future in [*self._pending, *self._unordered]:
                 future.cancel()
 
-    def feed_all(self) -> None:
-        """Submit all remaining input now (``close()`` does this, as the stdlib would)."""
-        with self._lock:
-            self._window = 1 << 62
-            self._top_up()
+    @property
+    def exhausted(self) -> bool:
+        """Whether all of the input has been read (or the iterator was cancelled)."""
+        return self._exhausted
+
+    def feed_rest(self) -> None:
+        """Submit all the remaining input, a batch at a time, without waiting for the
+        consumer (``close()`` and ``shutdown()`` do this in a background thread: the
+        standard library would have submitted it all already)."""
+        while True:
+            with self._lock:
+                if self._exhausted:
+                    return
+                self._window = self._outstanding + 64
+                self._top_up()
 
     def _top_up(self) -> None:
         if self._exhausted:

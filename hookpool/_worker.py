@@ -30,6 +30,7 @@ import multiprocessing
 import multiprocessing.connection
 import multiprocessing.util
 import os
+import select
 import signal
 import sys
 import threading
@@ -131,6 +132,8 @@ class _Worker:
 
     def _serve(self) -> None:
         conn = self.conn
+        readable = select.poll()  # one poller for the life of the worker: poll(0) is cheap
+        readable.register(conn.fileno(), select.POLLIN)
         queued: collections.deque[wire.Message] = collections.deque()
         while True:
             if not queued:
@@ -139,7 +142,7 @@ class _Worker:
                     return
                 self._take(wire.recv(conn), queued)
                 continue
-            if conn.poll():  # read everything sent so far: a Skip may follow its Call
+            if readable.poll(0):  # read everything sent so far: a Skip may follow its Call
                 self._take(wire.recv(conn), queued)
                 continue
             self.phase = _Phase.BUSY
@@ -205,6 +208,8 @@ class _Worker:
         return fn
 
     def _send(self, message: wire.Message) -> None:
+        # A task's answer goes at once: holding it back to batch it with the next one
+        # would delay it by however long the next task runs.
         with self.send_lock:
             wire.send(self.conn, [message])
 

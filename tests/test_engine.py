@@ -4,6 +4,7 @@ from outside, pickling of shared ctypes after the pickler was first used, callba
 from __future__ import annotations
 
 import concurrent.futures
+import itertools
 import multiprocessing
 import os
 import signal
@@ -26,6 +27,7 @@ from tasks import (
     sleep_then_pid,
     square,
 )
+from tasks_crash import exit_abruptly
 
 import hookpool
 
@@ -212,3 +214,49 @@ def test_executor_map_keeps_task_timeout_errors(tmp_path: Path) -> None:
 def test_pid_helper_is_a_worker(make_pool: MakePool) -> None:
     pool = make_pool(1)
     assert pool.apply(pid) in pool.worker_pids
+
+
+def test_executor_map_read_after_the_with_block() -> None:
+    """The standard library submits a map's whole input at once, so code may loop over
+    the results after the `with` block (after shutdown(wait=True))."""
+    with hookpool.ProcessPoolExecutor(2) as ex:
+        results = ex.map(square, range(300))
+    assert list(results) == [i * i for i in range(300)]
+
+
+def test_pool_imap_read_after_close_and_join(make_pool: MakePool) -> None:
+    pool = make_pool(2)
+    results = pool.imap(square, iter(range(300)))
+    pool.close()
+    pool.join()
+    assert list(results) == [i * i for i in range(300)]
+
+
+def test_close_with_an_endless_imap_open_returns(make_pool: MakePool) -> None:
+    """close() feeds open imaps in the background: an endless input cannot hang it."""
+    pool = make_pool(2)
+    results = pool.imap(square, itertools.count())
+    assert next(results) == 0
+    pool.close()  # returns (a hang here fails the test by its timeout)
+    pool.terminate()
+    pool.join()
+
+
+def test_cancel_a_task_put_back_after_its_worker_died(make_pool: MakePool, tmp_path: Path) -> None:
+    """Tasks queued at a worker that died go back to the queue; cancelling one of them
+    before a worker takes it means it never runs."""
+    pool = make_pool(1)
+    pool.map(square, range(300), chunksize=1)  # measured fast: tasks queue at the worker
+    log = tmp_path / "ran"
+    killer = pool.submit(exit_abruptly)
+    behind = [pool.submit(append_to, str(log), i) for i in range(10)]
+    with pytest.raises(hookpool.WorkerLostError):
+        killer.result(timeout=20)
+    cancelled = {i for i, f in enumerate(behind) if pool.cancel(f)}
+    concurrent.futures.wait(behind, timeout=20)
+    ran = {int(x) for x in log.read_text().split()} if log.exists() else set()
+    assert not ran & cancelled
+    assert ran | cancelled == set(range(10))
+    # Some had been sent to the worker (claimed: "running" for their futures), so they
+    # were cancelled from the queue they went back to, not by Future.cancel().
+    assert any(not behind[i].cancelled() for i in cancelled), "no task was put back"
