@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import itertools
 import logging
 import multiprocessing
@@ -236,40 +237,53 @@ import sys
 sys.path.insert(0, {tests!r})
 import hookpool, tasks
 
+WAITS = {{
+    "map": lambda pool: pool.map(tasks.sleep_then, [60] * 4, chunksize=1),
+    "imap": lambda pool: list(pool.imap(tasks.sleep_then, [60] * 4)),
+    "get": lambda pool: pool.apply_async(tasks.sleep_then, (60,)).get(),
+    "result": lambda pool: pool.submit(tasks.sleep_then, 60).result(),
+}}
+
 if __name__ == "__main__":
-    d = sys.argv[1]
+    d, wait = sys.argv[1], sys.argv[2]
     with hookpool.Pool(2, initializer=tasks.init_record, initargs=(d,),
                        finalizer=tasks.fin_record, finalargs=(d,)) as pool:
         print("pids", *pool.worker_pids, flush=True)
-        pool.map(tasks.sleep_then, [60] * 4, chunksize=1)
+        WAITS[wait](pool)
 """
 
 
-def test_ctrl_c_interrupts_promptly_and_leaves_no_worker(tmp_path: Path) -> None:
+@pytest.mark.parametrize("wait", ["map", "imap", "get", "result"])
+def test_ctrl_c_interrupts_promptly_and_leaves_no_worker(tmp_path: Path, wait: str) -> None:
+    """Ctrl-C in a terminal sends SIGINT to the whole foreground process group: the
+    parent raises KeyboardInterrupt, the workers ignore it (no traceback from each), and
+    the `with` exit stops them, running their finalizers."""
     script = tmp_path / "ctrl_c.py"
     script.write_text(CTRL_C_SCRIPT.format(tests=str(Path(__file__).parent)))
     markers = tmp_path / "markers"
     markers.mkdir()
     with subprocess.Popen(
-        [sys.executable, str(script), str(markers)],
+        [sys.executable, str(script), str(markers), wait],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        start_new_session=True,  # its own process group, as a terminal would give it
     ) as child:
         try:
             assert child.stdout is not None
             pids = [int(p) for p in child.stdout.readline().split()[1:]]
             _wait_for(lambda: len(tasks.counts(str(markers))[0]) == 2, "both workers to start")
-            time.sleep(0.3)  # let the map reach the workers
-            child.send_signal(signal.SIGINT)
-            _, stderr = child.communicate(timeout=30)
+            time.sleep(0.3)  # let the work reach the workers
+            os.killpg(child.pid, signal.SIGINT)
+            _, stderr = child.communicate(timeout=20)
         finally:
-            child.kill()
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(child.pid, signal.SIGKILL)
     assert "KeyboardInterrupt" in stderr
     assert stderr.count("Traceback") == 1, stderr  # the parent's only: workers stay quiet
     assert_gone(pids)
     inits, fins = tasks.counts(str(markers))
-    assert fins == inits  # each busy worker ran its finalizer within the grace period
+    assert fins == inits  # each worker ran its finalizer within the grace period
 
 
 PARENT_SCRIPT = """
@@ -397,3 +411,58 @@ def _wait_for(predicate: Callable[[], bool], what: str, timeout: float = 30.0) -
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         time.sleep(0.02)
+
+
+def test_manager_internal_error_fails_running_and_queued_tasks(
+    make_pool: Callable[..., hookpool.Pool],
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Requirement 9: every pending task, running or queued, fails with the error chained;
+    the workers are gone."""
+    pool = make_pool(1)
+    running = pool.submit(tasks.sleep_then, 30)
+    queued = [pool.submit(tasks.square, i) for i in range(3)]
+    pids = pool.worker_pids
+    time.sleep(0.3)  # let the long task start
+
+    def broken_result(self: Any, worker: Any, message: Any) -> None:
+        raise RuntimeError("simulated manager bug")
+
+    monkeypatch.setattr(hookpool._manager.Manager, "_on_result", broken_result)
+    with caplog.at_level(logging.ERROR, logger="hookpool"):
+        trigger = pool.submit(tasks.square, 0)  # queued behind: wakes the manager
+        pool._manager._commands.append(lambda: broken_result(None, None, None))
+        pool._manager._wake()
+        for future in [running, *queued, trigger]:
+            with pytest.raises(hookpool.PoolBrokenError) as info:
+                future.result(timeout=30)
+            assert isinstance(info.value.__cause__, RuntimeError)
+    assert "simulated manager bug" in caplog.text
+    assert_gone(pids)
+
+
+def test_a_worker_that_dies_while_idle_is_replaced(
+    make_pool: Callable[..., hookpool.Pool],
+) -> None:
+    pool = make_pool(2)
+    assert pool.map(tasks.square, range(4)) == [0, 1, 4, 9]
+    victim = pool.worker_pids[0]
+    os.kill(victim, signal.SIGKILL)
+    _wait_for(lambda: victim not in pool.worker_pids and len(pool.worker_pids) == 2, "a new one")
+    assert pool.map(tasks.square, range(10)) == [i * i for i in range(10)]
+    assert pool._manager.state is hookpool._manager.PoolState.RUNNING
+
+
+def test_future_cancel_never_stops_a_running_task(
+    make_pool: Callable[..., hookpool.Pool],
+) -> None:
+    """Only Pool.cancel()/executor.cancel() stop a running task; Future.cancel() keeps
+    its standard meaning (False once running)."""
+    pool = make_pool(1)
+    future = pool.submit(tasks.sleep_then, 0.5, "done")
+    _wait_for(future.running, "the task to start")
+    workers = pool.worker_pids
+    assert future.cancel() is False
+    assert future.result(timeout=30) == "done"
+    assert pool.worker_pids == workers
