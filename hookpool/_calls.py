@@ -12,10 +12,18 @@ from typing import Any, TypeVar
 
 from . import _protocol as wire
 from ._manager import Manager, Task
-from ._results import IMapIterator, chunked
+from ._progress import ProgressOption, report_map, start
+from ._results import IMapIterator, chunked, gather
 from ._serialize import callable_name, dumps, dumps_callable
 
-__all__ = ["IMAP_CHUNKS_PER_WORKER", "check_timeout", "chunk_tasks", "lazy_map", "submit_call"]
+__all__ = [
+    "IMAP_CHUNKS_PER_WORKER",
+    "check_timeout",
+    "chunk_tasks",
+    "lazy_map",
+    "submit_call",
+    "submit_map",
+]
 
 R = TypeVar("R")
 
@@ -62,6 +70,30 @@ def chunk_tasks(
     return tasks
 
 
+def submit_map(
+    manager: Manager, tasks: list[Task], *, progress: ProgressOption = None, total: int = 0
+) -> Future[list[Any]]:
+    """Queue a map's chunk tasks (``total`` items); return one future for the whole map
+    (see ``gather``). With ``progress``, it settles after the progress's final report."""
+    tracker = start(progress, total)
+    try:
+        if tasks:
+            manager.submit_many(tasks)
+    except BaseException:
+        if tracker is not None:
+            tracker.end()
+        raise
+    result = gather([task.future for task in tasks])
+    if tracker is None:
+        return result
+    return report_map(tracker, [(task.future, _items(task)) for task in tasks], result)
+
+
+def _items(task: Task) -> int:
+    assert task.items is not None, "not a chunk of a map"
+    return task.items[1]
+
+
 def lazy_map(
     manager: Manager,
     fn: Callable[..., Any],
@@ -72,8 +104,13 @@ def lazy_map(
     method: str,
     ordered: bool,
     timeout: float | None = None,
+    progress: ProgressOption = None,
+    total: int | None = None,
 ) -> IMapIterator[Any]:
-    """A map whose input is read, and pickled, as its results are consumed."""
+    """A map whose input is read, and pickled, as its results are consumed.
+
+    ``total`` is the number of items the input has, when known (for ``progress``).
+    """
     manager.check_running()
     if chunksize < 1:
         raise ValueError(f"Chunksize must be 1+, not {chunksize:n}")
@@ -105,6 +142,7 @@ def lazy_map(
         submit,
         window=IMAP_CHUNKS_PER_WORKER * manager.size,
         ordered=ordered,
+        progress=start(progress, total),
     )
 
 

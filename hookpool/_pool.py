@@ -8,10 +8,11 @@ from concurrent.futures import Future
 from typing import Any, ParamSpec, TypeVar
 
 from . import _protocol as wire
-from ._calls import check_timeout, chunk_tasks, lazy_map, submit_call
+from ._calls import check_timeout, chunk_tasks, lazy_map, submit_call, submit_map
 from ._hooks import Hooks
 from ._manager import Manager
-from ._results import AsyncResult, IMapIterator, MapResult, chunked, gather
+from ._progress import ProgressOption, total_of
+from ._results import AsyncResult, IMapIterator, MapResult, chunked
 from ._spawn import available_cpus, check_not_bootstrapping, resolve
 
 __all__ = ["Pool"]
@@ -140,9 +141,16 @@ class Pool:
         chunksize: int | None = None,
         *,
         task_timeout: float | None = None,
+        progress: ProgressOption = None,
     ) -> list[R]:
-        """Like the builtin ``map``, run in the workers; returns a list, in order."""
-        return self.map_async(func, iterable, chunksize, task_timeout=task_timeout).get()
+        """Like the builtin ``map``, run in the workers; returns a list, in order.
+
+        ``progress``: True for a tqdm bar, or a callable receiving ``(done, total)``
+        (see [Progress](progress.md)). It has reported its end when this returns.
+        """
+        return self.map_async(
+            func, iterable, chunksize, task_timeout=task_timeout, progress=progress
+        ).get()
 
     def map_async(
         self,
@@ -153,10 +161,22 @@ class Pool:
         error_callback: Callable[[BaseException], object] | None = None,
         *,
         task_timeout: float | None = None,
+        progress: ProgressOption = None,
     ) -> MapResult[R]:
-        """Asynchronous ``map``: every chunk is pickled now, in the calling thread."""
+        """Asynchronous ``map``: every chunk is pickled now, in the calling thread.
+
+        With ``progress``, the result is ready (and ``callback`` runs) after the progress
+        reported its end, in the map's progress thread.
+        """
         return self._map_async(
-            func, iterable, chunksize, callback, error_callback, wire.CallKind.MAP, task_timeout
+            func,
+            iterable,
+            chunksize,
+            callback,
+            error_callback,
+            wire.CallKind.MAP,
+            task_timeout,
+            progress,
         )
 
     def starmap(
@@ -166,9 +186,12 @@ class Pool:
         chunksize: int | None = None,
         *,
         task_timeout: float | None = None,
+        progress: ProgressOption = None,
     ) -> list[R]:
         """Like ``map``, but each item is unpacked as the arguments: ``func(*item)``."""
-        return self.starmap_async(func, iterable, chunksize, task_timeout=task_timeout).get()
+        return self.starmap_async(
+            func, iterable, chunksize, task_timeout=task_timeout, progress=progress
+        ).get()
 
     def starmap_async(
         self,
@@ -179,10 +202,18 @@ class Pool:
         error_callback: Callable[[BaseException], object] | None = None,
         *,
         task_timeout: float | None = None,
+        progress: ProgressOption = None,
     ) -> MapResult[R]:
         """Asynchronous ``starmap``."""
         return self._map_async(
-            func, iterable, chunksize, callback, error_callback, wire.CallKind.STARMAP, task_timeout
+            func,
+            iterable,
+            chunksize,
+            callback,
+            error_callback,
+            wire.CallKind.STARMAP,
+            task_timeout,
+            progress,
         )
 
     def _map_async(
@@ -194,6 +225,7 @@ class Pool:
         error_callback: Callable[[BaseException], object] | None,
         kind: wire.CallKind,
         task_timeout: float | None,
+        progress: ProgressOption,
     ) -> MapResult[Any]:
         self._manager.check_running()
         items = iterable if isinstance(iterable, list | tuple) else list(iterable)
@@ -206,10 +238,8 @@ class Pool:
         method = "map" if kind is wire.CallKind.MAP else "starmap"
         timeout = self._timeout(task_timeout)
         tasks = chunk_tasks(func, kind, method, chunked(items, max(chunksize, 1)), timeout=timeout)
-        if tasks:
-            self._manager.submit_many(tasks)
-        futures = [t.future for t in tasks]
-        return MapResult(gather(futures), callback, error_callback, tasks=futures)
+        result = submit_map(self._manager, tasks, progress=progress, total=len(items))
+        return MapResult(result, callback, error_callback, tasks=[t.future for t in tasks])
 
     def imap(
         self,
@@ -218,9 +248,14 @@ class Pool:
         chunksize: int = 1,
         *,
         task_timeout: float | None = None,
+        progress: ProgressOption = None,
     ) -> IMapIterator[R]:
-        """Lazy ``map``: results in order, input read a bounded number of chunks ahead."""
-        return self._imap(func, iterable, chunksize, task_timeout, ordered=True)
+        """Lazy ``map``: results in order, input read a bounded number of chunks ahead.
+
+        ``progress`` advances as the results are taken, in the consumer's thread; its
+        total is ``len(iterable)`` when the input has one, else None.
+        """
+        return self._imap(func, iterable, chunksize, task_timeout, progress, ordered=True)
 
     def imap_unordered(
         self,
@@ -229,9 +264,10 @@ class Pool:
         chunksize: int = 1,
         *,
         task_timeout: float | None = None,
+        progress: ProgressOption = None,
     ) -> IMapIterator[R]:
         """Like ``imap``, but results come in the order they finish."""
-        return self._imap(func, iterable, chunksize, task_timeout, ordered=False)
+        return self._imap(func, iterable, chunksize, task_timeout, progress, ordered=False)
 
     def _imap(
         self,
@@ -239,6 +275,7 @@ class Pool:
         iterable: Iterable[Any],
         chunksize: int,
         task_timeout: float | None,
+        progress: ProgressOption,
         *,
         ordered: bool,
     ) -> IMapIterator[R]:
@@ -252,6 +289,8 @@ class Pool:
             method=method,
             ordered=ordered,
             timeout=self._timeout(task_timeout),
+            progress=progress,
+            total=total_of(iterable),
         )
         self._iterators.add(iterator)
         return iterator
