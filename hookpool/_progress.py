@@ -104,14 +104,6 @@ class Progress:
         # Reentrant: a garbage collection inside the sink may end an imap's progress.
         self._lock = threading.RLock()
 
-    @property
-    def done(self) -> int:
-        return self._done
-
-    @property
-    def ended(self) -> bool:
-        return self._ended
-
     def advance(self, items: int) -> None:
         """Count ``items`` more as done and report the new total. Ignored after ``end``."""
         with self._lock:

@@ -46,7 +46,8 @@ class AsyncResult(Generic[T]):
 
     Callbacks run in hookpool's manager thread, as the standard library runs them in its
     result-handler thread: keep them short, and do not wait on the pool from them. As in
-    the standard library, the result becomes ready only after its callback returned.
+    the standard library, the result becomes ready only after its callback returned. (With
+    ``progress=``, a map's callbacks run in its progress thread, after the final report.)
     """
 
     def __init__(
