@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 
 from . import _protocol as wire
 from ._manager import Manager, Task
+from ._progress import ProgressOption, report_map, start
 from ._results import IMapIterator, MapGather, chunked
 from ._serialize import callable_name, dumps, dumps_callable
 
@@ -24,6 +25,7 @@ __all__ = [
     "feed_in_background",
     "lazy_map",
     "submit_call",
+    "submit_map",
 ]
 
 logger = logging.getLogger("hookpool")
@@ -41,10 +43,13 @@ def submit_call(
     kwargs: dict[str, Any],
     *,
     timeout: float | None = None,
+    future: Future[R] | None = None,
 ) -> Future[R]:
-    """Queue ``fn(*args, **kwargs)``; return its Future."""
+    """Queue ``fn(*args, **kwargs)``; return its Future (``future``, if given: attach
+    callbacks to it first, since the task may finish before this returns)."""
     manager.check_running()
-    future: Future[R] = Future()
+    if future is None:
+        future = Future()
     fn_data = dumps_callable(fn)
     task = Task(wire.CallKind.APPLY, fn_data, dumps((args, kwargs)), future, callable_name(fn))
     task.timeout = timeout
@@ -74,6 +79,41 @@ def chunk_tasks(
     return tasks, gather
 
 
+def submit_map(
+    manager: Manager,
+    tasks: list[Task],
+    gather: MapGather,
+    wrap: Callable[[Future[list[Any]]], R],
+    *,
+    progress: ProgressOption = None,
+    total: int = 0,
+) -> R:
+    """Queue a map's chunk tasks (``total`` items). ``wrap`` gets the future of the whole
+    map before any chunk is queued (so callbacks it attaches can never miss the end);
+    its return value is returned. With ``progress``, that future settles after the
+    progress's final report."""
+    tracker = start(progress, total)
+    if tracker is None:
+        outcome = gather.future
+    else:
+        events = gather.watch()
+        outcome = report_map(tracker, events, [_items(task) for task in tasks], gather.future)
+    result = wrap(outcome)
+    try:
+        if tasks:
+            manager.submit_many(tasks)
+    except BaseException:
+        if tracker is not None:
+            tracker.end()
+        raise
+    return result
+
+
+def _items(task: Task) -> int:
+    assert task.items is not None, "not a chunk of a map"
+    return task.items[1]
+
+
 def lazy_map(
     manager: Manager,
     fn: Callable[..., Any],
@@ -84,8 +124,13 @@ def lazy_map(
     method: str,
     ordered: bool,
     timeout: float | None = None,
+    progress: ProgressOption = None,
+    total: int | None = None,
 ) -> IMapIterator[Any]:
-    """A map whose input is read, and pickled, as its results are consumed."""
+    """A map whose input is read, and pickled, as its results are consumed.
+
+    ``total`` is the number of items the input has, when known (for ``progress``).
+    """
     manager.check_running()
     if chunksize < 1:
         raise ValueError(f"Chunksize must be 1+, not {chunksize:n}")
@@ -117,6 +162,7 @@ def lazy_map(
         submit,
         window=IMAP_CHUNKS_PER_WORKER * manager.size,
         ordered=ordered,
+        progress=start(progress, total),
     )
 
 

@@ -15,6 +15,7 @@ from ._calls import check_timeout, feed_in_background, lazy_map, submit_call
 from ._errors import TaskTimeoutError
 from ._hooks import Hooks
 from ._manager import Manager
+from ._progress import ProgressOption, total_of
 from ._results import IMapIterator
 from ._spawn import available_cpus, check_not_bootstrapping, resolve
 
@@ -94,6 +95,7 @@ class ProcessPoolExecutor(concurrent.futures.Executor):
         *iterables: Iterable[Any],
         timeout: float | None = None,
         chunksize: int = 1,
+        progress: ProgressOption = None,
     ) -> Iterator[R]:
         """Like the builtin ``map``, run in the workers; results in order, lazily.
 
@@ -101,6 +103,11 @@ class ProcessPoolExecutor(concurrent.futures.Executor):
         counts from this call: a result not ready by then raises
         ``concurrent.futures.TimeoutError``. Closing the iterator early cancels the
         chunks still queued.
+
+        ``progress``: True for a tqdm bar, or a callable receiving ``(done, total)``
+        (see [Progress](progress.md)); it advances as results are taken, in the
+        consumer's thread, and ends when the iterator ends or is closed. Its total is the
+        length of the shortest input when every input has a ``len()``, else None.
         """
         deadline = None if timeout is None else time.monotonic() + timeout
         results: IMapIterator[R] = lazy_map(
@@ -112,6 +119,8 @@ class ProcessPoolExecutor(concurrent.futures.Executor):
             method="map",
             ordered=True,
             timeout=self._task_timeout,
+            progress=progress,
+            total=total_of(*iterables),
         )
         self._maps.add(results)
         return _yield_until(results, deadline)

@@ -8,9 +8,17 @@ from concurrent.futures import Future
 from typing import Any, ParamSpec, TypeVar
 
 from . import _protocol as wire
-from ._calls import check_timeout, chunk_tasks, feed_in_background, lazy_map, submit_call
+from ._calls import (
+    check_timeout,
+    chunk_tasks,
+    feed_in_background,
+    lazy_map,
+    submit_call,
+    submit_map,
+)
 from ._hooks import Hooks
 from ._manager import Manager
+from ._progress import ProgressOption, total_of
 from ._results import AsyncResult, IMapIterator, MapResult, chunked
 from ._spawn import available_cpus, check_not_bootstrapping, resolve
 
@@ -120,8 +128,10 @@ class Pool:
         cannot be pickled raises now, and the pool keeps working.
         """
         timeout = self._timeout(task_timeout)
-        future = submit_call(self._manager, func, tuple(args), dict(kwds), timeout=timeout)
-        return AsyncResult(future, callback, error_callback)
+        future: Future[Any] = Future()
+        result = AsyncResult(future, callback, error_callback)  # before the task can end
+        submit_call(self._manager, func, tuple(args), dict(kwds), timeout=timeout, future=future)
+        return result
 
     def submit(self, fn: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs) -> Future[R]:
         """Call ``fn(*args, **kwargs)`` in a worker; return a ``concurrent.futures.Future``.
@@ -140,9 +150,16 @@ class Pool:
         chunksize: int | None = None,
         *,
         task_timeout: float | None = None,
+        progress: ProgressOption = None,
     ) -> list[R]:
-        """Like the builtin ``map``, run in the workers; returns a list, in order."""
-        return self.map_async(func, iterable, chunksize, task_timeout=task_timeout).get()
+        """Like the builtin ``map``, run in the workers; returns a list, in order.
+
+        ``progress``: True for a tqdm bar, or a callable receiving ``(done, total)``
+        (see [Progress](progress.md)). It has reported its end when this returns.
+        """
+        return self.map_async(
+            func, iterable, chunksize, task_timeout=task_timeout, progress=progress
+        ).get()
 
     def map_async(
         self,
@@ -153,10 +170,22 @@ class Pool:
         error_callback: Callable[[BaseException], object] | None = None,
         *,
         task_timeout: float | None = None,
+        progress: ProgressOption = None,
     ) -> MapResult[R]:
-        """Asynchronous ``map``: every chunk is pickled now, in the calling thread."""
+        """Asynchronous ``map``: every chunk is pickled now, in the calling thread.
+
+        With ``progress``, the result is ready (and ``callback`` runs) after the progress
+        reported its end, in the map's progress thread.
+        """
         return self._map_async(
-            func, iterable, chunksize, callback, error_callback, wire.CallKind.MAP, task_timeout
+            func,
+            iterable,
+            chunksize,
+            callback,
+            error_callback,
+            wire.CallKind.MAP,
+            task_timeout,
+            progress,
         )
 
     def starmap(
@@ -166,9 +195,12 @@ class Pool:
         chunksize: int | None = None,
         *,
         task_timeout: float | None = None,
+        progress: ProgressOption = None,
     ) -> list[R]:
         """Like ``map``, but each item is unpacked as the arguments: ``func(*item)``."""
-        return self.starmap_async(func, iterable, chunksize, task_timeout=task_timeout).get()
+        return self.starmap_async(
+            func, iterable, chunksize, task_timeout=task_timeout, progress=progress
+        ).get()
 
     def starmap_async(
         self,
@@ -179,10 +211,18 @@ class Pool:
         error_callback: Callable[[BaseException], object] | None = None,
         *,
         task_timeout: float | None = None,
+        progress: ProgressOption = None,
     ) -> MapResult[R]:
         """Asynchronous ``starmap``."""
         return self._map_async(
-            func, iterable, chunksize, callback, error_callback, wire.CallKind.STARMAP, task_timeout
+            func,
+            iterable,
+            chunksize,
+            callback,
+            error_callback,
+            wire.CallKind.STARMAP,
+            task_timeout,
+            progress,
         )
 
     def _map_async(
@@ -194,6 +234,7 @@ class Pool:
         error_callback: Callable[[BaseException], object] | None,
         kind: wire.CallKind,
         task_timeout: float | None,
+        progress: ProgressOption,
     ) -> MapResult[Any]:
         self._manager.check_running()
         items = iterable if isinstance(iterable, list | tuple) else list(iterable)
@@ -207,9 +248,14 @@ class Pool:
         timeout = self._timeout(task_timeout)
         chunks = chunked(items, chunksize)
         tasks, gather = chunk_tasks(func, kind, method, chunks, timeout=timeout)
-        if tasks:
-            self._manager.submit_many(tasks)
-        return MapResult(gather.future, callback, error_callback, tasks=gather.slots)
+        return submit_map(
+            self._manager,
+            tasks,
+            gather,
+            lambda outcome: MapResult(outcome, callback, error_callback, tasks=gather.slots),
+            progress=progress,
+            total=len(items),
+        )
 
     def imap(
         self,
@@ -218,9 +264,14 @@ class Pool:
         chunksize: int = 1,
         *,
         task_timeout: float | None = None,
+        progress: ProgressOption = None,
     ) -> IMapIterator[R]:
-        """Lazy ``map``: results in order, input read a bounded number of chunks ahead."""
-        return self._imap(func, iterable, chunksize, task_timeout, ordered=True)
+        """Lazy ``map``: results in order, input read a bounded number of chunks ahead.
+
+        ``progress`` advances as the results are taken, in the consumer's thread; its
+        total is ``len(iterable)`` when the input has one, else None.
+        """
+        return self._imap(func, iterable, chunksize, task_timeout, progress, ordered=True)
 
     def imap_unordered(
         self,
@@ -229,9 +280,10 @@ class Pool:
         chunksize: int = 1,
         *,
         task_timeout: float | None = None,
+        progress: ProgressOption = None,
     ) -> IMapIterator[R]:
         """Like ``imap``, but results come in the order they finish."""
-        return self._imap(func, iterable, chunksize, task_timeout, ordered=False)
+        return self._imap(func, iterable, chunksize, task_timeout, progress, ordered=False)
 
     def _imap(
         self,
@@ -239,6 +291,7 @@ class Pool:
         iterable: Iterable[Any],
         chunksize: int,
         task_timeout: float | None,
+        progress: ProgressOption,
         *,
         ordered: bool,
     ) -> IMapIterator[R]:
@@ -252,6 +305,8 @@ class Pool:
             method=method,
             ordered=ordered,
             timeout=self._timeout(task_timeout),
+            progress=progress,
+            total=total_of(iterable),
         )
         self._iterators.add(iterator)
         return iterator

@@ -14,11 +14,15 @@ import logging
 import multiprocessing
 import queue
 import threading
+import weakref
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import CancelledError, Future, InvalidStateError
-from typing import Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from ._errors import PoolTerminatedError
+
+if TYPE_CHECKING:
+    from ._progress import Progress
 
 __all__ = ["AsyncResult", "ChunkSlot", "IMapIterator", "MapGather", "MapResult"]
 
@@ -42,7 +46,8 @@ class AsyncResult(Generic[T]):
 
     Callbacks run in hookpool's manager thread, as the standard library runs them in its
     result-handler thread: keep them short, and do not wait on the pool from them. As in
-    the standard library, the result becomes ready only after its callback returned.
+    the standard library, the result becomes ready only after its callback returned. (With
+    ``progress=``, a map's callbacks run in its progress thread, after the final report.)
     """
 
     def __init__(
@@ -146,8 +151,15 @@ class MapGather:
         self._errors: dict[int, BaseException] = {}
         self._remaining = count
         self._lock = threading.Lock()
+        self._events: queue.SimpleQueue[tuple[int, bool]] | None = None
         if not count:
             self.future.set_result([])
+
+    def watch(self) -> queue.SimpleQueue[tuple[int, bool]]:
+        """A queue that receives ``(chunk index, succeeded)`` as each chunk settles
+        (for progress reports, read in a thread of their own)."""
+        self._events = queue.SimpleQueue()
+        return self._events
 
     def _settled(self, index: int, value: Any, error: BaseException | None) -> None:
         """One chunk is settled (called with the lock held)."""
@@ -155,6 +167,8 @@ class MapGather:
             self._results[index] = value
         else:
             self._errors[index] = error
+        if self._events is not None:
+            self._events.put((index, error is None))
         self._remaining -= 1
         if self._remaining:
             return
@@ -228,6 +242,10 @@ class IMapIterator(Iterator[T]):
     read, and pickled, in the consumer's thread as results are taken, so an endless
     generator works and memory stays flat. ``next(timeout)`` raises
     ``multiprocessing.TimeoutError`` when no result arrives in time.
+
+    With ``progress=``, the progress advances in the consumer's thread, by a chunk's size
+    as ``next()`` takes that chunk's results, and ends when the iterator is exhausted,
+    raises a task's error, is cancelled, or is garbage-collected.
     """
 
     def __init__(
@@ -237,6 +255,7 @@ class IMapIterator(Iterator[T]):
         *,
         window: int,
         ordered: bool,
+        progress: Progress | None = None,
     ) -> None:
         self._chunks = chunks
         self._submit = submit
@@ -250,7 +269,16 @@ class IMapIterator(Iterator[T]):
         self._input_error: BaseException | None = None
         self._exhausted = False
         self._lock = threading.RLock()
-        self._top_up()
+        self._progress = progress
+        if progress is not None:
+            # An iterator dropped before its end (a ``break``) still closes the bar.
+            weakref.finalize(self, progress.end).atexit = False
+        try:
+            self._top_up()
+        except BaseException:
+            if progress is not None:
+                progress.end()
+            raise
 
     def __iter__(self) -> IMapIterator[T]:
         return self
@@ -271,13 +299,25 @@ class IMapIterator(Iterator[T]):
                     return item  # type: ignore[no-any-return]
                 self._top_up()
                 if not self._outstanding:
+                    if self._progress is not None:
+                        self._progress.end()
                     if self._input_error is not None:
                         error, self._input_error = self._input_error, None
                         raise error
                     raise StopIteration
                 future = self._take(timeout)
                 self._outstanding -= 1
-                self._current = iter(future.result())
+                try:
+                    chunk = future.result()
+                except BaseException:
+                    # As a loop over a tqdm-wrapped iterator would: the bar closes at the
+                    # first error, even if the consumer goes on to take more results.
+                    if self._progress is not None:
+                        self._progress.end()
+                    raise
+                if self._progress is not None:
+                    self._progress.advance(len(chunk))
+                self._current = iter(chunk)
 
     def _take(self, timeout: float | None) -> Future[list[Any]]:
         if self._ordered:
@@ -294,11 +334,14 @@ class IMapIterator(Iterator[T]):
         return future
 
     def cancel(self) -> None:
-        """Read no more input; cancel the chunks still queued (they will never run)."""
+        """Read no more input; cancel the chunks still queued (they will never run); end
+        the progress, if any (the bar is closed)."""
         with self._lock:
             self._exhausted = True
             for future in [*self._pending, *self._unordered]:
                 future.cancel()
+            if self._progress is not None:
+                self._progress.end()
 
     @property
     def exhausted(self) -> bool:

@@ -24,6 +24,7 @@ PAGES = [
     "lifecycle.md",
     "failures.md",
     "pitfalls.md",
+    "progress.md",
     "api.md",
     "benchmarks.md",
 ]
