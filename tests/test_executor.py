@@ -560,7 +560,9 @@ def _manager_threads() -> int:
     return sum(1 for t in threading.enumerate() if t.name.endswith("-manager"))
 
 
-def test_constructor_validation(make_executor: MakeExecutor) -> None:
+def test_constructor_validation(
+    make_executor: MakeExecutor, request: pytest.FixtureRequest
+) -> None:
     threads = _manager_threads()
     with pytest.raises(ValueError):
         make_executor(max_workers=0)
