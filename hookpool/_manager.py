@@ -561,9 +561,10 @@ class Manager:
     def _start_worker(self) -> WorkerHandle:
         index = next(self._worker_ids)
         name = f"{self._name}-worker-{index}"
+        config = _worker.WorkerConfig(index=index, name=name)
         parent_end, child_end = self._context.Pipe(duplex=True)
         process = self._context.Process(
-            target=_worker.main, args=(child_end, self._hooks), name=name, daemon=False
+            target=_worker.main, args=(child_end, self._hooks, config), name=name, daemon=False
         )
         try:
             process.start()

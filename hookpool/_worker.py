@@ -1,13 +1,14 @@
 """The worker process: its entry point and its loop.
 
-A worker imports only this module, ``_protocol``, ``_serialize``, ``_hooks`` and
-``_errors``: never the manager or the facades.
+A worker imports only this module, ``_protocol``, ``_serialize``, ``_hooks``,
+``_identity`` and ``_errors``: never the manager or the facades.
 
 Life of a worker::
 
-    spawn ──> load hooks ──> initializer ──> register Finalize ──> send Ready
-                   │              │
-                   └── raises ────┴──> send InitFailed, exit (no finalizer: none ran)
+    spawn ──> identity ──> load hooks ──> initializer ──> register Finalize ──> send Ready
+                               │              │
+                               └── raises ────┴──> send InitFailed, exit
+                                                   (no finalizer: none ran)
 
     loop:  recv Call ──> run ──> send Done | Failed
            recv Stop, pipe closed, or SIGTERM ──> leave the loop
@@ -34,15 +35,17 @@ import signal
 import sys
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from types import FrameType
 from typing import Any
 
+from . import _identity
 from . import _protocol as wire
 from ._hooks import Hooks
 from ._serialize import SpawnedHooks, capture, describe, dumps, loads
 
-__all__ = ["SIGTERM_EXIT_CODE", "main"]
+__all__ = ["SIGTERM_EXIT_CODE", "WorkerConfig", "main"]
 
 _FUNCTION_CACHE_SIZE = 64
 _FINALIZE_PRIORITY = 100  # before multiprocessing's own exit-time finalizers
@@ -51,6 +54,14 @@ _FINALIZE_PRIORITY = 100  # before multiprocessing's own exit-time finalizers
 #: The exit code of a worker that SIGTERM stopped (after running its finalizer), as a
 #: shell reports a process killed by that signal: the parent can tell why it left.
 SIGTERM_EXIT_CODE = 128 + signal.SIGTERM
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    """What the parent tells one worker about itself, at spawn time."""
+
+    index: int
+    name: str
 
 
 class _StopWorker(SystemExit):
@@ -65,19 +76,21 @@ class _Phase(enum.Enum):
     LEAVING = "leaving"  # finalizer: SIGTERM is ignored
 
 
-def main(conn: Connection, hooks: SpawnedHooks) -> None:
+def main(conn: Connection, hooks: SpawnedHooks, config: WorkerConfig) -> None:
     """Entry point of a worker process (the target of its ``Process``)."""
-    _Worker(conn).run(hooks)
+    _Worker(conn, config).run(hooks)
 
 
 class _Worker:
-    def __init__(self, conn: Connection) -> None:
+    def __init__(self, conn: Connection, config: WorkerConfig) -> None:
         self.conn = conn
+        self.config = config
         self.phase = _Phase.STARTING
         self.stop_requested = False
         self.interrupted = False
         self.functions: dict[bytes, Callable[..., Any]] = {}
         self.skipped: set[int] = set()  # ids of queued tasks cancelled before they started
+        self.identity = _identity.enter(config.index, config.name)
         self.send_lock = threading.Lock()
 
     # -- lifecycle ---------------------------------------------------------------------
@@ -86,6 +99,7 @@ class _Worker:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, self._on_sigterm)
         self._watch_parent()
+        _identity.set_process_title(self.config.name)
         finalizer = self._initialize(spawned)
         if finalizer is None:
             return
@@ -178,7 +192,7 @@ class _Worker:
             raise
         except BaseException as exc:
             leaving = isinstance(exc, SystemExit)
-            self._send(wire.Failed(call.task_id, capture(exc, skip_frames=2), leaving))
+            self._answer(wire.Failed(call.task_id, capture(exc, skip_frames=2), leaving))
             if leaving:
                 raise
             return
@@ -189,10 +203,15 @@ class _Worker:
 
             error = ResultEncodingError(f"{type(exc).__name__}: {exc}", describe(result))
             error.__cause__ = exc
-            self._send(wire.Failed(call.task_id, capture(error)))
+            self._answer(wire.Failed(call.task_id, capture(error)))
             return
         del result
-        self._send(wire.Done(call.task_id, wire.blob(data)))
+        self._answer(wire.Done(call.task_id, wire.blob(data)))
+
+    def _answer(self, message: wire.Done | wire.Failed) -> None:
+        # Counted as the manager counts them (for maxtasksperchild): every answered Call.
+        self.identity.tasks_done += 1
+        self._send(message)
 
     def _function(self, data: wire.Blob) -> Callable[..., Any]:
         key = bytes(data)
