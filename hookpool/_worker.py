@@ -1,24 +1,37 @@
 """The worker process: its entry point and its loop.
 
 A worker imports only this module, ``_protocol``, ``_serialize``, ``_hooks``,
-``_identity`` and ``_errors``: never the manager or the facades.
+``_identity``, ``_errors`` and, when it forwards logging, ``_logs``: never the manager or
+the facades.
 
 Life of a worker::
 
-    spawn ──> identity ──> load hooks ──> initializer ──> register Finalize ──> send Ready
-                               │              │
-                               └── raises ────┴──> send InitFailed, exit
-                                                   (no finalizer: none ran)
+    spawn ──> identity, log forwarding ──> load hooks ──> initializer ──> register Finalize
+                                               │              │           ──> send Ready
+                                               └── raises ────┴──> send InitFailed, exit
+                                                                  (no finalizer: none ran)
 
     loop:  recv Call ──> run ──> send Done | Failed
            recv Stop, pipe closed, or SIGTERM ──> leave the loop
 
     leave: finalizer (exactly once; errors sent as FinalizerFailed) ──> exit
 
+    any time, from any thread (initializer, tasks, their threads, finalizer):
+           a log record or warning ──> send Log
+
+Sending: every message goes through ``_Worker._send``, one whole message at a time under
+``send_lock``, from whichever thread produced it. Log records make it re-entrant: a signal
+handler (or a ``__del__``) that logs can run in the main thread while that thread is in
+the middle of writing a message. So the lock is an RLock, and a message sent by the thread
+that is already writing is queued and written right after the current one (never into the
+middle of it, never waiting on itself).
+
 Signals: SIGINT is ignored (Ctrl-C is the parent's business; workers do not print a
 traceback each). SIGTERM (``terminate()``, or the parent-watch thread when the parent
 dies) raises ``_StopWorker`` in the main thread, but only while the worker waits for work
-or runs a task. Anywhere else (initializer, sending a result, the finalizer) it is
+or runs a task, and not while that thread is writing a message (a task that logs): a
+frame cut in half would garble everything sent after it; the stop is raised as soon as
+the write ends. Anywhere else (initializer, sending a result, the finalizer) it is
 remembered and honoured at the next safe point, so a finalizer is never cut short by it.
 """
 
@@ -62,6 +75,9 @@ class WorkerConfig:
 
     index: int
     name: str
+    #: The worker's root logger level (the parent root's effective level at spawn time),
+    #: or None: do not forward logging and warnings to the parent.
+    log_level: int | None
 
 
 class _StopWorker(SystemExit):
@@ -91,7 +107,13 @@ class _Worker:
         self.functions: dict[bytes, Callable[..., Any]] = {}
         self.skipped: set[int] = set()  # ids of queued tasks cancelled before they started
         self.identity = _identity.enter(config.index, config.name)
-        self.send_lock = threading.Lock()
+        # Invariant: ``writer`` is the ident of the thread writing a message, set only
+        # while it holds ``send_lock``; ``queued_sends`` holds what that same thread sent
+        # while it was writing (see _send).
+        self.send_lock = threading.RLock()
+        self.writer: int | None = None
+        self.queued_sends: collections.deque[wire.Message] = collections.deque()
+        self.stop_after_write = False  # SIGTERM arrived while the main thread was writing
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -114,6 +136,10 @@ class _Worker:
     def _initialize(self, spawned: SpawnedHooks) -> multiprocessing.util.Finalize | None:
         """Run the initializer; register the finalizer; report Ready or InitFailed."""
         try:
+            if self.config.log_level is not None:
+                from . import _logs  # imports logging: only when forwarding
+
+                _logs.install(self._send, self.config.log_level)
             hooks: Hooks = spawned.load()
             hooks.initialize()
         except BaseException as exc:
@@ -224,13 +250,43 @@ class _Worker:
         return fn
 
     def _send(self, message: wire.Message) -> None:
-        with self.send_lock:
-            wire.send(self.conn, [message])
+        """Write one message, whole, from any thread; see the module docstring.
+
+        Guarantees: never waits on itself (a re-entrant call from the thread that is
+        writing queues its message instead), and never interleaves two messages' bytes.
+        """
+        me = threading.get_ident()
+        try:
+            with self.send_lock:
+                if self.writer == me:  # re-entered mid-write (a signal handler that logs)
+                    self.queued_sends.append(message)
+                    return
+                self.writer = me
+                try:
+                    wire.send(self.conn, [message])
+                    while self.queued_sends:
+                        wire.send(self.conn, [self.queued_sends.popleft()])
+                finally:
+                    self.writer = None
+        finally:
+            # A SIGTERM deferred by this write (main thread only, see _on_sigterm) is
+            # raised now, even if the write failed; not from a nested call: that one
+            # is still inside the outer write.
+            if self.stop_after_write and self.writer != me and _in_main_thread():
+                self.stop_after_write = False
+                self._honour_stop()
 
     # -- signals and the parent --------------------------------------------------------
 
     def _on_sigterm(self, signum: int, frame: FrameType | None) -> None:
         self.stop_requested = True
+        if self.writer == threading.get_ident():
+            self.stop_after_write = True  # raising now would cut a frame in half
+            return
+        self._honour_stop()
+
+    def _honour_stop(self) -> None:
+        """Raise the requested stop if the main thread is where it may be raised."""
         if self.phase in (_Phase.IDLE, _Phase.RUNNING) and not self.interrupted:
             self.interrupted = True
             raise _StopWorker(SIGTERM_EXIT_CODE)
@@ -247,6 +303,10 @@ class _Worker:
             os.kill(os.getpid(), signal.SIGTERM)
 
         threading.Thread(target=watch, name="hookpool-parent-watch", daemon=True).start()
+
+
+def _in_main_thread() -> bool:
+    return threading.current_thread() is threading.main_thread()
 
 
 def _run(kind: int, fn: Callable[..., Any], args: Any) -> Any:
