@@ -27,6 +27,7 @@ if TYPE_CHECKING:
         WorkerLostError,
     )
     from ._executor import ProcessPoolExecutor
+    from ._identity import WorkerInfo, current_worker
     from ._pool import Pool
     from ._results import AsyncResult, IMapIterator, MapResult
 
@@ -44,7 +45,9 @@ __all__ = [
     "RemoteTraceback",
     "ResultEncodingError",
     "TaskTimeoutError",
+    "WorkerInfo",
     "WorkerLostError",
+    "current_worker",
     "get_context",
 ]
 
@@ -56,6 +59,8 @@ _HOMES = {
     "MapResult": "._results",
     "Pool": "._pool",
     "ProcessPoolExecutor": "._executor",
+    "WorkerInfo": "._identity",
+    "current_worker": "._identity",
     **dict.fromkeys(
         [
             "HookpoolError",

@@ -31,7 +31,9 @@ class ProcessPoolExecutor(concurrent.futures.Executor):
     Same signature as ``concurrent.futures.ProcessPoolExecutor``, plus the keyword-only
     ``finalizer`` and ``finalargs`` (see ``hookpool.Pool`` for the hook contract), and
     ``task_timeout``: seconds a task may run before its worker is stopped and replaced and
-    the task fails with ``TaskTimeoutError`` (a ``concurrent.futures.TimeoutError``).
+    the task fails with ``TaskTimeoutError`` (a ``concurrent.futures.TimeoutError``), and
+    ``forward_logging``: the workers' log records and warnings reach this process's logging
+    handlers (default ``True``; see ``hookpool.Pool``).
 
     Differences from the standard library, on purpose: a worker that dies fails only the
     task it was running, with ``WorkerLostError`` (a ``BrokenProcessPool``, so existing
@@ -51,6 +53,7 @@ class ProcessPoolExecutor(concurrent.futures.Executor):
         finalizer: Callable[..., object] | None = None,
         finalargs: Iterable[Any] = (),
         task_timeout: float | None = None,
+        forward_logging: bool = True,
     ) -> None:
         check_not_bootstrapping()
         if max_workers is None:
@@ -74,6 +77,7 @@ class ProcessPoolExecutor(concurrent.futures.Executor):
             exit_mode="drain",
             closed_error=lambda: RuntimeError("cannot schedule new futures after shutdown"),
             name="hookpool-executor",
+            forward_logging=forward_logging,
         )
         # Dropped without shutdown(): let the queued work finish, then release the workers
         # (each runs its finalizer), as shutdown(wait=False) would.

@@ -13,7 +13,9 @@ Data flow::
       │                                 each worker's Connection and sentinel
       │                                             │ _dispatch: Call ──────────> _Worker._serve
       │                                             │                               runs fn
+      │                                             │ <──────────────────── Log ────┤ (logging)
       │                                             │ <──────────── Done / Failed ──┘
+      │                                             │ _logs.replay: parent's handlers
       │                                             │ future.set_result / set_exception
       │ <── AsyncResult / Future / IMapIterator ────┘
       ▼
@@ -46,6 +48,10 @@ Actors:
 
 ``_worker``
     The child side, in its own module, which imports neither this module nor the facades.
+    Its log records and warnings come back as ``Log`` messages on the same pipe as its
+    results, so they are handed to the parent's logging handlers (on this thread, by
+    ``_logs.replay``) in the order the worker emitted them, and before the result of the
+    task that emitted them.
 """
 
 from __future__ import annotations
@@ -68,8 +74,8 @@ from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from typing import Any, Protocol
 
+from . import _logs, _worker
 from . import _protocol as wire
-from . import _worker
 from ._errors import (
     InitializerError,
     PoolBrokenError,
@@ -204,6 +210,7 @@ class Manager:
         exit_mode: str,
         closed_error: Callable[[], Exception],
         name: str = "hookpool",
+        forward_logging: bool = True,
     ) -> None:
         self._size = processes
         self._context = context
@@ -212,6 +219,7 @@ class Manager:
         self._exit_mode = exit_mode  # "terminate" (Pool) or "drain" (executor) at exit
         self._closed_error = closed_error  # what submitting to a closed pool raises
         self._name = name
+        self._forward_logging = forward_logging
 
         self._lock = threading.Lock()
         self._state = PoolState.RUNNING
@@ -510,6 +518,9 @@ class Manager:
         kind = type(message)
         if kind is wire.Done or kind is wire.Failed or kind is wire.Skipped:
             self._on_result(worker, message)  # type: ignore[arg-type]
+        elif kind is wire.Log:
+            assert isinstance(message, wire.Log)
+            _logs.replay(worker.name, message)
         elif kind is wire.Ready:
             worker.ready = True
             self._startup_failures = 0
@@ -583,9 +594,13 @@ class Manager:
     def _start_worker(self) -> WorkerHandle:
         index = next(self._worker_ids)
         name = f"{self._name}-worker-{index}"
+        # Read at each spawn: a worker's records at levels the parent's root logger would
+        # drop are not even sent.
+        level = logging.getLogger().getEffectiveLevel() if self._forward_logging else None
+        config = _worker.WorkerConfig(index=index, name=name, log_level=level)
         parent_end, child_end = self._context.Pipe(duplex=True)
         process = self._context.Process(
-            target=_worker.main, args=(child_end, self._hooks), name=name, daemon=False
+            target=_worker.main, args=(child_end, self._hooks, config), name=name, daemon=False
         )
         try:
             process.start()

@@ -52,6 +52,11 @@ class Pool:
             ``multiprocessing.TimeoutError``). Each call can set its own ``task_timeout``.
             Unlike ``AsyncResult.get(timeout)``, which only stops waiting, this stops the
             work.
+        forward_logging: deliver the workers' log records and warnings to this process's
+            logging handlers, tagged with the worker's name (default). Records below the
+            root logger's level (when a worker starts) are not sent. ``False`` leaves
+            logging in the workers as the standard library does: unconfigured. See
+            ``docs/logging.md``.
 
     Differences from the standard library, on purpose: workers always start with spawn;
     ``terminate()`` gives each worker a grace period to run its finalizer before killing
@@ -72,6 +77,7 @@ class Pool:
         finalizer: Callable[..., object] | None = None,
         finalargs: Iterable[Any] = (),
         task_timeout: float | None = None,
+        forward_logging: bool = True,
     ) -> None:
         check_not_bootstrapping()
         ctx = resolve(context)
@@ -93,6 +99,7 @@ class Pool:
             maxtasksperchild=maxtasksperchild,
             exit_mode="terminate",
             closed_error=lambda: ValueError("Pool not running"),
+            forward_logging=forward_logging,
         )
         self._iterators: weakref.WeakSet[IMapIterator[Any]] = weakref.WeakSet()
         # Garbage collection of the pool terminates it (with the finalizer grace period),

@@ -14,7 +14,7 @@ the pipe, without being copied into the message pickle.
 ::
 
     manager -> worker:  Call | Stop
-    worker -> manager:  Ready | InitFailed | Done | Failed | FinalizerFailed
+    worker -> manager:  Ready | InitFailed | Done | Failed | FinalizerFailed | Log
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ __all__ = [
     "FinalizerFailed",
     "FrameReader",
     "InitFailed",
+    "Log",
     "Message",
     "Ready",
     "Skip",
@@ -168,6 +169,20 @@ class FinalizerFailed(Message):
 
     pid: int
     error: ErrorReport
+
+
+@dataclass(frozen=True)
+class Log(Message):
+    """A log record emitted in the worker (``hookpool._logs``), replayed in the parent.
+
+    ``fields`` are the record's standard attributes, already made plain (the message
+    formatted with its args, the exception formatted into ``exc_text``), so they always
+    unpickle. ``extra`` holds the other attributes (``logging``'s ``extra=``), pickled in
+    the worker, or ``None``.
+    """
+
+    fields: dict[str, Any]
+    extra: bytes | None
 
 
 _COUNT = [bytes((n,)) for n in range(256)]

@@ -1,23 +1,37 @@
 """The worker process: its entry point and its loop.
 
-A worker imports only this module, ``_protocol``, ``_serialize``, ``_hooks`` and
-``_errors``: never the manager or the facades.
+A worker imports only this module, ``_protocol``, ``_serialize``, ``_hooks``,
+``_identity``, ``_errors`` and, when it forwards logging, ``_logs``: never the manager or
+the facades.
 
 Life of a worker::
 
-    spawn ──> load hooks ──> initializer ──> register Finalize ──> send Ready
-                   │              │
-                   └── raises ────┴──> send InitFailed, exit (no finalizer: none ran)
+    spawn ──> identity, log forwarding ──> load hooks ──> initializer ──> register Finalize
+                                               │              │           ──> send Ready
+                                               └── raises ────┴──> send InitFailed, exit
+                                                                  (no finalizer: none ran)
 
     loop:  recv Call ──> run ──> send Done | Failed
            recv Stop, pipe closed, or SIGTERM ──> leave the loop
 
     leave: finalizer (exactly once; errors sent as FinalizerFailed) ──> exit
 
+    any time, from any thread (initializer, tasks, their threads, finalizer):
+           a log record or warning ──> send Log
+
+Sending: every message goes through ``_Worker._send``, one whole message at a time under
+``send_lock``, from whichever thread produced it. Log records make it re-entrant: a signal
+handler (or a ``__del__``) that logs can run in the main thread while that thread is in
+the middle of writing a message. So the lock is an RLock, and a message sent by the thread
+that is already writing is queued and written right after the current one (never into the
+middle of it, never waiting on itself).
+
 Signals: SIGINT is ignored (Ctrl-C is the parent's business; workers do not print a
 traceback each). SIGTERM (``terminate()``, or the parent-watch thread when the parent
 dies) raises ``_StopWorker`` in the main thread, but only while the worker waits for work
-or runs a task. Anywhere else (initializer, sending a result, the finalizer) it is
+or runs a task, and not while that thread is writing a message (a task that logs): a
+frame cut in half would garble everything sent after it; the stop is raised as soon as
+the write ends. Anywhere else (initializer, sending a result, the finalizer) it is
 remembered and honoured at the next safe point, so a finalizer is never cut short by it.
 """
 
@@ -35,15 +49,17 @@ import signal
 import sys
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from types import FrameType
 from typing import Any
 
+from . import _identity
 from . import _protocol as wire
 from ._hooks import Hooks
 from ._serialize import SpawnedHooks, capture, describe, dumps, loads
 
-__all__ = ["SIGTERM_EXIT_CODE", "main"]
+__all__ = ["SIGTERM_EXIT_CODE", "WorkerConfig", "main"]
 
 _FUNCTION_CACHE_SIZE = 64
 _FINALIZE_PRIORITY = 100  # before multiprocessing's own exit-time finalizers
@@ -52,6 +68,17 @@ _FINALIZE_PRIORITY = 100  # before multiprocessing's own exit-time finalizers
 #: The exit code of a worker that SIGTERM stopped (after running its finalizer), as a
 #: shell reports a process killed by that signal: the parent can tell why it left.
 SIGTERM_EXIT_CODE = 128 + signal.SIGTERM
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    """What the parent tells one worker about itself, at spawn time."""
+
+    index: int
+    name: str
+    #: The worker's root logger level (the parent root's effective level at spawn time),
+    #: or None: do not forward logging and warnings to the parent.
+    log_level: int | None
 
 
 class _StopWorker(SystemExit):
@@ -66,20 +93,28 @@ class _Phase(enum.Enum):
     LEAVING = "leaving"  # finalizer: SIGTERM is ignored
 
 
-def main(conn: Connection, hooks: SpawnedHooks) -> None:
+def main(conn: Connection, hooks: SpawnedHooks, config: WorkerConfig) -> None:
     """Entry point of a worker process (the target of its ``Process``)."""
-    _Worker(conn).run(hooks)
+    _Worker(conn, config).run(hooks)
 
 
 class _Worker:
-    def __init__(self, conn: Connection) -> None:
+    def __init__(self, conn: Connection, config: WorkerConfig) -> None:
         self.conn = conn
+        self.config = config
         self.phase = _Phase.STARTING
         self.stop_requested = False
         self.interrupted = False
         self.functions: dict[bytes, Callable[..., Any]] = {}
         self.skipped: set[int] = set()  # ids of queued tasks cancelled before they started
-        self.send_lock = threading.Lock()
+        self.identity = _identity.enter(config.index, config.name)
+        # Invariant: ``writer`` is the ident of the thread writing a message, set only
+        # while it holds ``send_lock``; ``queued_sends`` holds what that same thread sent
+        # while it was writing (see _send).
+        self.send_lock = threading.RLock()
+        self.writer: int | None = None
+        self.queued_sends: collections.deque[wire.Message] = collections.deque()
+        self.stop_after_write = False  # SIGTERM arrived while the main thread was writing
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -87,6 +122,7 @@ class _Worker:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, self._on_sigterm)
         self._watch_parent()
+        _identity.set_process_title(self.config.name)
         finalizer = self._initialize(spawned)
         if finalizer is None:
             return
@@ -101,6 +137,10 @@ class _Worker:
     def _initialize(self, spawned: SpawnedHooks) -> multiprocessing.util.Finalize | None:
         """Run the initializer; register the finalizer; report Ready or InitFailed."""
         try:
+            if self.config.log_level is not None:
+                from . import _logs  # imports logging: only when forwarding
+
+                _logs.install(self._send, self.config.log_level)
             hooks: Hooks = spawned.load()
             hooks.initialize()
         except BaseException as exc:
@@ -181,7 +221,7 @@ class _Worker:
             raise
         except BaseException as exc:
             leaving = isinstance(exc, SystemExit)
-            self._send(wire.Failed(call.task_id, capture(exc, skip_frames=2), leaving))
+            self._answer(wire.Failed(call.task_id, capture(exc, skip_frames=2), leaving))
             if leaving:
                 raise
             return
@@ -192,10 +232,15 @@ class _Worker:
 
             error = ResultEncodingError(f"{type(exc).__name__}: {exc}", describe(result))
             error.__cause__ = exc
-            self._send(wire.Failed(call.task_id, capture(error)))
+            self._answer(wire.Failed(call.task_id, capture(error)))
             return
         del result
-        self._send(wire.Done(call.task_id, wire.blob(data)))
+        self._answer(wire.Done(call.task_id, wire.blob(data)))
+
+    def _answer(self, message: wire.Done | wire.Failed) -> None:
+        # Counted as the manager counts them (for maxtasksperchild): every answered Call.
+        self.identity.tasks_done += 1
+        self._send(message)
 
     def _function(self, data: wire.Blob) -> Callable[..., Any]:
         key = bytes(data)
@@ -208,15 +253,45 @@ class _Worker:
         return fn
 
     def _send(self, message: wire.Message) -> None:
-        # A task's answer goes at once: holding it back to batch it with the next one
-        # would delay it by however long the next task runs.
-        with self.send_lock:
-            wire.send(self.conn, [message])
+        """Write one message, whole, from any thread; see the module docstring. A task's
+        answer goes at once: holding it back to batch it with the next one would delay it
+        by however long the next task runs.
+
+        Guarantees: never waits on itself (a re-entrant call from the thread that is
+        writing queues its message instead), and never interleaves two messages' bytes.
+        """
+        me = threading.get_ident()
+        try:
+            with self.send_lock:
+                if self.writer == me:  # re-entered mid-write (a signal handler that logs)
+                    self.queued_sends.append(message)
+                    return
+                self.writer = me
+                try:
+                    wire.send(self.conn, [message])
+                    while self.queued_sends:
+                        wire.send(self.conn, [self.queued_sends.popleft()])
+                finally:
+                    self.writer = None
+        finally:
+            # A SIGTERM deferred by this write (main thread only, see _on_sigterm) is
+            # raised now, even if the write failed; not from a nested call: that one
+            # is still inside the outer write.
+            if self.stop_after_write and self.writer != me and _in_main_thread():
+                self.stop_after_write = False
+                self._honour_stop()
 
     # -- signals and the parent --------------------------------------------------------
 
     def _on_sigterm(self, signum: int, frame: FrameType | None) -> None:
         self.stop_requested = True
+        if self.writer == threading.get_ident():
+            self.stop_after_write = True  # raising now would cut a frame in half
+            return
+        self._honour_stop()
+
+    def _honour_stop(self) -> None:
+        """Raise the requested stop if the main thread is where it may be raised."""
         if self.phase in (_Phase.IDLE, _Phase.RUNNING) and not self.interrupted:
             self.interrupted = True
             raise _StopWorker(SIGTERM_EXIT_CODE)
@@ -233,6 +308,10 @@ class _Worker:
             os.kill(os.getpid(), signal.SIGTERM)
 
         threading.Thread(target=watch, name="hookpool-parent-watch", daemon=True).start()
+
+
+def _in_main_thread() -> bool:
+    return threading.current_thread() is threading.main_thread()
 
 
 def _run(kind: int, fn: Callable[..., Any], args: Any) -> Any:

@@ -25,6 +25,7 @@ PAGES = [
     "failures.md",
     "pitfalls.md",
     "progress.md",
+    "logging.md",
     "api.md",
     "benchmarks.md",
 ]
@@ -59,7 +60,7 @@ def test_page_exists(page: str) -> None:
 
 def test_pages_have_runnable_examples() -> None:
     pages = {where.split(":")[0] for where, _ in EXAMPLES}
-    for page in ["index.md", "migrating.md", "lifecycle.md", "failures.md"]:
+    for page in ["index.md", "migrating.md", "lifecycle.md", "failures.md", "logging.md"]:
         assert page in pages, f"{page} has no runnable example"
 
 
@@ -114,5 +115,11 @@ def test_mkdocs_build_is_strict(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, f"mkdocs build --strict failed:\n{result.stderr}{result.stdout}"
     api = (tmp_path / "site" / "api" / "index.html").read_text()
-    for name in ("hookpool.Pool", "hookpool.ProcessPoolExecutor", "hookpool.WorkerLostError"):
+    for name in (
+        "hookpool.Pool",
+        "hookpool.ProcessPoolExecutor",
+        "hookpool.WorkerLostError",
+        "hookpool.current_worker",
+        "hookpool.WorkerInfo",
+    ):
         assert f'id="{name}"' in api, f"the API reference lacks {name}"

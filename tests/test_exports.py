@@ -30,7 +30,9 @@ PUBLIC = {
     "RemoteTraceback",
     "ResultEncodingError",
     "TaskTimeoutError",
+    "WorkerInfo",
     "WorkerLostError",
+    "current_worker",
     "get_context",
 }
 

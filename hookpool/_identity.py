@@ -1,0 +1,89 @@
+"""Which worker is this? ``current_worker()``, and the worker's OS process title.
+
+Imported by the worker (``_worker`` sets the identity before the initializer runs) and,
+through ``hookpool.current_worker``, by user code anywhere: in the parent it answers
+``None``. Light on purpose: a worker imports it on every start.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from dataclasses import dataclass
+
+__all__ = ["Identity", "WorkerInfo", "current_worker", "enter", "set_process_title"]
+
+
+@dataclass(frozen=True)
+class WorkerInfo:
+    """The worker a task (or the initializer, or the finalizer) is running in.
+
+    Attributes:
+        index: the worker's number in its pool, from 1; a replacement worker gets the
+            next number, so indexes are never reused within a pool.
+        name: the worker's name, e.g. ``hookpool-worker-3`` (``hookpool-executor-worker-3``
+            for a ``ProcessPoolExecutor``): its ``multiprocessing`` process name, the
+            ``processName`` of its log records, and its OS process title when
+            ``setproctitle`` is installed.
+        pid: the worker's process id.
+        tasks_done: tasks this worker answered before now: ``0`` in the initializer and in
+            the first task. A chunk of a map counts as one task, as for
+            ``maxtasksperchild``; a task cancelled before it started does not count.
+    """
+
+    index: int
+    name: str
+    pid: int
+    tasks_done: int
+
+
+class Identity:
+    """The worker's own record of who it is (mutable: the worker counts its tasks)."""
+
+    def __init__(self, index: int, name: str) -> None:
+        self.index = index
+        self.name = name
+        self.pid = os.getpid()
+        self.tasks_done = 0
+
+
+_current: Identity | None = None
+
+
+def enter(index: int, name: str) -> Identity:
+    """Called once by the worker, before the initializer: this process is that worker."""
+    global _current
+    _current = Identity(index, name)
+    return _current
+
+
+def current_worker() -> WorkerInfo | None:
+    """The hookpool worker this code runs in, or ``None`` outside one.
+
+    Works in a task, in the initializer and finalizer, and in threads they start. Outside
+    a worker — in the parent, or in a process that a task itself starts — it returns
+    ``None`` rather than raising, so code shared between the parent and the workers can
+    branch on it (as ``multiprocessing.parent_process()`` returns ``None`` in the main
+    process).
+
+    Returns:
+        A snapshot: ``tasks_done`` does not change in a ``WorkerInfo`` already returned.
+    """
+    me = _current
+    if me is None or me.pid != os.getpid():  # a process forked by a task is not the worker
+        return None
+    return WorkerInfo(me.index, me.name, me.pid, me.tasks_done)
+
+
+def set_process_title(title: str) -> None:
+    """Set the OS process title (``ps``, ``top``) when ``setproctitle`` is installed.
+
+    ``setproctitle`` is optional and never a dependency: without it, only the
+    ``multiprocessing`` process name is set (by the parent, when it spawns the worker).
+    """
+    try:
+        import setproctitle  # type: ignore[import-not-found, unused-ignore]
+    except ImportError:
+        return
+    with contextlib.suppress(Exception):  # a broken install must not stop the worker
+        setproctitle.setproctitle(title)
