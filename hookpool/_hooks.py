@@ -13,14 +13,12 @@ In each worker, in this order:
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 __all__ = ["Hooks"]
 
 
-@dataclass(frozen=True)
-class Hooks:
+class Hooks(NamedTuple):
     """What a worker runs around its tasks."""
 
     initializer: Callable[..., object] | None = None

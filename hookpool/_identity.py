@@ -9,12 +9,10 @@ from __future__ import annotations
 
 import contextlib
 import os
-from dataclasses import dataclass
 
 __all__ = ["Identity", "WorkerInfo", "current_worker", "enter", "set_process_title"]
 
 
-@dataclass(frozen=True)
 class WorkerInfo:
     """The worker a task (or the initializer, or the finalizer) is running in.
 
@@ -31,10 +29,41 @@ class WorkerInfo:
             ``maxtasksperchild``; a task cancelled before it started does not count.
     """
 
+    __slots__ = ("index", "name", "pid", "tasks_done")
+
     index: int
     name: str
     pid: int
     tasks_done: int
+
+    def __init__(self, index: int, name: str, pid: int, tasks_done: int) -> None:
+        # A plain class, not a dataclass: a worker imports this module at start, and
+        # dataclasses imports inspect and ast.
+        for field, value in zip(self.__slots__, (index, name, pid, tasks_done), strict=True):
+            object.__setattr__(self, field, value)
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError(f"WorkerInfo is read-only: cannot set {name!r}")
+
+    def _values(self) -> tuple[int, str, int, int]:
+        return (self.index, self.name, self.pid, self.tasks_done)
+
+    def __reduce__(self) -> tuple[type[WorkerInfo], tuple[int, str, int, int]]:
+        return (WorkerInfo, self._values())
+
+    def __eq__(self, other: object) -> bool:
+        if type(other) is not WorkerInfo:
+            return NotImplemented
+        return self._values() == other._values()
+
+    def __hash__(self) -> int:
+        return hash(self._values())
+
+    def __repr__(self) -> str:
+        return (
+            f"WorkerInfo(index={self.index}, name={self.name!r}, pid={self.pid}, "
+            f"tasks_done={self.tasks_done})"
+        )
 
 
 class Identity:

@@ -597,7 +597,7 @@ class Manager:
         # Read at each spawn: a worker's records at levels the parent's root logger would
         # drop are not even sent.
         level = logging.getLogger().getEffectiveLevel() if self._forward_logging else None
-        config = _worker.WorkerConfig(index=index, name=name, log_level=level)
+        config = _worker.WorkerConfig(number=index, name=name, log_level=level)
         parent_end, child_end = self._context.Pipe(duplex=True)
         process = self._context.Process(
             target=_worker.main, args=(child_end, self._hooks, config), name=name, daemon=False

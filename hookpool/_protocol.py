@@ -1,6 +1,7 @@
 """Wire messages between the manager and a worker, and how they are framed. No logic.
 
-Every message is a small frozen dataclass. Receivers dispatch on the type and raise on
+Every message is a small NamedTuple (cheap to build, and to import: the worker imports
+this module at start). Receivers dispatch on the type and raise on
 anything they do not know. User data (callables, arguments, results) is pickled by
 ``_serialize`` in the thread that produced it and travels here as opaque ``bytes``, so a
 message always unpickles even when the user data inside it will not.
@@ -23,9 +24,8 @@ import enum
 import os
 import pickle
 import struct
-from dataclasses import dataclass
 from multiprocessing.connection import Connection
-from typing import Any, ClassVar
+from typing import Any, NamedTuple
 
 __all__ = [
     "Blob",
@@ -60,20 +60,6 @@ def blob(data: bytes) -> Blob:
     return pickle.PickleBuffer(data) if len(data) >= OUT_OF_BAND_MIN else data
 
 
-class Message:
-    """Base of all wire messages. On the wire a message is the tuple ``(tag, *fields)``:
-    pickling a class reference costs more than the rest of a small message."""
-
-    _tag: ClassVar[int]
-
-    def __init_subclass__(cls) -> None:
-        cls._tag = len(_MESSAGE_TYPES)
-        _MESSAGE_TYPES.append(cls)
-
-
-_MESSAGE_TYPES: list[type[Message]] = []
-
-
 class CallKind(enum.IntEnum):
     """What the worker does with a Call's function and arguments."""
 
@@ -82,8 +68,7 @@ class CallKind(enum.IntEnum):
     STARMAP = 2  #: args is a list of tuples; the result is ``[fn(*x) for x in items]``
 
 
-@dataclass(frozen=True)
-class ErrorReport:
+class ErrorReport(NamedTuple):
     """An exception captured in a worker, in a form that always crosses the pipe.
 
     ``exception`` is the pickled exception object (without its traceback), or ``None`` if
@@ -102,8 +87,7 @@ class ErrorReport:
     suppress_context: bool = False
 
 
-@dataclass(frozen=True)
-class Call(Message):
+class Call(NamedTuple):
     """Run one task. Sent to a worker only after it reported ``Ready``."""
 
     task_id: int
@@ -112,42 +96,36 @@ class Call(Message):
     args: Blob
 
 
-@dataclass(frozen=True)
-class Skip(Message):
+class Skip(NamedTuple):
     """Do not run this task, sent earlier: it was cancelled before it started."""
 
     task_id: int
 
 
-@dataclass(frozen=True)
-class Stop(Message):
+class Stop(NamedTuple):
     """Leave in an orderly way: run the finalizer, then exit."""
 
 
-@dataclass(frozen=True)
-class Ready(Message):
+class Ready(NamedTuple):
     """The initializer succeeded and the finalizer is registered; send tasks."""
 
     pid: int
 
 
-@dataclass(frozen=True)
-class InitFailed(Message):
+class InitFailed(NamedTuple):
     """The initializer raised; the worker exits without running any task."""
 
     error: ErrorReport
 
 
-@dataclass(frozen=True)
-class Done(Message):
+class Done(NamedTuple):
     """A task's result, pickled in the worker."""
 
     task_id: int
     value: Blob
 
 
-@dataclass(frozen=True)
-class Failed(Message):
+class Failed(NamedTuple):
     """A task raised, or its arguments or result could not be (un)pickled."""
 
     task_id: int
@@ -156,23 +134,20 @@ class Failed(Message):
     leaving: bool = False
 
 
-@dataclass(frozen=True)
-class Skipped(Message):
+class Skipped(NamedTuple):
     """The answer, in order, for a task the worker did not run because of a Skip."""
 
     task_id: int
 
 
-@dataclass(frozen=True)
-class FinalizerFailed(Message):
+class FinalizerFailed(NamedTuple):
     """The finalizer raised; reported in the parent through logging."""
 
     pid: int
     error: ErrorReport
 
 
-@dataclass(frozen=True)
-class Log(Message):
+class Log(NamedTuple):
     """A log record emitted in the worker (``hookpool._logs``), replayed in the parent.
 
     ``fields`` are the record's standard attributes, already made plain (the message
@@ -185,6 +160,24 @@ class Log(Message):
     extra: bytes | None
 
 
+Message = Call | Skip | Stop | Ready | InitFailed | Done | Failed | Skipped | FinalizerFailed | Log
+
+#: On the wire a message is the tuple ``(tag, *fields)``: pickling a class reference
+#: would cost more than the rest of a small message.
+_MESSAGE_TYPES: tuple[type[Message], ...] = (
+    Call,
+    Skip,
+    Stop,
+    Ready,
+    InitFailed,
+    Done,
+    Failed,
+    Skipped,
+    FinalizerFailed,
+    Log,
+)
+_TAGS: dict[type[Message], int] = {kind: tag for tag, kind in enumerate(_MESSAGE_TYPES)}
+
 _COUNT = [bytes((n,)) for n in range(256)]
 _HEADER = struct.Struct("!i")  # multiprocessing.connection's frame header
 _LONG_HEADER = struct.Struct("!Q")  # after a -1 header, for frames of 2 GiB and more
@@ -194,8 +187,8 @@ _READ_SIZE = 256 * 1024
 def send(conn: Connection, messages: list[Message]) -> None:
     """Write a batch of messages as one frame (plus one frame per out-of-band buffer)."""
     buffers: list[pickle.PickleBuffer] = []
-    # A frozen dataclass's __init__ stores the fields in __dict__, in order.
-    batch = [(message._tag, *message.__dict__.values()) for message in messages]
+    tags = _TAGS
+    batch = [(tags[type(message)], *message) for message in messages]
     head = pickle.dumps(batch, protocol=5, buffer_callback=buffers.append)
     conn.send_bytes(_COUNT[len(buffers)] + head)
     for buffer in buffers:

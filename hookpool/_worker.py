@@ -49,10 +49,9 @@ import signal
 import sys
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from types import FrameType
-from typing import Any
+from typing import Any, NamedTuple
 
 from . import _identity
 from . import _protocol as wire
@@ -70,11 +69,10 @@ _FINALIZE_PRIORITY = 100  # before multiprocessing's own exit-time finalizers
 SIGTERM_EXIT_CODE = 128 + signal.SIGTERM
 
 
-@dataclass(frozen=True)
-class WorkerConfig:
+class WorkerConfig(NamedTuple):
     """What the parent tells one worker about itself, at spawn time."""
 
-    index: int
+    number: int  # its index in the pool, from 1
     name: str
     #: The worker's root logger level (the parent root's effective level at spawn time),
     #: or None: do not forward logging and warnings to the parent.
@@ -107,7 +105,7 @@ class _Worker:
         self.interrupted = False
         self.functions: dict[bytes, Callable[..., Any]] = {}
         self.skipped: set[int] = set()  # ids of queued tasks cancelled before they started
-        self.identity = _identity.enter(config.index, config.name)
+        self.identity = _identity.enter(config.number, config.name)
         # Invariant: ``writer`` is the ident of the thread writing a message, set only
         # while it holds ``send_lock``; ``queued_sends`` holds what that same thread sent
         # while it was writing (see _send).

@@ -172,13 +172,17 @@ def log_until_stopped(marker: str, seconds: float, size: int = 200) -> None:
 # -- identity --------------------------------------------------------------------------
 
 
+def _as_dict(info: hookpool.WorkerInfo) -> dict[str, Any]:
+    return {name: getattr(info, name) for name in ("index", "name", "pid", "tasks_done")}
+
+
 def whoami() -> dict[str, Any] | None:
     """Task: ``current_worker()`` as a dict (or None), and the process name and pid."""
     import multiprocessing
 
     me = hookpool.current_worker()
     return {
-        "info": None if me is None else vars(me),
+        "info": None if me is None else _as_dict(me),
         "process_name": multiprocessing.current_process().name,
         "pid": os.getpid(),
     }
@@ -190,7 +194,7 @@ def whoami_in_thread() -> dict[str, Any] | None:
     thread = threading.Thread(target=lambda: found.append(hookpool.current_worker()))
     thread.start()
     thread.join(30)
-    return None if found[0] is None else vars(found[0])
+    return None if found[0] is None else _as_dict(found[0])
 
 
 def whoami_in_fork() -> Any:
@@ -210,5 +214,5 @@ def record_identity(directory: str, what: str) -> None:
     """Hook: write ``current_worker()`` to ``<what>-<pid>.json`` in ``directory``."""
     me = hookpool.current_worker()
     Path(directory, f"{what}-{os.getpid()}.json").write_text(
-        json.dumps(None if me is None else vars(me))
+        json.dumps(None if me is None else _as_dict(me))
     )

@@ -3,10 +3,10 @@
 
 from __future__ import annotations
 
-import dataclasses
 import importlib.util
 import json
 import os
+import pickle
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -48,11 +48,14 @@ def test_outside_a_worker_current_worker_is_none() -> None:
     assert found == [None]
 
 
-def test_worker_info_is_a_small_frozen_dataclass() -> None:
+def test_worker_info_is_a_small_read_only_record() -> None:
     info = hookpool.WorkerInfo(index=1, name="hookpool-worker-1", pid=123, tasks_done=0)
-    assert [f.name for f in dataclasses.fields(info)] == ["index", "name", "pid", "tasks_done"]
-    with pytest.raises(dataclasses.FrozenInstanceError):
+    assert (info.index, info.name, info.pid, info.tasks_done) == (1, "hookpool-worker-1", 123, 0)
+    with pytest.raises(AttributeError):
         info.tasks_done = 1  # type: ignore[misc]
+    assert info == hookpool.WorkerInfo(1, "hookpool-worker-1", 123, 0)
+    assert pickle.loads(pickle.dumps(info)) == info
+    assert repr(info) == "WorkerInfo(index=1, name='hookpool-worker-1', pid=123, tasks_done=0)"
 
 
 def test_inside_a_task_it_names_the_worker_and_counts_tasks(facade: MakeFace) -> None:
