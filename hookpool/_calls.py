@@ -16,7 +16,7 @@ from . import _protocol as wire
 from ._manager import Manager, Task
 from ._progress import ProgressOption, report_map, start
 from ._results import IMapIterator, MapGather, chunked
-from ._serialize import callable_name, dumps, dumps_callable
+from ._serialize import callable_name, dumps_callable, dumps_data
 
 __all__ = [
     "IMAP_CHUNKS_PER_WORKER",
@@ -51,7 +51,7 @@ def submit_call(
     if future is None:
         future = Future()
     fn_data = dumps_callable(fn)
-    task = Task(wire.CallKind.APPLY, fn_data, dumps((args, kwargs)), future, callable_name(fn))
+    task = Task(wire.CallKind.APPLY, fn_data, dumps_data((args, kwargs)), future, callable_name(fn))
     task.timeout = timeout
     manager.submit(task)
     return future
@@ -74,7 +74,9 @@ def chunk_tasks(
     first = 0
     for chunk, slot in zip(chunks, gather.slots, strict=True):
         items = (first, len(chunk), method)
-        tasks.append(Task(kind, fn_data, dumps(chunk), slot, name, items=items, timeout=timeout))
+        tasks.append(
+            Task(kind, fn_data, dumps_data(chunk), slot, name, items=items, timeout=timeout)
+        )
         first += len(chunk)
     return tasks, gather
 
@@ -148,7 +150,7 @@ def lazy_map(
             items = (position, len(chunk), method)
             position += len(chunk)
             try:
-                args = dumps(chunk)
+                args = dumps_data(chunk)
             except Exception as exc:  # fails this chunk's results, not the pool
                 future.set_exception(exc)
                 continue

@@ -31,7 +31,7 @@ from typing import Any, ClassVar
 
 from ._protocol import ErrorReport
 
-__all__ = ["capture", "dumps", "loads", "rebuild"]
+__all__ = ["capture", "dumps", "dumps_data", "loads", "rebuild"]
 
 
 @functools.cache
@@ -134,6 +134,22 @@ def dumps(obj: Any) -> bytes:
         state.buffer.truncate()
         state.pickler.clear_memo()
         state.busy = False
+
+
+def dumps_data(obj: Any) -> bytes:
+    """Pickle task arguments or a result: with plain pickle (all in C, no Python hook per
+    object) when it can, and with ``dumps`` when it refuses (a lambda, a Lock, a pipe
+    connection...), which then does it right or raises the clear error.
+
+    Plain pickle is trusted only while ``__main__`` is importable in the workers: it would
+    pickle a function or class of an interactive ``__main__`` by a name they cannot find.
+    """
+    if _main_importable():
+        try:
+            return pickle.dumps(obj, 5)
+        except Exception:
+            pass
+    return dumps(obj)
 
 
 loads = pickle.loads

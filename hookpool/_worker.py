@@ -56,7 +56,7 @@ from typing import Any, NamedTuple
 from . import _identity
 from . import _protocol as wire
 from ._hooks import Hooks
-from ._serialize import SpawnedHooks, capture, describe, dumps, loads
+from ._serialize import SpawnedHooks, capture, describe, dumps_data, loads
 
 __all__ = ["SIGTERM_EXIT_CODE", "WorkerConfig", "main"]
 
@@ -224,7 +224,7 @@ class _Worker:
                 raise
             return
         try:
-            data = dumps(result)
+            data = dumps_data(result)
         except BaseException as exc:
             from ._errors import ResultEncodingError
 
