@@ -11,7 +11,7 @@ from concurrent.futures import Future
 from typing import Any, TypeVar
 
 from . import _protocol as wire
-from ._manager import Manager, Task
+from ._manager import Engine, Task
 from ._results import IMapIterator, chunked
 from ._serialize import callable_name, dumps, dumps_callable
 
@@ -24,7 +24,7 @@ IMAP_CHUNKS_PER_WORKER = 4
 
 
 def submit_call(
-    manager: Manager,
+    manager: Engine,
     fn: Callable[..., R],
     args: tuple[Any, ...],
     kwargs: dict[str, Any],
@@ -63,7 +63,7 @@ def chunk_tasks(
 
 
 def lazy_map(
-    manager: Manager,
+    manager: Engine,
     fn: Callable[..., Any],
     iterable: Iterable[Any],
     chunksize: int,
@@ -100,12 +100,9 @@ def lazy_map(
             manager.submit_many(tasks, while_closing=True)
         return futures
 
-    return IMapIterator(
-        chunked(iterable, chunksize),
-        submit,
-        window=IMAP_CHUNKS_PER_WORKER * manager.size,
-        ordered=ordered,
-    )
+    # Inline, nothing is read ahead: a chunk runs when the consumer asks for its results.
+    window = 0 if manager.inline else IMAP_CHUNKS_PER_WORKER * manager.size
+    return IMapIterator(chunked(iterable, chunksize), submit, window=window, ordered=ordered)
 
 
 def check_timeout(timeout: float | None) -> float | None:
