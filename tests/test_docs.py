@@ -24,6 +24,7 @@ PAGES = [
     "lifecycle.md",
     "failures.md",
     "pitfalls.md",
+    "debugging.md",
     "api.md",
     "benchmarks.md",
 ]
@@ -58,7 +59,7 @@ def test_page_exists(page: str) -> None:
 
 def test_pages_have_runnable_examples() -> None:
     pages = {where.split(":")[0] for where, _ in EXAMPLES}
-    for page in ["index.md", "migrating.md", "lifecycle.md", "failures.md"]:
+    for page in ["index.md", "migrating.md", "lifecycle.md", "failures.md", "debugging.md"]:
         assert page in pages, f"{page} has no runnable example"
 
 
