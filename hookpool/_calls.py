@@ -13,7 +13,7 @@ from concurrent.futures import Future
 from typing import Any, TypeVar
 
 from . import _protocol as wire
-from ._manager import Manager, Task
+from ._manager import Engine, Task
 from ._progress import ProgressOption, report_map, start
 from ._results import IMapIterator, MapGather, chunked
 from ._serialize import callable_name, dumps_callable, dumps_data
@@ -37,7 +37,7 @@ IMAP_CHUNKS_PER_WORKER = 4
 
 
 def submit_call(
-    manager: Manager,
+    manager: Engine,
     fn: Callable[..., R],
     args: tuple[Any, ...],
     kwargs: dict[str, Any],
@@ -82,7 +82,7 @@ def chunk_tasks(
 
 
 def submit_map(
-    manager: Manager,
+    manager: Engine,
     tasks: list[Task],
     gather: MapGather,
     wrap: Callable[[Future[list[Any]]], R],
@@ -117,7 +117,7 @@ def _items(task: Task) -> int:
 
 
 def lazy_map(
-    manager: Manager,
+    manager: Engine,
     fn: Callable[..., Any],
     iterable: Iterable[Any],
     chunksize: int,
@@ -159,16 +159,18 @@ def lazy_map(
             manager.submit_many(tasks, while_closing=True)
         return futures
 
+    # Inline, nothing is read ahead: a chunk runs when the consumer asks for its results.
+    window = 0 if manager.inline else IMAP_CHUNKS_PER_WORKER * manager.size
     return IMapIterator(
         chunked(iterable, chunksize),
         submit,
-        window=IMAP_CHUNKS_PER_WORKER * manager.size,
+        window=window,
         ordered=ordered,
         progress=start(progress, total),
     )
 
 
-def feed_in_background(manager: Manager, iterators: Iterable[IMapIterator[Any]]) -> None:
+def feed_in_background(manager: Engine, iterators: Iterable[IMapIterator[Any]]) -> None:
     """On close/shutdown, submit what open lazy maps have not read yet, each from its own
     thread, so that their results still come (``close()`` then ``join()`` before reading,
     or a ``with`` block that ends before the loop over ``executor.map``). The manager
@@ -182,7 +184,7 @@ def feed_in_background(manager: Manager, iterators: Iterable[IMapIterator[Any]])
         ).start()
 
 
-def _feed(manager: Manager, iterator: IMapIterator[Any]) -> None:
+def _feed(manager: Engine, iterator: IMapIterator[Any]) -> None:
     try:
         iterator.feed_rest()
     except Exception:  # the pool was terminated meanwhile: nothing more to submit

@@ -14,7 +14,8 @@ from . import _protocol as wire
 from ._calls import check_timeout, feed_in_background, lazy_map, submit_call
 from ._errors import TaskTimeoutError
 from ._hooks import Hooks
-from ._manager import Manager
+from ._inline import InlineManager, inline_requested
+from ._manager import Engine, Manager
 from ._progress import ProgressOption, total_of
 from ._results import IMapIterator
 from ._spawn import available_cpus, check_not_bootstrapping, resolve
@@ -31,9 +32,12 @@ class ProcessPoolExecutor(concurrent.futures.Executor):
     Same signature as ``concurrent.futures.ProcessPoolExecutor``, plus the keyword-only
     ``finalizer`` and ``finalargs`` (see ``hookpool.Pool`` for the hook contract), and
     ``task_timeout``: seconds a task may run before its worker is stopped and replaced and
-    the task fails with ``TaskTimeoutError`` (a ``concurrent.futures.TimeoutError``), and
+    the task fails with ``TaskTimeoutError`` (a ``concurrent.futures.TimeoutError``);
     ``forward_logging``: the workers' log records and warnings reach this process's logging
-    handlers (default ``True``; see ``hookpool.Pool``).
+    handlers (default ``True``; see ``hookpool.Pool``); and ``inline``: run every task in
+    the calling thread, with no worker processes, for debugging and tests (see
+    ``hookpool.Pool`` and ``docs/debugging.md``); None (the default) means inline if the
+    environment variable ``HOOKPOOL_INLINE`` is ``1``.
 
     Differences from the standard library, on purpose: a worker that dies fails only the
     task it was running, with ``WorkerLostError`` (a ``BrokenProcessPool``, so existing
@@ -54,6 +58,7 @@ class ProcessPoolExecutor(concurrent.futures.Executor):
         finalargs: Iterable[Any] = (),
         task_timeout: float | None = None,
         forward_logging: bool = True,
+        inline: bool | None = None,
     ) -> None:
         check_not_bootstrapping()
         if max_workers is None:
@@ -69,16 +74,25 @@ class ProcessPoolExecutor(concurrent.futures.Executor):
         hooks = Hooks.validate(initializer, initargs, finalizer, finalargs)
         self._max_workers = max_workers
         self._task_timeout = check_timeout(task_timeout)
-        self._manager = Manager(
-            processes=max_workers,
-            hooks=hooks,
-            context=ctx,
-            maxtasksperchild=max_tasks_per_child,
-            exit_mode="drain",
-            closed_error=lambda: RuntimeError("cannot schedule new futures after shutdown"),
-            name="hookpool-executor",
-            forward_logging=forward_logging,
-        )
+        self._manager: Engine
+        if inline_requested(inline):
+            self._manager = InlineManager(
+                processes=max_workers,
+                hooks=hooks,
+                closed_error=_after_shutdown,
+                name="hookpool-executor",
+            )
+        else:
+            self._manager = Manager(
+                processes=max_workers,
+                hooks=hooks,
+                context=ctx,
+                maxtasksperchild=max_tasks_per_child,
+                exit_mode="drain",
+                closed_error=_after_shutdown,
+                name="hookpool-executor",
+                forward_logging=forward_logging,
+            )
         # Dropped without shutdown(): let the queued work finish, then release the workers
         # (each runs its finalizer), as shutdown(wait=False) would.
         weakref.finalize(self, self._manager.close)
@@ -156,8 +170,13 @@ class ProcessPoolExecutor(concurrent.futures.Executor):
 
     @property
     def worker_pids(self) -> list[int]:
-        """Process ids of the current workers."""
+        """Process ids of the current workers (inline: this process, until the finalizer
+        has run)."""
         return self._manager.worker_pids()
+
+
+def _after_shutdown() -> Exception:
+    return RuntimeError("cannot schedule new futures after shutdown")
 
 
 def _yield_until(results: IMapIterator[R], deadline: float | None) -> Iterator[R]:

@@ -52,6 +52,11 @@ Actors:
     results, so they are handed to the parent's logging handlers (on this thread, by
     ``_logs.replay``) in the order the worker emitted them, and before the result of the
     task that emitted them.
+
+``Engine``
+    The surface of ``Manager`` that the facades and ``_calls`` use. ``_inline.InlineManager``
+    provides the same surface with no processes and no manager thread: each Task runs in
+    the thread that submits it (inline mode, for debugging and tests).
 """
 
 from __future__ import annotations
@@ -89,7 +94,7 @@ from ._serialize import SpawnedHooks, loads, rebuild
 from ._spawn import SpawnContext
 from ._state import PoolState
 
-__all__ = ["Manager", "Task"]
+__all__ = ["Engine", "Manager", "Task"]
 
 logger = logging.getLogger("hookpool")
 
@@ -197,6 +202,45 @@ class WorkerHandle:
         return task
 
 
+class Engine(Protocol):
+    """What the facades and ``_calls`` may use: ``Manager`` or ``_inline.InlineManager``."""
+
+    @property
+    def state(self) -> PoolState: ...
+
+    @property
+    def size(self) -> int: ...
+
+    @property
+    def inline(self) -> bool:
+        """True for ``InlineManager``: tasks run in the caller's thread, in ``submit``."""
+        ...
+
+    def submit(self, task: Task, *, while_closing: bool = False) -> None: ...
+
+    def submit_many(self, tasks: list[Task], *, while_closing: bool = False) -> None: ...
+
+    def check_running(self) -> None: ...
+
+    def close(self) -> None: ...
+
+    def hold(self) -> None:
+        """While closing, keep serving until ``release()``: more tasks are coming."""
+        ...
+
+    def release(self) -> None: ...
+
+    def cancel(self, future: Outcome) -> bool: ...
+
+    def cancel_queued(self) -> None: ...
+
+    def terminate(self) -> None: ...
+
+    def join(self, timeout: float | None = None) -> bool: ...
+
+    def worker_pids(self) -> list[int]: ...
+
+
 class Manager:
     """Owns the worker processes and the task table; see the module docstring."""
 
@@ -264,6 +308,10 @@ class Manager:
     @property
     def size(self) -> int:
         return self._size
+
+    @property
+    def inline(self) -> bool:
+        return False
 
     def submit(self, task: Task, *, while_closing: bool = False) -> None:
         """Queue ``task``. Raises if the pool does not accept tasks."""

@@ -17,7 +17,8 @@ from ._calls import (
     submit_map,
 )
 from ._hooks import Hooks
-from ._manager import Manager
+from ._inline import InlineManager, inline_requested
+from ._manager import Engine, Manager
 from ._progress import ProgressOption, total_of
 from ._results import AsyncResult, IMapIterator, MapResult, chunked
 from ._spawn import available_cpus, check_not_bootstrapping, resolve
@@ -51,12 +52,18 @@ class Pool:
             stopped and replaced and the task fails with ``TaskTimeoutError`` (a
             ``multiprocessing.TimeoutError``). Each call can set its own ``task_timeout``.
             Unlike ``AsyncResult.get(timeout)``, which only stops waiting, this stops the
-            work.
+            work. Not enforced inline (a ``RuntimeWarning`` says so).
         forward_logging: deliver the workers' log records and warnings to this process's
             logging handlers, tagged with the worker's name (default). Records below the
             root logger's level (when a worker starts) are not sent. ``False`` leaves
             logging in the workers as the standard library does: unconfigured. See
             ``docs/logging.md``.
+        inline: run every task in the calling thread, with no worker processes, for
+            debugging and tests (see ``docs/debugging.md``). The initializer runs once,
+            here; the finalizer once, when the pool is closed or terminated;
+            ``maxtasksperchild`` is ignored; a task's exception is the original object,
+            with the task's frames. None (the default): inline if the environment
+            variable ``HOOKPOOL_INLINE`` is ``1``.
 
     Differences from the standard library, on purpose: workers always start with spawn;
     ``terminate()`` gives each worker a grace period to run its finalizer before killing
@@ -78,6 +85,7 @@ class Pool:
         finalargs: Iterable[Any] = (),
         task_timeout: float | None = None,
         forward_logging: bool = True,
+        inline: bool | None = None,
     ) -> None:
         check_not_bootstrapping()
         ctx = resolve(context)
@@ -92,15 +100,21 @@ class Pool:
         hooks = Hooks.validate(initializer, initargs, finalizer, finalargs)
         self._processes = processes
         self._task_timeout = check_timeout(task_timeout)
-        self._manager = Manager(
-            processes=processes,
-            hooks=hooks,
-            context=ctx,
-            maxtasksperchild=maxtasksperchild,
-            exit_mode="terminate",
-            closed_error=lambda: ValueError("Pool not running"),
-            forward_logging=forward_logging,
-        )
+        self._manager: Engine
+        if inline_requested(inline):
+            self._manager = InlineManager(
+                processes=processes, hooks=hooks, closed_error=_not_running
+            )
+        else:
+            self._manager = Manager(
+                processes=processes,
+                hooks=hooks,
+                context=ctx,
+                maxtasksperchild=maxtasksperchild,
+                exit_mode="terminate",
+                closed_error=_not_running,
+                forward_logging=forward_logging,
+            )
         self._iterators: weakref.WeakSet[IMapIterator[Any]] = weakref.WeakSet()
         # Garbage collection of the pool terminates it (with the finalizer grace period),
         # as the standard library's does.
@@ -370,7 +384,8 @@ class Pool:
     def __repr__(self) -> str:
         return (
             f"<{type(self).__module__.split('.')[0]}.{type(self).__qualname__} "
-            f"state={self._manager.state.name} pool_size={self._processes}>"
+            f"state={self._manager.state.name} pool_size={self._processes}"
+            f"{' inline' if self._manager.inline else ''}>"
         )
 
     def __reduce__(self) -> Any:
@@ -380,5 +395,10 @@ class Pool:
 
     @property
     def worker_pids(self) -> list[int]:
-        """Process ids of the current workers."""
+        """Process ids of the current workers (inline: this process, until the finalizer
+        has run)."""
         return self._manager.worker_pids()
+
+
+def _not_running() -> Exception:
+    return ValueError("Pool not running")

@@ -240,8 +240,10 @@ class IMapIterator(Iterator[T]):
 
     At most ``window`` chunks are submitted and not yet consumed at any time: the input is
     read, and pickled, in the consumer's thread as results are taken, so an endless
-    generator works and memory stays flat. ``next(timeout)`` raises
-    ``multiprocessing.TimeoutError`` when no result arrives in time.
+    generator works and memory stays flat. With ``window`` 0 (inline mode) nothing is
+    read ahead: a chunk is submitted only when the consumer asks for its results.
+    ``next(timeout)`` raises ``multiprocessing.TimeoutError`` when no result arrives in
+    time.
 
     With ``progress=``, the progress advances in the consumer's thread, by a chunk's size
     as ``next()`` takes that chunk's results, and ends when the iterator is exhausted,
@@ -297,7 +299,7 @@ class IMapIterator(Iterator[T]):
             while True:
                 for item in self._current:
                     return item  # type: ignore[no-any-return]
-                self._top_up()
+                self._top_up(on_demand=True)
                 if not self._outstanding:
                     if self._progress is not None:
                         self._progress.end()
@@ -359,10 +361,12 @@ class IMapIterator(Iterator[T]):
                 self._window = self._outstanding + 64
                 self._top_up()
 
-    def _top_up(self) -> None:
+    def _top_up(self, *, on_demand: bool = False) -> None:
         if self._exhausted:
             return
         wanted = self._window - self._outstanding
+        if on_demand and not self._outstanding:
+            wanted = max(wanted, 1)  # the consumer is waiting for a result
         if wanted <= 0:
             return
         batch: list[list[Any]] = []

@@ -26,6 +26,7 @@ PAGES = [
     "pitfalls.md",
     "progress.md",
     "logging.md",
+    "debugging.md",
     "api.md",
     "benchmarks.md",
 ]
@@ -60,7 +61,14 @@ def test_page_exists(page: str) -> None:
 
 def test_pages_have_runnable_examples() -> None:
     pages = {where.split(":")[0] for where, _ in EXAMPLES}
-    for page in ["index.md", "migrating.md", "lifecycle.md", "failures.md", "logging.md"]:
+    for page in [
+        "index.md",
+        "migrating.md",
+        "lifecycle.md",
+        "failures.md",
+        "logging.md",
+        "debugging.md",
+    ]:
         assert page in pages, f"{page} has no runnable example"
 
 
