@@ -20,9 +20,11 @@ from ._serialize import callable_name, dumps_callable, dumps_data
 
 __all__ = [
     "IMAP_CHUNKS_PER_WORKER",
+    "IMAP_ITEMS_PER_WORKER",
     "check_timeout",
     "chunk_tasks",
     "feed_in_background",
+    "imap_window",
     "lazy_map",
     "submit_call",
     "submit_map",
@@ -32,8 +34,18 @@ logger = logging.getLogger("hookpool")
 
 R = TypeVar("R")
 
-#: How many chunks per worker a lazy map keeps submitted ahead of its consumer.
+#: A lazy map keeps this many chunks per worker submitted ahead of its consumer...
 IMAP_CHUNKS_PER_WORKER = 4
+#: ...and, for small chunks, enough of them to hold this many items per worker: with
+#: ``chunksize=1`` (the executor's default) four tasks per worker would leave the
+#: workers waiting on round trips.
+IMAP_ITEMS_PER_WORKER = 64
+
+
+def imap_window(workers: int, chunksize: int) -> int:
+    """How many chunks a lazy map keeps submitted and not yet consumed."""
+    chunks_for_items = -(-IMAP_ITEMS_PER_WORKER // chunksize)  # ceiling division
+    return workers * max(IMAP_CHUNKS_PER_WORKER, chunks_for_items)
 
 
 def submit_call(
@@ -160,7 +172,7 @@ def lazy_map(
         return futures
 
     # Inline, nothing is read ahead: a chunk runs when the consumer asks for its results.
-    window = 0 if manager.inline else IMAP_CHUNKS_PER_WORKER * manager.size
+    window = 0 if manager.inline else imap_window(manager.size, chunksize)
     return IMapIterator(
         chunked(iterable, chunksize),
         submit,
