@@ -56,6 +56,7 @@ def submit_call(
     *,
     timeout: float | None = None,
     future: Future[R] | None = None,
+    owner: object = None,
 ) -> Future[R]:
     """Queue ``fn(*args, **kwargs)``; return its Future (``future``, if given: attach
     callbacks to it first, since the task may finish before this returns)."""
@@ -63,7 +64,8 @@ def submit_call(
     if future is None:
         future = Future()
     fn_data = dumps_callable(fn)
-    task = Task(wire.CallKind.APPLY, fn_data, dumps_data((args, kwargs)), future, callable_name(fn))
+    args_data = dumps_data((args, kwargs))
+    task = Task(wire.CallKind.APPLY, fn_data, args_data, future, callable_name(fn), owner=owner)
     task.timeout = timeout
     manager.submit(task)
     return future
@@ -76,6 +78,7 @@ def chunk_tasks(
     chunks: Iterable[list[Any]],
     *,
     timeout: float | None = None,
+    owner: object = None,
 ) -> tuple[list[Task], MapGather]:
     """One Task per chunk, all settling one MapGather; ``fn`` is pickled once for all."""
     fn_data = dumps_callable(fn)
@@ -87,7 +90,7 @@ def chunk_tasks(
     for chunk, slot in zip(chunks, gather.slots, strict=True):
         items = (first, len(chunk), method)
         tasks.append(
-            Task(kind, fn_data, dumps_data(chunk), slot, name, items=items, timeout=timeout)
+            Task(kind, fn_data, dumps_data(chunk), slot, name, items, timeout, owner=owner)
         )
         first += len(chunk)
     return tasks, gather
@@ -117,6 +120,8 @@ def submit_map(
         if tasks:
             manager.submit_many(tasks)
     except BaseException:
+        for slot in gather.slots:  # nothing was queued: settle every chunk, so that a
+            slot.cancel()  # progress thread waiting on them ends
         if tracker is not None:
             tracker.end()
         raise
@@ -140,10 +145,12 @@ def lazy_map(
     timeout: float | None = None,
     progress: ProgressOption = None,
     total: int | None = None,
+    owner: object = None,
 ) -> IMapIterator[Any]:
     """A map whose input is read, and pickled, as its results are consumed.
 
-    ``total`` is the number of items the input has, when known (for ``progress``).
+    ``total`` is the number of items the input has, when known (for ``progress``);
+    ``owner``, the facade, is kept alive by the iterator (its ``submit``) and its tasks.
     """
     manager.check_running()
     if chunksize < 1:
@@ -166,7 +173,7 @@ def lazy_map(
             except Exception as exc:  # fails this chunk's results, not the pool
                 future.set_exception(exc)
                 continue
-            tasks.append(Task(kind, fn_data, args, future, name, items=items, timeout=timeout))
+            tasks.append(Task(kind, fn_data, args, future, name, items, timeout, owner=owner))
         if tasks:
             manager.submit_many(tasks, while_closing=True)
         return futures

@@ -105,7 +105,7 @@ class ProcessPoolExecutor(concurrent.futures.Executor):
             RuntimeError: after ``shutdown()``.
             hookpool.PoolBrokenError: (a ``BrokenProcessPool``) if the initializer failed.
         """
-        return submit_call(self._manager, fn, args, kwargs, timeout=self._task_timeout)
+        return submit_call(self._manager, fn, args, kwargs, timeout=self._task_timeout, owner=self)
 
     def map(
         self,
@@ -139,6 +139,7 @@ class ProcessPoolExecutor(concurrent.futures.Executor):
             timeout=self._task_timeout,
             progress=progress,
             total=total_of(*iterables),
+            owner=self,
         )
         self._maps.add(results)
         return _yield_until(results, deadline)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import pickle
 import sys
 import traceback
@@ -46,8 +47,11 @@ class ForwardHandler(logging.Handler):
     def __init__(self, send: Callable[[wire.Message], None]) -> None:
         super().__init__()
         self._send = send
+        self._pid = os.getpid()
 
     def emit(self, record: logging.LogRecord) -> None:
+        if os.getpid() != self._pid:
+            return  # a process a task forked: the worker's pipe is not its to write to
         try:
             message = _prepare(record)
         except Exception:

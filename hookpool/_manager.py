@@ -142,6 +142,9 @@ class Task:
     claimed: bool = False
     #: Cancelled on request while in flight: stop its worker as soon as it starts.
     cancel_requested: bool = False
+    #: The facade it came from, kept alive while the task is pending, as the standard
+    #: library's results keep their pool (``Pool(2).apply_async(f).get()`` works).
+    owner: object = None
 
     def describe(self) -> str:
         if self.items is None:
@@ -181,6 +184,11 @@ class WorkerHandle:
     kill_at: float | None = None
     #: Its sentinel fired and it was reaped.
     exited: bool = False
+    #: Stopped on purpose in the middle of a task (cancel, timeout): the tasks still in
+    #: ``inflight`` when it exits are not at fault, and go back to the queue.
+    interrupted: bool = False
+    #: Why it was killed, when hookpool killed it for something other than a stop.
+    lost_reason: str | None = None
 
     def push(self, task: Task) -> None:
         """Record a task sent to this worker."""
@@ -559,6 +567,13 @@ class Manager:
         except (EOFError, OSError):
             self._forget_conn(worker)
             return
+        except Exception:  # garbage on the pipe (a process the task forked wrote to it?)
+            logger.exception("hookpool: unreadable message from %s; killing it", worker.name)
+            worker.lost_reason = "its pipe to the pool carried an unreadable message"
+            with contextlib.suppress(OSError):
+                worker.process.kill()
+            self._forget_conn(worker)
+            return
         for message in messages:
             self._handle(worker, message)
 
@@ -598,13 +613,13 @@ class Manager:
     def _on_result(
         self, worker: WorkerHandle, message: wire.Done | wire.Failed | wire.Skipped
     ) -> None:
-        if message.task_id not in self._by_id:
-            return  # a late answer for a task already settled (timed out, terminated)
+        if not worker.inflight or worker.inflight[0].task_id != message.task_id:
+            if any(t.task_id == message.task_id for t in worker.inflight):
+                raise RuntimeError(f"{worker.name} answered task {message.task_id} out of order")
+            # A late answer for a task no longer at this worker: settled already (timed
+            # out, cancelled, terminated), or put back after the worker was stopped.
+            return
         task = worker.pop_head()
-        if task.task_id != message.task_id:
-            raise RuntimeError(
-                f"{worker.name} answered task {message.task_id} before task {task.task_id}"
-            )
         del self._by_id[task.task_id]
         now = time.monotonic()
         if type(message) is not wire.Skipped:
@@ -704,11 +719,11 @@ class Manager:
         self._workers.remove(worker)
         with contextlib.suppress(ValueError):
             worker.process.close()
-        if worker.inflight:
+        if worker.inflight and not worker.interrupted:
             lost = worker.pop_head()
             del self._by_id[lost.task_id]
             _resolve(lost.future, error=self._lost_error(worker, lost, exitcode))
-            self._requeue_unstarted(worker)
+        self._requeue_unstarted(worker)
         if worker.ready or worker.stopping or self._state.is_final:
             return
         # It died while starting. Once may be bad luck (an OOM kill): start another. Again
@@ -728,10 +743,12 @@ class Manager:
     def _lost_error(self, worker: WorkerHandle, task: Task, exitcode: int | None) -> BaseException:
         if worker.kill_at is not None and self._state is PoolState.TERMINATING:
             return PoolTerminatedError("the pool was terminated while this task was running")
+        cause = (
+            _likely_cause(exitcode) if worker.lost_reason is None else f" ({worker.lost_reason})"
+        )
         return WorkerLostError(
             f"worker {worker.name} (pid {worker.pid}) {_exit_text(exitcode)} while running "
-            f"{task.describe()}{_likely_cause(exitcode)}. The worker was replaced; other "
-            f"tasks are not affected.",
+            f"{task.describe()}{cause}. The worker was replaced; other tasks are not affected.",
             pid=worker.pid,
             exitcode=exitcode,
         )
@@ -759,18 +776,25 @@ class Manager:
                     return
 
     def _stop_running_task(self, worker: WorkerHandle) -> None:
-        """Stop a worker in the middle of its task (already settled by the caller)."""
+        """Stop a worker in the middle of its task (already settled by the caller).
+
+        The tasks queued behind it stay with it until it has exited: it may have finished
+        some of them before the stop arrives, and their answers still count. The rest go
+        back to the queue then (``_on_exit``).
+        """
         task = worker.pop_head()
         del self._by_id[task.task_id]
-        self._requeue_unstarted(worker)
+        worker.interrupted = True
         self._stop_worker(worker, signal_it=True)
 
     def _requeue_unstarted(self, worker: WorkerHandle) -> None:
-        """Put back the tasks queued behind a worker's current one: they never started."""
+        """Put back the tasks still queued at a worker that leaves. Those cancelled while
+        queued there (Skip) are settled already: they are dropped, never run."""
         while worker.inflight:
             task = worker.pop_tail()
             del self._by_id[task.task_id]
-            self._queue.appendleft(task)
+            if not task.future.done():
+                self._queue.appendleft(task)
 
     def _forget_conn(self, worker: WorkerHandle) -> None:
         if not worker.conn_closed:

@@ -151,7 +151,9 @@ class Pool:
         timeout = self._timeout(task_timeout)
         future: Future[Any] = Future()
         result = AsyncResult(future, callback, error_callback)  # before the task can end
-        submit_call(self._manager, func, tuple(args), dict(kwds), timeout=timeout, future=future)
+        submit_call(
+            self._manager, func, tuple(args), dict(kwds), timeout=timeout, future=future, owner=self
+        )
         return result
 
     def submit(self, fn: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs) -> Future[R]:
@@ -160,7 +162,7 @@ class Pool:
         Usable with ``concurrent.futures.as_completed`` and ``wait``, and with
         ``asyncio.wrap_future``. Cancelling it while it is still queued means it never runs.
         """
-        return submit_call(self._manager, fn, args, kwargs, timeout=self._task_timeout)
+        return submit_call(self._manager, fn, args, kwargs, timeout=self._task_timeout, owner=self)
 
     # -- maps ------------------------------------------------------------------------------
 
@@ -268,7 +270,7 @@ class Pool:
         method = "map" if kind is wire.CallKind.MAP else "starmap"
         timeout = self._timeout(task_timeout)
         chunks = chunked(items, chunksize)
-        tasks, gather = chunk_tasks(func, kind, method, chunks, timeout=timeout)
+        tasks, gather = chunk_tasks(func, kind, method, chunks, timeout=timeout, owner=self)
         return submit_map(
             self._manager,
             tasks,
@@ -328,6 +330,7 @@ class Pool:
             timeout=self._timeout(task_timeout),
             progress=progress,
             total=total_of(iterable),
+            owner=self,
         )
         self._iterators.add(iterator)
         return iterator

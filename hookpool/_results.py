@@ -161,8 +161,8 @@ class MapGather:
         self._events = queue.SimpleQueue()
         return self._events
 
-    def _settled(self, index: int, value: Any, error: BaseException | None) -> None:
-        """One chunk is settled (called with the lock held)."""
+    def _record(self, index: int, value: Any, error: BaseException | None) -> bool:
+        """Record one settled chunk (with the lock held); True if it was the last."""
         if error is None:
             self._results[index] = value
         else:
@@ -170,8 +170,11 @@ class MapGather:
         if self._events is not None:
             self._events.put((index, error is None))
         self._remaining -= 1
-        if self._remaining:
-            return
+        return not self._remaining
+
+    def _finish(self) -> None:
+        """Settle the map's Future: outside the lock, since its callbacks may call back
+        into this map (an error_callback that cancels it)."""
         if self._errors:
             self.future.set_exception(self._errors[min(self._errors)])
         else:
@@ -199,18 +202,20 @@ class ChunkSlot:
             return True
 
     def cancel(self) -> bool:
-        with self._gather._lock:
+        gather = self._gather
+        with gather._lock:
             if self._state == _CANCELLED:
                 return True
             if self._state != _PENDING:
                 return False
             self._state = _CANCELLED
-            self._gather._settled(
-                self._index,
-                None,
-                PoolTerminatedError("this map was cancelled or its pool terminated before it ran"),
+            error = PoolTerminatedError(
+                "this map was cancelled or its pool terminated before it ran"
             )
-            return True
+            last = gather._record(self._index, None, error)
+        if last:
+            gather._finish()
+        return True
 
     def set_result(self, value: Any) -> None:
         self._settle(value, None)
@@ -219,11 +224,14 @@ class ChunkSlot:
         self._settle(None, error)
 
     def _settle(self, value: Any, error: BaseException | None) -> None:
-        with self._gather._lock:
+        gather = self._gather
+        with gather._lock:
             if self._state == _FINISHED or self._state == _CANCELLED:
                 raise InvalidStateError(f"chunk {self._index} of a map is already settled")
             self._state = _FINISHED
-            self._gather._settled(self._index, value, error)
+            last = gather._record(self._index, value, error)
+        if last:
+            gather._finish()
 
     def done(self) -> bool:
         return self._state == _FINISHED or self._state == _CANCELLED

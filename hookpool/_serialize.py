@@ -137,19 +137,38 @@ def dumps(obj: Any) -> bytes:
 
 
 def dumps_data(obj: Any) -> bytes:
-    """Pickle task arguments or a result: with plain pickle (all in C, no Python hook per
-    object) when it can, and with ``dumps`` when it refuses (a lambda, a Lock, a pipe
-    connection...), which then does it right or raises the clear error.
+    """Pickle task arguments or a result: with the C pickler and multiprocessing's
+    reducers (no Python hook per object) when it can, and with ``dumps`` when it refuses
+    (a lambda, a Lock...), which then does it right or raises the clear error.
 
     Plain pickle is trusted only while ``__main__`` is importable in the workers: it would
     pickle a function or class of an interactive ``__main__`` by a name they cannot find.
     """
     if _main_importable():
+        buffer = BytesIO()
+        pickler = pickle.Pickler(buffer, 5)
+        pickler.dispatch_table = _plain_reducers()  # a Connection still goes by DupFd
         try:
-            return pickle.dumps(obj, 5)
+            pickler.dump(obj)
+            return buffer.getvalue()
         except Exception:
             pass
     return dumps(obj)
+
+
+_plain_table: dict[type, Any] = {}
+_plain_table_sizes = (-1, -1)
+
+
+def _plain_reducers() -> dict[type, Any]:
+    """copyreg's reducers and multiprocessing's, as one dict (a C lookup per object),
+    rebuilt when either gains one (multiprocessing registers some on first use)."""
+    global _plain_table, _plain_table_sizes
+    sizes = (len(copyreg.dispatch_table), len(_MP_EXTRA_REDUCERS))
+    if sizes != _plain_table_sizes:
+        _plain_table = {**copyreg.dispatch_table, **_MP_EXTRA_REDUCERS}
+        _plain_table_sizes = sizes
+    return _plain_table
 
 
 loads = pickle.loads
