@@ -56,7 +56,6 @@ def submit_call(
     *,
     timeout: float | None = None,
     future: Future[R] | None = None,
-    owner: object = None,
 ) -> Future[R]:
     """Queue ``fn(*args, **kwargs)``; return its Future (``future``, if given: attach
     callbacks to it first, since the task may finish before this returns)."""
@@ -65,7 +64,7 @@ def submit_call(
         future = Future()
     fn_data = dumps_callable(fn)
     args_data = dumps_data((args, kwargs))
-    task = Task(wire.CallKind.APPLY, fn_data, args_data, future, callable_name(fn), owner=owner)
+    task = Task(wire.CallKind.APPLY, fn_data, args_data, future, callable_name(fn))
     task.timeout = timeout
     manager.submit(task)
     return future
@@ -78,7 +77,6 @@ def chunk_tasks(
     chunks: Iterable[list[Any]],
     *,
     timeout: float | None = None,
-    owner: object = None,
 ) -> tuple[list[Task], MapGather]:
     """One Task per chunk, all settling one MapGather; ``fn`` is pickled once for all."""
     fn_data = dumps_callable(fn)
@@ -89,9 +87,7 @@ def chunk_tasks(
     first = 0
     for chunk, slot in zip(chunks, gather.slots, strict=True):
         items = (first, len(chunk), method)
-        tasks.append(
-            Task(kind, fn_data, dumps_data(chunk), slot, name, items, timeout, owner=owner)
-        )
+        tasks.append(Task(kind, fn_data, dumps_data(chunk), slot, name, items, timeout))
         first += len(chunk)
     return tasks, gather
 
@@ -150,7 +146,8 @@ def lazy_map(
     """A map whose input is read, and pickled, as its results are consumed.
 
     ``total`` is the number of items the input has, when known (for ``progress``);
-    ``owner``, the facade, is kept alive by the iterator (its ``submit``) and its tasks.
+    ``owner``, the facade, is kept alive by the iterator, as the standard library's
+    iterators keep their pool.
     """
     manager.check_running()
     if chunksize < 1:
@@ -173,7 +170,7 @@ def lazy_map(
             except Exception as exc:  # fails this chunk's results, not the pool
                 future.set_exception(exc)
                 continue
-            tasks.append(Task(kind, fn_data, args, future, name, items, timeout, owner=owner))
+            tasks.append(Task(kind, fn_data, args, future, name, items, timeout))
         if tasks:
             manager.submit_many(tasks, while_closing=True)
         return futures
@@ -186,6 +183,7 @@ def lazy_map(
         window=window,
         ordered=ordered,
         progress=start(progress, total),
+        owner=owner,
     )
 
 

@@ -105,7 +105,7 @@ class ProcessPoolExecutor(concurrent.futures.Executor):
             RuntimeError: after ``shutdown()``.
             hookpool.PoolBrokenError: (a ``BrokenProcessPool``) if the initializer failed.
         """
-        return submit_call(self._manager, fn, args, kwargs, timeout=self._task_timeout, owner=self)
+        return submit_call(self._manager, fn, args, kwargs, timeout=self._task_timeout)
 
     def map(
         self,

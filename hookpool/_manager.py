@@ -142,9 +142,6 @@ class Task:
     claimed: bool = False
     #: Cancelled on request while in flight: stop its worker as soon as it starts.
     cancel_requested: bool = False
-    #: The facade it came from, kept alive while the task is pending, as the standard
-    #: library's results keep their pool (``Pool(2).apply_async(f).get()`` works).
-    owner: object = None
 
     def describe(self) -> str:
         if self.items is None:

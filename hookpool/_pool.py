@@ -150,10 +150,10 @@ class Pool:
         """
         timeout = self._timeout(task_timeout)
         future: Future[Any] = Future()
-        result = AsyncResult(future, callback, error_callback)  # before the task can end
-        submit_call(
-            self._manager, func, tuple(args), dict(kwds), timeout=timeout, future=future, owner=self
-        )
+        # Callbacks are attached before the task can end; the result keeps the pool alive,
+        # as the standard library's does.
+        result = AsyncResult(future, callback, error_callback, owner=self)
+        submit_call(self._manager, func, tuple(args), dict(kwds), timeout=timeout, future=future)
         return result
 
     def submit(self, fn: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs) -> Future[R]:
@@ -162,7 +162,9 @@ class Pool:
         Usable with ``concurrent.futures.as_completed`` and ``wait``, and with
         ``asyncio.wrap_future``. Cancelling it while it is still queued means it never runs.
         """
-        return submit_call(self._manager, fn, args, kwargs, timeout=self._task_timeout, owner=self)
+        future = submit_call(self._manager, fn, args, kwargs, timeout=self._task_timeout)
+        future._hookpool_pool = self  # type: ignore[attr-defined]  # keeps the pool alive
+        return future
 
     # -- maps ------------------------------------------------------------------------------
 
@@ -270,12 +272,14 @@ class Pool:
         method = "map" if kind is wire.CallKind.MAP else "starmap"
         timeout = self._timeout(task_timeout)
         chunks = chunked(items, chunksize)
-        tasks, gather = chunk_tasks(func, kind, method, chunks, timeout=timeout, owner=self)
+        tasks, gather = chunk_tasks(func, kind, method, chunks, timeout=timeout)
         return submit_map(
             self._manager,
             tasks,
             gather,
-            lambda outcome: MapResult(outcome, callback, error_callback, tasks=gather.slots),
+            lambda outcome: MapResult(
+                outcome, callback, error_callback, tasks=gather.slots, owner=self
+            ),
             progress=progress,
             total=len(items),
         )

@@ -57,8 +57,10 @@ class AsyncResult(Generic[T]):
         error_callback: Callable[[BaseException], object] | None = None,
         *,
         tasks: Sequence[Future[Any] | ChunkSlot] | None = None,
+        owner: object = None,
     ) -> None:
         self._future = future
+        self._owner = owner  # the pool: kept alive while its results are, as in the stdlib
         #: The futures of the tasks behind this result (what Pool.cancel cancels).
         self.tasks = [future] if tasks is None else tasks
         #: What ready(), wait() and get() look at: settled after the callbacks ran.
@@ -266,7 +268,9 @@ class IMapIterator(Iterator[T]):
         window: int,
         ordered: bool,
         progress: Progress | None = None,
+        owner: object = None,
     ) -> None:
+        self._owner = owner  # the pool: kept alive while the iterator is, as in the stdlib
         self._chunks = chunks
         self._submit = submit
         self._window = window

@@ -108,3 +108,14 @@ def read_array(name: str) -> list[Any]:
 def sleep_then_pid(seconds: float) -> int:
     time.sleep(seconds)
     return os.getpid()
+
+
+def send_through(conn: Any, value: Any) -> None:
+    """Send ``value`` through a pipe Connection passed as a task argument."""
+    conn.send(value)
+    conn.close()
+
+
+def sleep_then_die(seconds: float) -> None:
+    time.sleep(seconds)
+    os.kill(os.getpid(), 9)

@@ -4,6 +4,7 @@ from outside, pickling of shared ctypes after the pickler was first used, callba
 from __future__ import annotations
 
 import concurrent.futures
+import gc
 import itertools
 import multiprocessing
 import os
@@ -23,7 +24,9 @@ from tasks import (
     raise_from_inside_except,
     read_array,
     read_value,
+    send_through,
     sleep_then,
+    sleep_then_die,
     sleep_then_pid,
     square,
 )
@@ -260,3 +263,56 @@ def test_cancel_a_task_put_back_after_its_worker_died(make_pool: MakePool, tmp_p
     # Some had been sent to the worker (claimed: "running" for their futures), so they
     # were cancelled from the queue they went back to, not by Future.cancel().
     assert any(not behind[i].cancelled() for i in cancelled), "no task was put back"
+
+
+def test_a_pipe_connection_as_a_task_argument_reaches_the_worker(make_pool: MakePool) -> None:
+    """multiprocessing's reducers still apply on the fast pickling path: the worker gets
+    a duplicate of the descriptor, not the parent's descriptor number."""
+    pool = make_pool(1)
+    reader, writer = SPAWN.Pipe(duplex=False)
+    pool.apply(send_through, (writer, "hello"))
+    assert reader.poll(20)
+    assert reader.recv() == "hello"
+    assert pool.apply(square, (3,)) == 9  # the worker's own pipe is intact
+
+
+def test_tasks_cancelled_at_a_worker_that_then_dies_never_run(
+    make_pool: MakePool, tmp_path: Path
+) -> None:
+    pool = make_pool(1)
+    pool.map(square, range(300), chunksize=1)  # measured fast: tasks queue at the worker
+    log = tmp_path / "ran"
+    killer = pool.submit(sleep_then_die, 0.5)
+    behind = [pool.submit(append_to, str(log), i) for i in range(10)]
+    time.sleep(0.1)  # let them reach the worker
+    assert all(pool.cancel(f) for f in behind)
+    with pytest.raises(hookpool.WorkerLostError):
+        killer.result(timeout=20)
+    concurrent.futures.wait(behind, timeout=20)
+    assert pool.apply(square, (2,)) == 4  # the replacement worker ran what was left
+    assert not log.exists()  # and none of the cancelled ones
+
+
+def test_an_error_callback_may_cancel_its_own_map(make_pool: MakePool) -> None:
+    """The map's result settles outside the lock its chunks share: a callback that
+    calls back into the map does not deadlock the manager."""
+    pool = make_pool(1)
+    holder: list[Any] = []
+    result = pool.map_async(
+        square, [1, "x", 3], chunksize=1, error_callback=lambda e: pool.cancel(holder[0])
+    )
+    holder.append(result)
+    result.wait(20)
+    assert result.ready() and not result.successful()
+    assert pool.apply(square, (5,)) == 25  # the manager is alive
+
+
+def test_results_keep_their_pool_alive() -> None:
+    """As with the standard library, a pool used only through its results stays alive
+    until they are settled."""
+    assert hookpool.Pool(1).apply_async(sleep_then, (0.2, "kept")).get(timeout=30) == "kept"
+    assert list(hookpool.Pool(1).imap(square, range(5))) == [0, 1, 4, 9, 16]
+    assert hookpool.Pool(1).submit(sleep_then, 0.2, "kept").result(timeout=30) == "kept"
+    assert hookpool.Pool(1).map_async(square, range(3)).get(timeout=30) == [0, 1, 4]
+    assert list(hookpool.ProcessPoolExecutor(1).map(square, range(5))) == [0, 1, 4, 9, 16]
+    gc.collect()
