@@ -25,8 +25,9 @@ Actors:
 
 ``Task``
     The parent-side record of one unit of work (one ``apply``/``submit`` call, or one chunk
-    of a map). It owns the ``concurrent.futures.Future`` the facades hand out, and the
-    already-pickled function and arguments.
+    of a map). It owns the ``concurrent.futures.Future`` the facades hand out (for a
+    chunk of ``map``, a lighter ``Outcome``), and the already-pickled function and
+    arguments.
 
 ``Manager``
     Thread-safe entry points (``submit``, ``close``, ``terminate``) only append to the queue
@@ -44,7 +45,10 @@ Actors:
     worker reported ``Ready``. Short tasks are queued behind a worker's running one, to
     hide the round trip, within small bounds of time, bytes and count (``_pick_worker``),
     so the pipe can never fill in both directions at once; a task cancelled while queued
-    at a worker is skipped there (``Skip``) instead of stopping the worker.
+    at a worker is skipped there (``Skip``) instead of stopping the worker. A worker
+    stopped in the middle of a task (a cancel, a timeout) keeps the tasks queued behind
+    it until it has exited, so that the answers it still sends count; the rest then go
+    back to the queue.
 
 ``_worker``
     The child side, in its own module, which imports neither this module nor the facades.
