@@ -267,8 +267,13 @@ class _Worker:
                 self.writer = me
                 try:
                     wire.send(self.conn, [message])
-                    while self.queued_sends:
-                        wire.send(self.conn, [self.queued_sends.popleft()])
+                    while True:
+                        while self.queued_sends:
+                            wire.send(self.conn, [self.queued_sends.popleft()])
+                        self.writer = None  # from here a re-entrant call writes itself...
+                        if not self.queued_sends:  # ...or queued just before: send it
+                            break
+                        self.writer = me
                 finally:
                     self.writer = None
         finally:
