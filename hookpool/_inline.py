@@ -47,9 +47,9 @@ from types import FrameType
 from typing import Any
 
 from . import _worker
-from ._errors import InitializerError, PoolBrokenError, ResultEncodingError
+from ._errors import InitializerError, ResultEncodingError
 from ._hooks import Hooks
-from ._manager import Outcome, Task, _resolve
+from ._manager import Outcome, Task, _resolve, refusal
 from ._serialize import describe, dumps, loads
 from ._state import PoolState
 
@@ -265,13 +265,7 @@ class InlineManager:
                 self._changed.notify_all()
 
     def _refusal(self, state: PoolState) -> Exception:
-        if state is PoolState.BROKEN:
-            error = PoolBrokenError(
-                f"{self._name} is broken and cannot run tasks: {self._broken_error}"
-            )
-            error.__cause__ = self._broken_error
-            return error
-        return self._closed_error()
+        return refusal(state, self._name, self._broken_error, self._closed_error)
 
 
 _LEAVING = (PoolState.CLOSING, PoolState.TERMINATING)

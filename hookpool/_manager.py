@@ -403,13 +403,7 @@ class Manager:
         return [w.pid for w in list(self._workers)]
 
     def _refusal(self, state: PoolState) -> Exception:
-        if state is PoolState.BROKEN:
-            error = PoolBrokenError(
-                f"{self._name} is broken and cannot run tasks: {self._broken_error}"
-            )
-            error.__cause__ = self._broken_error
-            return error
-        return self._closed_error()
+        return refusal(state, self._name, self._broken_error, self._closed_error)
 
     def _wake(self) -> None:
         """Make the manager thread look at the queue, the commands and the state.
@@ -891,6 +885,20 @@ class Manager:
             self.close()
         else:
             self.terminate()
+
+
+def refusal(
+    state: PoolState,
+    name: str,
+    broken_error: BaseException | None,
+    closed_error: Callable[[], Exception],
+) -> Exception:
+    """What submitting to an engine in ``state`` (not RUNNING) raises."""
+    if state is PoolState.BROKEN:
+        error = PoolBrokenError(f"{name} is broken and cannot run tasks: {broken_error}")
+        error.__cause__ = broken_error
+        return error
+    return closed_error()
 
 
 def _poll(conn: Connection) -> bool:

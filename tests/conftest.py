@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import multiprocessing
 import os
 import sys
@@ -12,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from tasks_api import LOST_WAKEUP, LostWakeupWatchdog
 
 import hookpool
 import hookpool._manager
@@ -27,19 +29,50 @@ def _short_grace(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.fixture
 def make_pool() -> Iterator[Callable[..., hookpool.Pool]]:
-    """Build pools; at teardown terminate them and check that no worker is left alive."""
+    """Build pools; at teardown terminate them and check that no worker is left alive.
+
+    Each pool is watched for a lost manager wake-up (a hookpool bug that would otherwise
+    hang the test, and then its teardown, forever): the test fails instead.
+    """
     pools: list[hookpool.Pool] = []
+    dogs: list[LostWakeupWatchdog] = []
 
     def make(*args: Any, **kwargs: Any) -> hookpool.Pool:
         pool = hookpool.Pool(*args, **kwargs)
         pools.append(pool)
+        dogs.append(LostWakeupWatchdog(pool))
         return pool
 
     yield make
+    pokes = sum(dog.stop() for dog in dogs)
     pids = [pid for pool in pools for pid in pool.worker_pids]
     for pool in pools:
         pool.terminate()
     assert_gone(pids)
+    assert pokes == 0, LOST_WAKEUP
+
+
+def shared_pool(pool: Any) -> Iterator[Any]:
+    """Yield ``pool`` (a hookpool or standard library pool) to the tests of a module;
+    then terminate it and check that its workers are gone and no wake-up was lost."""
+    dog = LostWakeupWatchdog(pool) if isinstance(pool, hookpool.Pool) else None
+    yield pool
+    pokes = dog.stop() if dog is not None else 0
+    pids = pool.worker_pids if isinstance(pool, hookpool.Pool) else [p.pid for p in pool._pool]
+    pool.terminate()
+    pool.join()
+    del pool
+    assert_gone(pids)
+    assert pokes == 0, LOST_WAKEUP
+
+
+@pytest.fixture
+def collect_stopped_pools() -> Iterator[None]:
+    """Collect pools kept alive by reference cycles (a frame holding an ExceptionInfo)
+    right after the test, so that their teardown happens there, not at a random later
+    point of another test."""
+    yield
+    gc.collect()
 
 
 def assert_gone(pids: list[int], timeout: float = 10.0) -> None:

@@ -26,7 +26,7 @@ from typing import Any
 import pytest
 import tasks
 import tasks_api
-from conftest import assert_gone
+from conftest import assert_gone, shared_pool
 
 import hookpool
 import hookpool._pool
@@ -51,50 +51,13 @@ def _wait_for(condition: Callable[[], bool], timeout: float = 10.0) -> None:
         time.sleep(0.01)
 
 
-@pytest.fixture(autouse=True)
-def _collect_stopped_pools() -> Iterator[None]:
-    """Collect pools kept alive by reference cycles (a frame holding an ExceptionInfo)
-    right after each test, not at some random later point: a stopped hookpool pool that
-    is garbage collected writes a byte to its closed wake-up descriptor, whose number
-    may by then belong to another test's pipe (see the tests at the end of the
-    "with block" section)."""
-    yield
-    gc.collect()
-
-
-def _watched(pool: hookpool.Pool) -> tasks_api.LostWakeupWatchdog:
-    return tasks_api.LostWakeupWatchdog(pool)
-
-
-@pytest.fixture
-def make_pool(make_pool: Callable[..., hookpool.Pool]) -> Iterator[Callable[..., hookpool.Pool]]:
-    """conftest's make_pool, with each pool watched for a lost manager wake-up (a hookpool
-    bug that would otherwise hang the test, and then its teardown, forever)."""
-    dogs: list[tasks_api.LostWakeupWatchdog] = []
-
-    def make(*args: Any, **kwargs: Any) -> hookpool.Pool:
-        pool = make_pool(*args, **kwargs)
-        dogs.append(_watched(pool))
-        return pool
-
-    yield make
-    pokes = sum(dog.stop() for dog in dogs)
-    assert pokes == 0, tasks_api.LOST_WAKEUP
+pytestmark = pytest.mark.usefixtures("collect_stopped_pools")
 
 
 @pytest.fixture(scope="module", params=FLAVOURS)
 def pool(request: pytest.FixtureRequest) -> Iterator[Any]:
     """One 2-worker pool per flavour, shared by the tests that leave it running."""
-    shared = hookpool.Pool(2) if request.param == "hookpool" else _stdlib_pool(2)
-    dog = _watched(shared) if request.param == "hookpool" else None
-    yield shared
-    pokes = dog.stop() if dog is not None else 0
-    pids = _pids(shared)
-    shared.terminate()
-    shared.join()
-    del shared
-    assert_gone(pids)
-    assert pokes == 0, tasks_api.LOST_WAKEUP
+    yield from shared_pool(hookpool.Pool(2) if request.param == "hookpool" else _stdlib_pool(2))
 
 
 @pytest.fixture(params=FLAVOURS)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import gc
 import multiprocessing
 import os
 import subprocess
@@ -18,49 +17,16 @@ from typing import Any
 import pytest
 import tasks
 import tasks_api
-from conftest import HERE, assert_gone, run_script
+from conftest import HERE, run_script, shared_pool
 
 import hookpool
 
-
-@pytest.fixture(autouse=True)
-def _collect_stopped_pools() -> Iterator[None]:
-    """See test_pool_api: collect pools held by reference cycles right away."""
-    yield
-    gc.collect()
+pytestmark = pytest.mark.usefixtures("collect_stopped_pools")
 
 
 @pytest.fixture(scope="module")
 def pool() -> Iterator[hookpool.Pool]:
-    shared = hookpool.Pool(2)
-    dog = _watched(shared)
-    yield shared
-    pokes = dog.stop()
-    pids = shared.worker_pids
-    shared.terminate()
-    del shared
-    assert_gone(pids)
-    assert pokes == 0, tasks_api.LOST_WAKEUP
-
-
-def _watched(pool: hookpool.Pool) -> tasks_api.LostWakeupWatchdog:
-    return tasks_api.LostWakeupWatchdog(pool)
-
-
-@pytest.fixture
-def make_pool(make_pool: Callable[..., hookpool.Pool]) -> Iterator[Callable[..., hookpool.Pool]]:
-    """conftest's make_pool, with each pool watched for a lost manager wake-up (a hookpool
-    bug that would otherwise hang the test, and then its teardown, forever)."""
-    dogs: list[tasks_api.LostWakeupWatchdog] = []
-
-    def make(*args: Any, **kwargs: Any) -> hookpool.Pool:
-        pool = make_pool(*args, **kwargs)
-        dogs.append(_watched(pool))
-        return pool
-
-    yield make
-    pokes = sum(dog.stop() for dog in dogs)
-    assert pokes == 0, tasks_api.LOST_WAKEUP
+    yield from shared_pool(hookpool.Pool(2))
 
 
 def _numbers() -> Iterator[int]:
