@@ -48,6 +48,7 @@ import select
 import signal
 import sys
 import threading
+import time
 from collections.abc import Callable
 from multiprocessing.connection import Connection
 from types import FrameType
@@ -67,6 +68,9 @@ _FINALIZE_PRIORITY = 100  # before multiprocessing's own exit-time finalizers
 #: The exit code of a worker that SIGTERM stopped (after running its finalizer), as a
 #: shell reports a process killed by that signal: the parent can tell why it left.
 SIGTERM_EXIT_CODE = 128 + signal.SIGTERM
+#: After the parent died, how long the worker has to finish its finalizer (as long as
+#: ``terminate()`` gives it) before it exits regardless.
+ORPHAN_GRACE_SECONDS = 5.0
 
 
 class WorkerConfig(NamedTuple):
@@ -300,7 +304,12 @@ class _Worker:
             raise _StopWorker(SIGTERM_EXIT_CODE)
 
     def _watch_parent(self) -> None:
-        """Leave when the parent dies, even while a task is running (no orphans)."""
+        """Leave when the parent dies, even while a task is running (no orphans).
+
+        SIGTERM first, as ``terminate()`` does: the task is interrupted and the finalizer
+        runs. If the worker is still there after the same grace period (an initializer or
+        a finalizer that blocks, say on a Lock the dead parent held), it exits anyway.
+        """
         parent = multiprocessing.parent_process()
         sentinel = getattr(parent, "sentinel", None)
         if sentinel is None:  # pragma: no cover - start methods without a parent sentinel
@@ -309,6 +318,8 @@ class _Worker:
         def watch() -> None:
             multiprocessing.connection.wait([sentinel])
             os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(ORPHAN_GRACE_SECONDS)
+            os._exit(SIGTERM_EXIT_CODE)
 
         threading.Thread(target=watch, name="hookpool-parent-watch", daemon=True).start()
 

@@ -26,6 +26,7 @@ from conftest import assert_gone, run_script
 import hookpool
 import hookpool._calls
 import hookpool._manager
+import hookpool._worker
 
 
 @dataclass(frozen=True)
@@ -320,6 +321,36 @@ def test_parent_sigkill_leaves_no_orphans(tmp_path: Path) -> None:
     assert_gone(pids, timeout=15)
     inits, fins = tasks.counts(str(markers))
     assert fins == inits
+
+
+BLOCKED_INIT_SCRIPT = """
+import time
+import hookpool
+
+if __name__ == "__main__":
+    pool = hookpool.Pool(2, initializer=time.sleep, initargs=(3600,))  # never finishes
+    print("pids", *pool.worker_pids, flush=True)
+    time.sleep(60)
+"""
+
+
+def test_parent_sigkill_while_the_initializer_blocks_leaves_no_orphans(tmp_path: Path) -> None:
+    """A worker that cannot honour the stop (its initializer blocks, say on a Lock the
+    dead parent held) still exits, after the grace period."""
+    script = tmp_path / "blocked.py"
+    script.write_text(BLOCKED_INIT_SCRIPT)
+    with subprocess.Popen(
+        [sys.executable, str(script)], stdout=subprocess.PIPE, text=True
+    ) as child:
+        try:
+            assert child.stdout is not None
+            pids = [int(p) for p in child.stdout.readline().split()[1:]]
+            time.sleep(1.0)  # let the workers reach their initializer
+        finally:
+            child.kill()
+            child.wait(timeout=30)
+    assert len(pids) == 2
+    assert_gone(pids, timeout=hookpool._worker.ORPHAN_GRACE_SECONDS + 10)
 
 
 # -- backpressure, leaks, the manager itself ---------------------------------------------------
