@@ -196,9 +196,43 @@ def send(conn: Connection, messages: list[Message]) -> None:
 
 
 def recv(conn: Connection) -> list[Message]:
-    """Read one batch. Raises EOFError or OSError when the other end is gone."""
-    head = conn.recv_bytes()
-    return _decode(head, [conn.recv_bytes() for _ in range(head[0])])
+    """Read one batch, blocking (the worker's side). Raises EOFError or OSError when the
+    other end is gone."""
+    fd = conn.fileno()
+    head = _read_frame(fd)
+    return _decode(head, [_read_frame(fd) for _ in range(head[0])])
+
+
+def _read_frame(fd: int) -> bytes | bytearray:
+    """One ``send_bytes`` frame, read straight into a buffer of its size: a large
+    argument is copied once from the pipe, not chunk by chunk into a growing buffer as
+    ``Connection.recv_bytes`` does."""
+    (size,) = _HEADER.unpack(_read_exactly(fd, 4))
+    if size == -1:
+        (size,) = _LONG_HEADER.unpack(_read_exactly(fd, 8))
+    if size < _READ_SIZE:
+        return _read_exactly(fd, size)
+    frame = bytearray(size)
+    with memoryview(frame) as view:
+        filled = 0
+        while filled < size:
+            count = os.readv(fd, [view[filled:]])
+            if not count:
+                raise EOFError
+            filled += count
+    return frame
+
+
+def _read_exactly(fd: int, size: int) -> bytes:
+    data = os.read(fd, size)
+    if len(data) == size:
+        return data
+    parts = [data]
+    while (got := sum(map(len, parts))) < size:
+        if not parts[-1]:
+            raise EOFError
+        parts.append(os.read(fd, size - got))
+    return b"".join(parts)
 
 
 def _decode(head: bytes | bytearray, buffers: list[bytes | bytearray]) -> list[Message]:

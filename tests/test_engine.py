@@ -19,6 +19,7 @@ import pytest
 from tasks import (
     append_to,
     exit_with,
+    identity,
     keep,
     pid,
     raise_from_inside_except,
@@ -316,3 +317,14 @@ def test_results_keep_their_pool_alive() -> None:
     assert hookpool.Pool(1).map_async(square, range(3)).get(timeout=30) == [0, 1, 4]
     assert list(hookpool.ProcessPoolExecutor(1).map(square, range(5))) == [0, 1, 4, 9, 16]
     gc.collect()
+
+
+@pytest.mark.parametrize("size", [0, 1, 64 * 1024 - 1, 64 * 1024, 256 * 1024, 5 * 1024 * 1024 + 3])
+def test_payloads_of_every_size_cross_both_ways(make_pool: MakePool, size: int) -> None:
+    """Arguments and results around the out-of-band and large-frame thresholds, several
+    of them in one task, arrive whole."""
+    pool = make_pool(1)
+    blob = bytes(range(256)) * (size // 256) + b"x" * (size % 256)
+    other = bytearray(blob[::-1])
+    assert pool.apply(identity, ((blob, other),)) == (blob, other)
+    assert pool.map(len, [blob, other, blob], chunksize=1) == [size] * 3
