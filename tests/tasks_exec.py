@@ -101,3 +101,23 @@ def join_manager(manager: Any, timeout: float = 10.0) -> bool:
         os.write(manager._wake_w, b"\0")
     assert manager.join(30), "the hookpool manager thread is stuck even after a poke"
     return False
+
+
+_kept: dict[str, Any] = {}
+
+
+def keep_both(lock: Any, value: Any) -> None:
+    """Initializer: keep a Lock and a Value handed over through initargs."""
+    _kept["lock"], _kept["value"] = lock, value
+
+
+def try_lock() -> bool:
+    """Whether this worker can take the kept Lock right now (released at once)."""
+    got = bool(_kept["lock"].acquire(timeout=0.2))
+    if got:
+        _kept["lock"].release()
+    return got
+
+
+def read_kept_value() -> int:
+    return int(_kept["value"].value)

@@ -18,10 +18,20 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import tasks_crash
 import tasks_exec
 from conftest import assert_gone
 from tasks import counts, fin_record, identity, init_record, pid, raise_value_error, square
-from tasks_exec import attempts, fail_on, init_gate_then_fail, join_manager, kill_self
+from tasks_exec import (
+    attempts,
+    fail_on,
+    init_gate_then_fail,
+    join_manager,
+    keep_both,
+    kill_self,
+    read_kept_value,
+    try_lock,
+)
 
 import hookpool
 
@@ -264,3 +274,30 @@ def test_an_initializer_that_raises_breaks_the_facade_without_respawning(
     assert 1 <= attempts(d) <= 2
     assert face.worker_pids == []
     face.shutdown()  # still returns
+
+
+def test_inheritance_only_objects_travel_in_initargs(facade: MakeFace) -> None:
+    """A Lock and a Value made from the spawn context reach each worker through initargs
+    (the parent holds the lock: the worker sees it taken), on both faces; passed as a
+    task argument instead, they are refused at the call with the initargs advice."""
+    ctx = hookpool.get_context()
+    lock = ctx.Lock()
+    value = ctx.Value("i", 7)
+    face = facade(1, initializer=keep_both, initargs=(lock, value))
+    with lock:
+        assert face.apply(try_lock) is False
+    assert face.apply(try_lock) is True
+    assert face.apply(read_kept_value) == 7
+    with pytest.raises(RuntimeError, match="initargs"):
+        face.submit(identity, lock)
+
+
+def test_unpicklable_results_and_exceptions_are_clear_errors(facade: MakeFace) -> None:
+    face = facade(1)
+    with pytest.raises(hookpool.ResultEncodingError) as result_error:
+        face.apply(tasks_crash.return_lock)
+    assert "lock" in str(result_error.value).lower()
+    with pytest.raises(hookpool.RemoteError) as remote:
+        face.apply(tasks_crash.raise_lock_holding_error)
+    assert "raise_lock_holding_error" in remote.value.remote_traceback
+    assert face.apply(square, 4) == 16  # the face keeps working

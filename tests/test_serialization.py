@@ -274,3 +274,52 @@ def test_python_c_main_functions_go_by_value(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines() == ["[1001, 1002, 1003]", "42", "1001"], result.stderr
+
+
+FINALIZER_SCRIPT = textwrap.dedent(
+    """
+    import os
+    import sys
+    import hookpool
+
+    OUT = sys.argv[1]
+
+
+    def record(kind):
+        with open(os.path.join(OUT, f"{kind}-{os.getpid()}"), "w") as f:
+            f.write("1")
+
+
+    def main_finalizer():
+        record("main-fin")
+
+
+    if __name__ == "__main__":
+        prefix = "lambda-fin"
+        with hookpool.Pool(2, initializer=record, initargs=("main-init",),
+                           finalizer=main_finalizer) as pool:
+            print(pool.map(abs, [-1, -2]))
+        pool = hookpool.Pool(1, initializer=lambda: record("lambda-init"),
+                             finalizer=lambda: record(prefix))
+        pool.apply(abs, (-3,))
+        pool.close()
+        pool.join()
+        print("done")
+    """
+)
+
+
+def test_main_and_lambda_finalizers_run_in_a_real_script(tmp_path: Path) -> None:
+    """A finalizer defined in the script's __main__, and a lambda finalizer (a closure
+    over a local), each run once in every worker whose initializer ran (the `with` exit
+    may stop a worker still starting, before its initializer)."""
+    out = tmp_path / "out"
+    out.mkdir()
+    result = run_script(FINALIZER_SCRIPT, tmp_path, timeout=60, args=(str(out),))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split("\n")[-2] == "done"
+    names = sorted(p.name.rsplit("-", 1)[0] for p in out.iterdir())
+    assert names.count("lambda-init") == names.count("lambda-fin") == 1
+    assert 1 <= names.count("main-init") == names.count("main-fin") <= 2
+    pids = {kind: {p.name.rsplit("-", 1)[1] for p in out.glob(f"{kind}-*")} for kind in names}
+    assert pids["main-init"] == pids["main-fin"]  # the same workers
