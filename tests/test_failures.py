@@ -384,17 +384,40 @@ def test_no_leaks_across_many_pools() -> None:
             len(multiprocessing.active_children()),
         )
 
-    with hookpool.Pool(1) as pool:  # warm up lazily created module state
-        pool.apply(tasks.square, (1,))
-    baseline = snapshot()
-    for i in range(60):
-        pool = hookpool.Pool(1)
-        if i % 2:
+    def cycle(i: int) -> None:
+        """One pool or executor, ended one of the ways a user ends them, some of them
+        after a worker was killed or a task timed out."""
+        kind = i % 5
+        if kind == 0:
+            hookpool.Pool(1).terminate()
+        elif kind == 1:
+            pool = hookpool.Pool(1)
             assert pool.apply(tasks.square, (i,)) == i * i
             pool.close()
             pool.join()
+        elif kind == 2:
+            with hookpool.ProcessPoolExecutor(1) as ex:
+                assert ex.submit(tasks.square, i).result(timeout=30) == i * i
+        elif kind == 3:
+            with hookpool.Pool(1) as pool:
+                with pytest.raises(hookpool.WorkerLostError):
+                    pool.apply(tasks_crash.sigkill_self)
+                assert pool.apply(tasks.square, (i,)) == i * i
         else:
-            pool.terminate()
+            with (
+                hookpool.ProcessPoolExecutor(1, task_timeout=0.2) as ex,
+                pytest.raises(hookpool.TaskTimeoutError),
+            ):
+                ex.submit(tasks.sleep_then, 30).result(timeout=30)
+
+    for i in range(5):  # warm up lazily created module state
+        cycle(i)
+    baseline = snapshot()
+    for i in range(100):
+        cycle(i)
+    deadline = time.monotonic() + 10  # children reaped, threads ended
+    while snapshot() != baseline and time.monotonic() < deadline:
+        time.sleep(0.05)
     assert snapshot() == baseline
 
 
