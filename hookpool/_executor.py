@@ -14,8 +14,8 @@ from . import _protocol as wire
 from ._calls import check_timeout, feed_in_background, lazy_map, submit_call
 from ._errors import TaskTimeoutError
 from ._hooks import Hooks
-from ._inline import InlineManager, inline_requested
-from ._manager import Engine, Manager
+from ._inline import start_engine
+from ._manager import Engine
 from ._progress import ProgressOption, total_of
 from ._results import IMapIterator
 from ._spawn import available_cpus, check_not_bootstrapping, resolve
@@ -74,25 +74,17 @@ class ProcessPoolExecutor(concurrent.futures.Executor):
         hooks = Hooks.validate(initializer, initargs, finalizer, finalargs)
         self._max_workers = max_workers
         self._task_timeout = check_timeout(task_timeout)
-        self._manager: Engine
-        if inline_requested(inline):
-            self._manager = InlineManager(
-                processes=max_workers,
-                hooks=hooks,
-                closed_error=_after_shutdown,
-                name="hookpool-executor",
-            )
-        else:
-            self._manager = Manager(
-                processes=max_workers,
-                hooks=hooks,
-                context=ctx,
-                maxtasksperchild=max_tasks_per_child,
-                exit_mode="drain",
-                closed_error=_after_shutdown,
-                name="hookpool-executor",
-                forward_logging=forward_logging,
-            )
+        self._manager: Engine = start_engine(
+            inline=inline,
+            processes=max_workers,
+            hooks=hooks,
+            context=ctx,
+            maxtasksperchild=max_tasks_per_child,
+            exit_mode="drain",
+            closed_error=_after_shutdown,
+            name="hookpool-executor",
+            forward_logging=forward_logging,
+        )
         # Dropped without shutdown(): let the queued work finish, then release the workers
         # (each runs its finalizer), as shutdown(wait=False) would.
         weakref.finalize(self, self._manager.close)

@@ -49,8 +49,9 @@ from typing import Any
 from . import _worker
 from ._errors import InitializerError, ResultEncodingError
 from ._hooks import Hooks
-from ._manager import Outcome, Task, _resolve, refusal
+from ._manager import Engine, Manager, Outcome, Task, _resolve, refusal
 from ._serialize import describe, dumps, loads
+from ._spawn import SpawnContext
 from ._state import PoolState
 
 __all__ = ["ENV_VAR", "InlineManager", "inline_requested"]
@@ -83,6 +84,34 @@ def inline_requested(inline: bool | None) -> bool:
     raise ValueError(
         f"{ENV_VAR}={os.environ[ENV_VAR]!r}: use 1 (run pools inline, in the calling "
         f"thread) or 0 (use worker processes)"
+    )
+
+
+def start_engine(
+    *,
+    inline: bool | None,
+    processes: int,
+    hooks: Hooks,
+    context: SpawnContext,
+    maxtasksperchild: int | None,
+    exit_mode: str,
+    closed_error: Callable[[], Exception],
+    name: str,
+    forward_logging: bool,
+) -> Engine:
+    """The engine behind a facade: an ``InlineManager`` if inline mode is on (see
+    ``inline_requested``), else a ``Manager`` with its worker processes."""
+    if inline_requested(inline):
+        return InlineManager(processes=processes, hooks=hooks, closed_error=closed_error, name=name)
+    return Manager(
+        processes=processes,
+        hooks=hooks,
+        context=context,
+        maxtasksperchild=maxtasksperchild,
+        exit_mode=exit_mode,
+        closed_error=closed_error,
+        name=name,
+        forward_logging=forward_logging,
     )
 
 

@@ -17,8 +17,8 @@ from ._calls import (
     submit_map,
 )
 from ._hooks import Hooks
-from ._inline import InlineManager, inline_requested
-from ._manager import Engine, Manager
+from ._inline import start_engine
+from ._manager import Engine
 from ._progress import ProgressOption, total_of
 from ._results import AsyncResult, IMapIterator, MapResult, chunked
 from ._spawn import available_cpus, check_not_bootstrapping, resolve
@@ -100,21 +100,17 @@ class Pool:
         hooks = Hooks.validate(initializer, initargs, finalizer, finalargs)
         self._processes = processes
         self._task_timeout = check_timeout(task_timeout)
-        self._manager: Engine
-        if inline_requested(inline):
-            self._manager = InlineManager(
-                processes=processes, hooks=hooks, closed_error=_not_running
-            )
-        else:
-            self._manager = Manager(
-                processes=processes,
-                hooks=hooks,
-                context=ctx,
-                maxtasksperchild=maxtasksperchild,
-                exit_mode="terminate",
-                closed_error=_not_running,
-                forward_logging=forward_logging,
-            )
+        self._manager: Engine = start_engine(
+            inline=inline,
+            processes=processes,
+            hooks=hooks,
+            context=ctx,
+            maxtasksperchild=maxtasksperchild,
+            exit_mode="terminate",
+            closed_error=_not_running,
+            name="hookpool",
+            forward_logging=forward_logging,
+        )
         self._iterators: weakref.WeakSet[IMapIterator[Any]] = weakref.WeakSet()
         # Garbage collection of the pool terminates it (with the finalizer grace period),
         # as the standard library's does.
