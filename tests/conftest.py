@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from faces import Face, MakeFace
 from tasks_api import LOST_WAKEUP, LostWakeupWatchdog
 
 import hookpool
@@ -120,3 +121,22 @@ def no_hookpool_threads() -> bool:
 
 
 __all__ = ["assert_gone", "multiprocessing", "run_script"]
+
+
+@pytest.fixture(params=["Pool", "ProcessPoolExecutor"])
+def facade(request: pytest.FixtureRequest) -> Iterator[MakeFace]:
+    """``facade(workers, initializer=..., initargs=..., finalizer=..., finalargs=...)``
+    builds the parametrized face; at teardown every face is stopped and no worker of it
+    may survive."""
+    faces: list[Face] = []
+
+    def make(workers: int = 1, **hooks: Any) -> Face:
+        face = Face(request.param, workers, **hooks)
+        faces.append(face)
+        return face
+
+    yield make
+    pids = [p for face in faces for p in face.worker_pids]
+    awake = [face.stop() for face in faces]
+    assert_gone(pids)
+    assert all(awake), "lost wake-up: the manager slept through the stop until poked"

@@ -11,22 +11,20 @@ import os
 import threading
 import time
 import traceback
-from collections.abc import Callable, Iterator
-from concurrent.futures import Future
+from collections.abc import Callable
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
-from typing import Any
 
 import pytest
 import tasks_crash
 import tasks_exec
 from conftest import assert_gone
+from faces import MakeFace
 from tasks import counts, fin_record, identity, init_record, pid, raise_value_error, square
 from tasks_exec import (
     attempts,
     fail_on,
     init_gate_then_fail,
-    join_manager,
     keep_both,
     kill_self,
     read_kept_value,
@@ -34,95 +32,6 @@ from tasks_exec import (
 )
 
 import hookpool
-
-
-class Face:
-    """One facade behind a common interface."""
-
-    def __init__(self, kind: str, workers: int, **hooks: Any) -> None:
-        self.kind = kind
-        self.futures: list[Future[Any]] = []
-        self.pool: hookpool.Pool | None = None
-        self.executor: hookpool.ProcessPoolExecutor | None = None
-        if kind == "Pool":
-            self.pool = hookpool.Pool(workers, **hooks)
-        else:
-            self.executor = hookpool.ProcessPoolExecutor(workers, **hooks)
-
-    def submit(self, fn: Callable[..., Any], *args: Any) -> Future[Any]:
-        if self.pool is not None:
-            future = self.pool.apply_async(fn, args).future
-        else:
-            assert self.executor is not None
-            future = self.executor.submit(fn, *args)
-        self.futures.append(future)
-        return future
-
-    def apply(self, fn: Callable[..., Any], *args: Any) -> Any:
-        """Call and wait (``apply_async().get()``; ``submit().result()``), bounded."""
-        if self.pool is not None:
-            return self.pool.apply_async(fn, args).get(timeout=30)
-        return self.submit(fn, *args).result(timeout=30)
-
-    def map(self, fn: Callable[..., Any], items: list[Any] | range) -> list[Any]:
-        if self.pool is not None:
-            return self.pool.map_async(fn, items).get(timeout=30)
-        assert self.executor is not None
-        return list(self.executor.map(fn, items, timeout=30))
-
-    def shutdown(self) -> None:
-        """The orderly way out: ``close()`` + ``join()``; ``shutdown(wait=True)``."""
-        if self.pool is not None:
-            self.pool.close()
-            self.pool.join()
-        else:
-            assert self.executor is not None
-            self.executor.shutdown(wait=True)
-
-    @property
-    def worker_pids(self) -> list[int]:
-        face = self.pool if self.pool is not None else self.executor
-        assert face is not None
-        return face.worker_pids
-
-    def stop(self) -> bool:
-        """Teardown: stop now, even with a long task running. False if the manager had to
-        be poked awake (a lost wake-up, see ``tasks_exec.join_manager``)."""
-        if self.pool is not None:
-            self.pool._manager.terminate()
-            awake = join_manager(self.pool._manager)
-            self.pool.terminate()
-            return awake
-        assert self.executor is not None
-        self.executor.shutdown(wait=False, cancel_futures=True)
-        for future in self.futures:
-            if not future.done():
-                self.executor.cancel(future)  # stops a running task's worker
-        awake = join_manager(self.executor._manager)
-        self.executor.shutdown(wait=True)
-        return awake
-
-
-MakeFace = Callable[..., Face]
-
-
-@pytest.fixture(params=["Pool", "ProcessPoolExecutor"])
-def facade(request: pytest.FixtureRequest) -> Iterator[MakeFace]:
-    """``facade(workers, initializer=..., initargs=..., finalizer=..., finalargs=...)``
-    builds the parametrized face; at teardown every face is stopped and no worker of it
-    may survive."""
-    faces: list[Face] = []
-
-    def make(workers: int = 1, **hooks: Any) -> Face:
-        face = Face(request.param, workers, **hooks)
-        faces.append(face)
-        return face
-
-    yield make
-    pids = [p for face in faces for p in face.worker_pids]
-    awake = [face.stop() for face in faces]
-    assert_gone(pids)
-    assert all(awake), "lost wake-up: the manager slept through the stop until poked"
 
 
 def wait_for(predicate: Callable[[], object], timeout: float = 20.0, what: str = "") -> None:

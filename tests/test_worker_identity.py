@@ -8,35 +8,14 @@ import json
 import os
 import pickle
 import threading
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 import tasks_logging
-from conftest import assert_gone
+from faces import MakeFace
 from tasks import raise_value_error
-from test_facades import Face, MakeFace
 
 import hookpool
-
-
-@pytest.fixture(params=["Pool", "ProcessPoolExecutor"])
-def facade(request: pytest.FixtureRequest) -> Iterator[MakeFace]:
-    """Either facade, built through ``test_facades.Face`` and stopped, leak-checked, at
-    teardown."""
-    faces: list[Face] = []
-
-    def make(workers: int = 1, **options: Any) -> Face:
-        face = Face(request.param, workers, **options)
-        faces.append(face)
-        return face
-
-    yield make
-    pids = [p for face in faces for p in face.worker_pids]
-    for face in faces:
-        face.stop()
-    assert_gone(pids)
 
 
 def test_outside_a_worker_current_worker_is_none() -> None:

@@ -13,34 +13,15 @@ import logging
 import threading
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 import tasks_logging
-from conftest import assert_gone, run_script
+from conftest import run_script
+from faces import Face, MakeFace
 from tasks_exec import loaded
-from test_facades import Face, MakeFace, wait_for
+from test_facades import wait_for
 
 import hookpool
-
-
-@pytest.fixture(params=["Pool", "ProcessPoolExecutor"])
-def facade(request: pytest.FixtureRequest) -> Iterator[MakeFace]:
-    """Either facade, built through ``test_facades.Face`` and stopped, leak-checked, at
-    teardown."""
-    faces: list[Face] = []
-
-    def make(workers: int = 1, **options: Any) -> Face:
-        face = Face(request.param, workers, **options)
-        faces.append(face)
-        return face
-
-    yield make
-    pids = [p for face in faces for p in face.worker_pids]
-    for face in faces:
-        face.stop()
-    assert_gone(pids)
-
 
 LOGGER = "tasks_logging"
 
