@@ -38,6 +38,7 @@ remembered and honoured at the next safe point, so a finalizer is never cut shor
 from __future__ import annotations
 
 import collections
+import contextlib
 import enum
 import itertools
 import multiprocessing
@@ -147,12 +148,16 @@ class _Worker:
             hooks.initialize()
         except BaseException as exc:
             self.phase = _Phase.LEAVING
-            self._send(wire.InitFailed(capture(exc, skip_frames=2)))
+            with contextlib.suppress(OSError, EOFError):  # the parent may be gone already
+                self._send(wire.InitFailed(capture(exc, skip_frames=2)))
             return None
         finalizer = multiprocessing.util.Finalize(
             None, self._finalize, (hooks,), exitpriority=_FINALIZE_PRIORITY
         )
-        self._send(wire.Ready(os.getpid()))
+        with contextlib.suppress(OSError, EOFError):
+            # If the parent is gone, _serve meets the closed pipe and the worker leaves,
+            # running the finalizer, without a traceback for the user.
+            self._send(wire.Ready(os.getpid()))
         return finalizer
 
     def _finalize(self, hooks: Hooks) -> None:
