@@ -63,9 +63,10 @@ def submit_call(
     if future is None:
         future = Future()
     fn_data = dumps_callable(fn)
-    args_data = dumps_data((args, kwargs))
+    args_data, buffers = dumps_data((args, kwargs))
     task = Task(wire.CallKind.APPLY, fn_data, args_data, future, callable_name(fn))
     task.timeout = timeout
+    task.buffers = buffers
     manager.submit(task)
     return future
 
@@ -87,7 +88,8 @@ def chunk_tasks(
     first = 0
     for chunk, slot in zip(chunks, gather.slots, strict=True):
         items = (first, len(chunk), method)
-        tasks.append(Task(kind, fn_data, dumps_data(chunk), slot, name, items, timeout))
+        args, buffers = dumps_data(chunk)
+        tasks.append(Task(kind, fn_data, args, slot, name, items, timeout, buffers))
         first += len(chunk)
     return tasks, gather
 
@@ -166,11 +168,11 @@ def lazy_map(
             items = (position, len(chunk), method)
             position += len(chunk)
             try:
-                args = dumps_data(chunk)
+                args, buffers = dumps_data(chunk)
             except Exception as exc:  # fails this chunk's results, not the pool
                 future.set_exception(exc)
                 continue
-            tasks.append(Task(kind, fn_data, args, future, name, items, timeout))
+            tasks.append(Task(kind, fn_data, args, future, name, items, timeout, buffers))
         if tasks:
             manager.submit_many(tasks, while_closing=True)
         return futures

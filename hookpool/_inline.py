@@ -50,7 +50,7 @@ from . import _worker
 from ._errors import InitializerError, ResultEncodingError
 from ._hooks import Hooks
 from ._manager import Engine, Manager, Outcome, Task, _resolve, refusal
-from ._serialize import describe, dumps, loads
+from ._serialize import describe, dumps, loads, loads_data
 from ._spawn import SpawnContext
 from ._state import PoolState
 
@@ -305,7 +305,7 @@ def _run(task: Task) -> None:
     if not task.future.set_running_or_notify_cancel():
         return  # cancelled before it ran
     try:
-        value = _worker._run(task.kind, loads(task.fn), loads(task.args))
+        value = _worker._run(task.kind, loads(task.fn), loads_data(task.args, task.buffers))
     except KeyboardInterrupt as exc:
         _resolve(task.future, error=exc)
         raise

@@ -94,7 +94,7 @@ from ._errors import (
     WorkerLostError,
 )
 from ._hooks import Hooks
-from ._serialize import SpawnedHooks, loads, rebuild
+from ._serialize import SpawnedHooks, loads_data, rebuild
 from ._spawn import SpawnContext
 from ._state import PoolState
 
@@ -141,11 +141,20 @@ class Task:
     items: tuple[int, int, str] | None = None
     #: Seconds the task may run before its worker is stopped (None: no limit).
     timeout: float | None = None
+    #: The large buffers ``args`` refers to, sent out of band (``_serialize.dumps_data``).
+    buffers: tuple[Any, ...] = ()
     task_id: int = 0
     #: set_running_or_notify_cancel() has been called (the task cannot be cancelled).
     claimed: bool = False
     #: Cancelled on request while in flight: stop its worker as soon as it starts.
     cancel_requested: bool = False
+
+    def wire_size(self) -> int:
+        """Bytes the task takes on its way to a worker."""
+        size = len(self.fn) + len(self.args)
+        for buffer in self.buffers:
+            size += buffer.raw().nbytes
+        return size
 
     def describe(self) -> str:
         if self.items is None:
@@ -194,7 +203,7 @@ class WorkerHandle:
     def push(self, task: Task) -> None:
         """Record a task sent to this worker."""
         self.inflight.append(task)
-        self.inflight_bytes += len(task.fn) + len(task.args)
+        self.inflight_bytes += task.wire_size()
         self.timeouts += task.timeout is not None
 
     def pop_head(self) -> Task:
@@ -206,7 +215,7 @@ class WorkerHandle:
         return self._forget(self.inflight.pop())
 
     def _forget(self, task: Task) -> Task:
-        self.inflight_bytes -= len(task.fn) + len(task.args)
+        self.inflight_bytes -= task.wire_size()
         self.timeouts -= task.timeout is not None
         return task
 
@@ -501,7 +510,7 @@ class Manager:
             outbox.setdefault(worker, []).append(task)
         for worker, tasks in outbox.items():
             calls: list[wire.Message] = [
-                wire.Call(t.task_id, int(t.kind), t.fn, wire.blob(t.args)) for t in tasks
+                wire.Call(t.task_id, int(t.kind), t.fn, wire.blob(t.args), t.buffers) for t in tasks
             ]
             try:
                 wire.send(worker.conn, calls)
@@ -529,7 +538,7 @@ class Manager:
         """
         best: WorkerHandle | None = None
         best_load = 0
-        size = len(task.fn) + len(task.args)
+        size = task.wire_size()
         now = time.monotonic()
         # While a worker is still starting, queue nothing behind a busy one: it will be
         # ready in a moment, and the first worker up would otherwise take everything.
@@ -625,7 +634,7 @@ class Manager:
             pass  # cancelled before it started; its future is settled already
         elif type(message) is wire.Done:
             try:
-                value = loads(message.value)
+                value = loads_data(message.value, message.buffers)
             except BaseException as exc:
                 error = ResultEncodingError(
                     f"the result could not be unpickled in the caller: {exc!r}",

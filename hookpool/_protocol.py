@@ -6,11 +6,16 @@ anything they do not know. User data (callables, arguments, results) is pickled 
 ``_serialize`` in the thread that produced it and travels here as opaque ``bytes``, so a
 message always unpickles even when the user data inside it will not.
 
-Framing: one ``send_bytes`` frame holding a count byte and the pickled message (its type
-tag and field values), then that many frames of raw out-of-band buffers (pickle protocol
-5). Payloads larger than
-``OUT_OF_BAND_MIN`` are sent as such buffers, straight from the caller's bytes object to
-the pipe, without being copied into the message pickle.
+Framing: one ``send_bytes`` frame holding a count byte, one flag byte per out-of-band
+buffer (1: read-only) and the pickled batch of messages (each its type tag and field
+values), then that many frames of raw out-of-band buffers (pickle protocol 5). Payloads
+of at least ``OUT_OF_BAND_MIN`` bytes travel as such buffers, straight from the sender's
+object to the pipe, never copied into a pickle: a pickled call or result that large, and
+the large buffers inside the user's data itself (``_serialize.dumps_data``).
+
+The worker reads a read-only buffer straight into a ``bytes`` object of its size, which
+becomes the task's argument itself (no copy in user space); a writable one (a numpy array,
+a bytearray) into a ``bytearray``, so that it arrives writable as it left.
 
 ::
 
@@ -20,9 +25,11 @@ the pipe, without being copied into the message pickle.
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import os
 import pickle
+import socket
 import struct
 from multiprocessing.connection import Connection
 from typing import Any, NamedTuple
@@ -36,6 +43,7 @@ __all__ = [
     "Failed",
     "FinalizerFailed",
     "FrameReader",
+    "Inbox",
     "InitFailed",
     "Log",
     "Message",
@@ -44,7 +52,6 @@ __all__ = [
     "Skipped",
     "Stop",
     "blob",
-    "recv",
     "send",
 ]
 
@@ -94,6 +101,8 @@ class Call(NamedTuple):
     kind: int  # a CallKind value (a plain int on the wire)
     fn: Blob
     args: Blob
+    #: The out-of-band buffers ``args`` refers to (``_serialize.dumps_data``).
+    buffers: tuple[Any, ...] = ()
 
 
 class Skip(NamedTuple):
@@ -123,6 +132,8 @@ class Done(NamedTuple):
 
     task_id: int
     value: Blob
+    #: The out-of-band buffers ``value`` refers to (``_serialize.dumps_data``).
+    buffers: tuple[Any, ...] = ()
 
 
 class Failed(NamedTuple):
@@ -190,37 +201,74 @@ def send(conn: Connection, messages: list[Message]) -> None:
     tags = _TAGS
     batch = [(tags[type(message)], *message) for message in messages]
     head = pickle.dumps(batch, protocol=5, buffer_callback=buffers.append)
-    conn.send_bytes(_COUNT[len(buffers)] + head)
-    for buffer in buffers:
-        conn.send_bytes(buffer.raw())
+    if not buffers:
+        conn.send_bytes(_COUNT[0] + head)
+        return
+    views = [buffer.raw() for buffer in buffers]
+    flags = bytes(view.readonly for view in views)
+    conn.send_bytes(_COUNT[len(views)] + flags + head)
+    for view in views:
+        conn.send_bytes(view)
 
 
-def recv(conn: Connection) -> list[Message]:
-    """Read one batch, blocking (the worker's side). Raises EOFError or OSError when the
-    other end is gone."""
-    fd = conn.fileno()
-    head = _read_frame(fd)
-    return _decode(head, [_read_frame(fd) for _ in range(head[0])])
+class Inbox:
+    """The worker's side of its Connection: blocking reads of whole batches.
 
+    Each frame is read straight into an object of its size, never chunk by chunk into a
+    growing buffer as ``Connection.recv_bytes`` does; a large read-only buffer with one
+    ``recv(MSG_WAITALL)`` into the ``bytes`` object that the task will get.
+    """
 
-def _read_frame(fd: int) -> bytes | bytearray:
-    """One ``send_bytes`` frame, read straight into a buffer of its size: a large
-    argument is copied once from the pipe, not chunk by chunk into a growing buffer as
-    ``Connection.recv_bytes`` does."""
-    (size,) = _HEADER.unpack(_read_exactly(fd, 4))
-    if size == -1:
-        (size,) = _LONG_HEADER.unpack(_read_exactly(fd, 8))
-    if size < _READ_SIZE:
-        return _read_exactly(fd, size)
-    frame = bytearray(size)
-    with memoryview(frame) as view:
-        filled = 0
-        while filled < size:
-            count = os.readv(fd, [view[filled:]])
-            if not count:
+    def __init__(self, conn: Connection) -> None:
+        self._fd = conn.fileno()
+        self._socket: socket.socket | None = None
+        with contextlib.suppress(OSError):  # a duplex Pipe is a socketpair; else os.read
+            self._socket = socket.socket(fileno=os.dup(self._fd))
+
+    def recv(self) -> list[Message]:
+        """Read one batch. Raises EOFError or OSError when the other end is gone."""
+        head = self._read_frame(readonly=True)
+        count = head[0]
+        frames = [self._read_frame(readonly=bool(flag)) for flag in head[1 : 1 + count]]
+        return _decode(head, frames)
+
+    def close(self) -> None:
+        if self._socket is not None:
+            self._socket.close()
+
+    def _read_frame(self, *, readonly: bool) -> bytes | bytearray:
+        fd = self._fd
+        (size,) = _HEADER.unpack(_read_exactly(fd, 4))
+        if size == -1:
+            (size,) = _LONG_HEADER.unpack(_read_exactly(fd, 8))
+        if size < _READ_SIZE:
+            data = _read_exactly(fd, size)
+            return data if readonly else bytearray(data)
+        if readonly and self._socket is not None:
+            return self._recv_bytes(self._socket, size)
+        frame = bytearray(size)
+        with memoryview(frame) as view:
+            filled = 0
+            while filled < size:
+                count = os.readv(fd, [view[filled:]])
+                if not count:
+                    raise EOFError
+                filled += count
+        return frame
+
+    @staticmethod
+    def _recv_bytes(sock: socket.socket, size: int) -> bytes:
+        data = sock.recv(size, socket.MSG_WAITALL)
+        if len(data) == size:
+            return data
+        parts = [data]  # cut short by a signal: rare, and then a copy is fine
+        got = len(data)
+        while got < size:
+            if not parts[-1]:
                 raise EOFError
-            filled += count
-    return frame
+            parts.append(sock.recv(size - got, socket.MSG_WAITALL))
+            got += len(parts[-1])
+        return b"".join(parts)
 
 
 def _read_exactly(fd: int, size: int) -> bytes:
@@ -237,7 +285,8 @@ def _read_exactly(fd: int, size: int) -> bytes:
 
 def _decode(head: bytes | bytearray, buffers: list[bytes | bytearray]) -> list[Message]:
     messages = []
-    for tag, *fields in pickle.loads(memoryview(head)[1:], buffers=buffers):
+    start = 1 + head[0]  # after the count and flag bytes
+    for tag, *fields in pickle.loads(memoryview(head)[start:], buffers=buffers):
         if not 0 <= tag < len(_MESSAGE_TYPES):
             raise TypeError(f"unrecognized wire message tag: {tag!r}")
         messages.append(_MESSAGE_TYPES[tag](*fields))
@@ -276,7 +325,11 @@ class FrameReader:
         if len(self._frames) < 1 + head[0]:
             return []
         frames, self._frames = self._frames, []
-        return _decode(head, frames[1:])
+        buffers = frames[1:]
+        for index, readonly in enumerate(head[1 : 1 + len(buffers)]):
+            if not readonly and type(buffers[index]) is bytes:
+                buffers[index] = bytearray(buffers[index])  # arrives writable, as it left
+        return _decode(head, buffers)
 
     def _next_frame(self) -> bytes | bytearray | None:
         buffer = self._buffer

@@ -21,17 +21,19 @@ import copyreg
 import functools
 import multiprocessing.context
 import multiprocessing.reduction
+import operator
 import pickle
 import sys
 import threading
 import traceback
 import types
+from collections.abc import Callable
 from io import BytesIO
 from typing import Any, ClassVar
 
-from ._protocol import ErrorReport
+from ._protocol import OUT_OF_BAND_MIN, ErrorReport
 
-__all__ = ["capture", "dumps", "dumps_data", "loads", "rebuild"]
+__all__ = ["Pickled", "capture", "dumps", "dumps_data", "loads", "loads_data", "rebuild"]
 
 
 @functools.cache
@@ -68,8 +70,14 @@ def _refuse_if_inheritance_only(obj: Any) -> None:
 class _Pickler(multiprocessing.reduction.ForkingPickler):
     """ForkingPickler that hands what plain pickle cannot do to cloudpickle."""
 
-    def __init__(self, file: Any, protocol: int) -> None:
-        super().__init__(file, protocol)
+    def __init__(
+        self,
+        file: Any,
+        protocol: int,
+        buffer_callback: Callable[[pickle.PickleBuffer], Any] | None = None,
+    ) -> None:
+        # Not ForkingPickler.__init__: it copies a dispatch table that is replaced here.
+        pickle.Pickler.__init__(self, file, protocol, buffer_callback=buffer_callback)
         self.dispatch_table = _MP_REDUCERS
 
     def reducer_override(self, obj: Any) -> Any:
@@ -136,24 +144,109 @@ def dumps(obj: Any) -> bytes:
         state.busy = False
 
 
-def dumps_data(obj: Any) -> bytes:
+Pickled = tuple[bytes, tuple[pickle.PickleBuffer, ...]]
+"""What ``dumps_data`` makes: the pickle, and the large buffers it refers to, which travel
+out of band (``_protocol``) and are handed back to ``loads_data``."""
+
+_NO_BUFFERS: tuple[pickle.PickleBuffer, ...] = ()
+
+
+def dumps_data(obj: Any, *, snapshot: bool = True) -> Pickled:
     """Pickle task arguments or a result: with the C pickler and multiprocessing's
-    reducers (no Python hook per object) when it can, and with ``dumps`` when it refuses
-    (a lambda, a Lock...), which then does it right or raises the clear error.
+    reducers (no Python hook per object) when it can, and with the pickler of ``dumps``
+    when it refuses (a lambda, a Lock...), which then does it right or raises the clear
+    error.
+
+    Large buffers (a numpy array; a ``bytes`` or ``bytearray`` among the arguments, or
+    the result) are not copied into the pickle: they are returned beside it and written
+    to the worker's pipe as they are. ``snapshot``: copy the writable ones now (the
+    caller's thread may change them after submitting; a worker's result is its own).
 
     Plain pickle is trusted only while ``__main__`` is importable in the workers: it would
     pickle a function or class of an interactive ``__main__`` by a name they cannot find.
     """
+    buffers: list[pickle.PickleBuffer] = []
+
+    def out_of_band(buffer: pickle.PickleBuffer) -> bool:
+        try:
+            view = buffer.raw()
+        except BufferError:  # not contiguous: in the pickle
+            return True
+        if view.nbytes < OUT_OF_BAND_MIN:
+            return True
+        if snapshot and not view.readonly:
+            buffer = pickle.PickleBuffer(bytearray(view))
+        buffers.append(buffer)
+        return False
+
+    lifted = _lift(obj, _LIFT_DEPTH)
     if _main_importable():
-        buffer = BytesIO()
-        pickler = pickle.Pickler(buffer, 5)
+        stream = BytesIO()
+        pickler = pickle.Pickler(stream, 5, buffer_callback=out_of_band)
         pickler.dispatch_table = _plain_reducers()  # a Connection still goes by DupFd
         try:
-            pickler.dump(obj)
-            return buffer.getvalue()
+            pickler.dump(lifted)
+            return stream.getvalue(), tuple(buffers)
         except Exception:
-            pass
-    return dumps(obj)
+            buffers.clear()
+    stream = BytesIO()
+    _Pickler(stream, 5, buffer_callback=out_of_band).dump(lifted)
+    return stream.getvalue(), tuple(buffers)
+
+
+def loads_data(data: bytes | bytearray | pickle.PickleBuffer, buffers: tuple[Any, ...]) -> Any:
+    """Unpickle what ``dumps_data`` made, once its buffers have arrived."""
+    return pickle.loads(data, buffers=buffers)
+
+
+#: How deep into tuples, lists and dicts ``_lift`` looks for large bytes: enough for
+#: ``(args, kwargs)`` and a tuple among them; and how many items one may hold.
+_LIFT_DEPTH = 3
+_LIFT_WIDTH = 16
+
+
+def _lift(obj: Any, depth: int) -> Any:
+    """``obj`` with its large ``bytes`` and ``bytearray`` wrapped to travel out of band.
+
+    Pickle never asks a hook about those two types, so they are found here, in the
+    places a large payload usually is: an argument, a keyword argument, the result, or
+    one level inside those. Elsewhere they are pickled in line, as by the standard
+    library. Containers are rebuilt only when something inside them was wrapped.
+    """
+    kind = type(obj)
+    if kind is bytes or kind is bytearray:
+        return _Lifted(obj) if len(obj) >= OUT_OF_BAND_MIN else obj
+    if (kind is not tuple and kind is not list and kind is not dict) or not depth:
+        return obj
+    if len(obj) > _LIFT_WIDTH:
+        return obj
+    inside = obj.values() if kind is dict else obj
+    lifted = [_lift(item, depth - 1) for item in inside]
+    if all(map(operator.is_, lifted, inside)):
+        return obj
+    return dict(zip(obj, lifted, strict=True)) if kind is dict else kind(lifted)
+
+
+class _Lifted:
+    """A large ``bytes`` or ``bytearray``, pickled as an out-of-band buffer."""
+
+    __slots__ = ("data",)
+
+    def __init__(self, data: bytes | bytearray) -> None:
+        self.data = data
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        rebuild = _as_bytes if type(self.data) is bytes else _as_bytearray
+        return rebuild, (pickle.PickleBuffer(self.data),)
+
+
+def _as_bytes(buffer: Any) -> bytes:
+    # The worker reads a read-only buffer into a bytes object: that one, without a copy.
+    return buffer if type(buffer) is bytes else bytes(buffer)
+
+
+def _as_bytearray(buffer: Any) -> bytearray:
+    return buffer if type(buffer) is bytearray else bytearray(buffer)
 
 
 _plain_table: dict[type, Any] = {}

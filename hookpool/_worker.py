@@ -58,7 +58,7 @@ from typing import Any, NamedTuple
 from . import _identity
 from . import _protocol as wire
 from ._hooks import Hooks
-from ._serialize import SpawnedHooks, capture, describe, dumps_data, loads
+from ._serialize import SpawnedHooks, capture, describe, dumps_data, loads, loads_data
 
 __all__ = ["SIGTERM_EXIT_CODE", "WorkerConfig", "main"]
 
@@ -178,19 +178,19 @@ class _Worker:
     # -- the loop ----------------------------------------------------------------------
 
     def _serve(self) -> None:
-        conn = self.conn
+        inbox = wire.Inbox(self.conn)
         readable = select.poll()  # one poller for the life of the worker: poll(0) is cheap
-        readable.register(conn.fileno(), select.POLLIN)
+        readable.register(self.conn.fileno(), select.POLLIN)
         queued: collections.deque[wire.Message] = collections.deque()
         while True:
             if not queued:
                 self.phase = _Phase.IDLE
                 if self.stop_requested:
                     return
-                self._take(wire.recv(conn), queued)
+                self._take(inbox.recv(), queued)
                 continue
             if readable.poll(0):  # read everything sent so far: a Skip may follow its Call
-                self._take(wire.recv(conn), queued)
+                self._take(inbox.recv(), queued)
                 continue
             self.phase = _Phase.BUSY
             if self.stop_requested:
@@ -217,7 +217,7 @@ class _Worker:
     def _call(self, call: wire.Call) -> None:
         try:
             fn = self._function(call.fn)
-            args = loads(call.args)
+            args = loads_data(call.args, call.buffers)
             self.phase = _Phase.RUNNING
             try:
                 result = _run(call.kind, fn, args)
@@ -233,7 +233,7 @@ class _Worker:
                 raise
             return
         try:
-            data = dumps_data(result)
+            data, buffers = dumps_data(result, snapshot=False)
         except BaseException as exc:
             from ._errors import ResultEncodingError
 
@@ -242,7 +242,7 @@ class _Worker:
             self._answer(wire.Failed(call.task_id, capture(error)))
             return
         del result
-        self._answer(wire.Done(call.task_id, wire.blob(data)))
+        self._answer(wire.Done(call.task_id, wire.blob(data), buffers))
 
     def _answer(self, message: wire.Done | wire.Failed) -> None:
         # Counted as the manager counts them (for maxtasksperchild): every answered Call.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import pickle
 import time
 from pathlib import Path
 from typing import Any
@@ -127,3 +128,29 @@ def send_through(conn: Any, value: Any) -> None:
 def sleep_then_die(seconds: float) -> None:
     time.sleep(seconds)
     os.kill(os.getpid(), 9)
+
+
+class Frame:
+    """A buffer that pickles out of band (protocol 5), as a numpy array does."""
+
+    def __init__(self, data: bytes | bytearray | memoryview) -> None:
+        self.data = data
+
+    def __reduce_ex__(self, protocol: Any) -> tuple[Any, ...]:
+        return Frame, (pickle.PickleBuffer(self.data),)
+
+
+def frame_writable(frame: Frame) -> bool:
+    return not memoryview(frame.data).readonly
+
+
+def scribble(value: Any) -> Any:
+    """Write into the first byte of ``value`` (a bytearray, or a writable Frame) here."""
+    target = value.data if isinstance(value, Frame) else value
+    memoryview(target)[0] = ord("!")
+    return value
+
+
+def sleep_then_first_byte(seconds: float, value: bytearray) -> int:
+    time.sleep(seconds)
+    return value[0]
