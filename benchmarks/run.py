@@ -17,6 +17,7 @@ repeat (rotating the order), and each cell is the median over the repeats.
 from __future__ import annotations
 
 import argparse
+import compileall
 import contextlib
 import datetime as dt
 import importlib.metadata
@@ -518,6 +519,18 @@ def fmt_load(load: list[float] | None) -> str:
     return "unknown" if load is None else " ".join(f"{x:.2f}" for x in load)
 
 
+def compile_bytecode(notes: list[str]) -> None:
+    """Compile hookpool's bytecode, as ``pip install`` does and as the standard library
+    ships it: an editable install under PYTHONDONTWRITEBYTECODE=1 would otherwise compile
+    every module from source in every worker, which no installed copy does."""
+    spec = importlib.util.find_spec("hookpool")
+    if spec is None or not spec.submodule_search_locations:
+        return
+    for location in spec.submodule_search_locations:
+        if not compileall.compile_dir(location, quiet=2, workers=1):
+            notes.append(f"could not compile the bytecode in {location}")
+
+
 def machine_info() -> dict[str, Any]:
     try:
         affinity: int | None = len(os.sched_getaffinity(0))
@@ -782,7 +795,8 @@ def method_lines(z: Sizes, quick: bool, cpu: tuple[int, int] | None) -> list[str
         "(stdlib: `multiprocessing.get_context('spawn').Pool` and "
         "`concurrent.futures.ProcessPoolExecutor(mp_context=spawn)`).",
         f"Each cell is the median of {z.repeats} samples{' (--quick)' if quick else ''}; "
-        "every sample runs in a fresh process, libraries interleaved within each repeat. "
+        "every sample runs in a fresh process, libraries interleaved within each repeat; "
+        "hookpool's bytecode is compiled first, as an installed copy's is. "
         "`*` = fewer samples (per-cell time budget "
         f"{z.cell_budget_s:g} s); `†` = see notes.",
         "Ratio columns are hookpool ÷ stdlib (lower is faster), except the lambda row "
@@ -1097,6 +1111,7 @@ def run(args: argparse.Namespace) -> int:
     for line in machine_lines(info):
         log(line)
     notes: list[str] = []
+    compile_bytecode(notes)
     libs = select_libs(args.libs, notes)
     if not libs:
         log("No library to benchmark (see --libs).")
