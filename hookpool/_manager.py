@@ -152,8 +152,8 @@ class Task:
     def wire_size(self) -> int:
         """Bytes the task takes on its way to a worker."""
         size = len(self.fn) + len(self.args)
-        for buffer in self.buffers:
-            size += buffer.raw().nbytes
+        if self.buffers:
+            size += sum(buffer.raw().nbytes for buffer in self.buffers)
         return size
 
     def describe(self) -> str:
@@ -290,7 +290,6 @@ class Manager:
         self._task_ids = itertools.count(1)
         self._worker_ids = itertools.count(1)
         self._workers: list[WorkerHandle] = []
-        self._by_id: dict[int, Task] = {}
         self._commands: collections.deque[Callable[[], None]] = collections.deque()
         self._startup_failures = 0  # workers in a row that died before reporting Ready
         self._holds = 0  # lazy maps still submitting while closing (see hold())
@@ -302,6 +301,7 @@ class Manager:
         self._wake_pending = False
         self._wake_lock = threading.Lock()  # _close_fds vs a late _wake
         self._selector = selectors.DefaultSelector()
+        self._scratch = wire.scratch_buffer()  # every worker's FrameReader reads into it
         self._selector.register(self._wake_r, selectors.EVENT_READ, None)
 
         # Start the first workers in the caller's thread: a pickling error in initargs
@@ -506,7 +506,6 @@ class Manager:
             if not worker.inflight:
                 worker.head_started = time.monotonic()
             worker.push(task)
-            self._by_id[task.task_id] = task
             outbox.setdefault(worker, []).append(task)
         for worker, tasks in outbox.items():
             calls: list[wire.Message] = [
@@ -518,7 +517,6 @@ class Manager:
                 # The worker is dying and never got these tasks. Its sentinel will fire.
                 for task in reversed(tasks):
                     worker.pop_tail()
-                    del self._by_id[task.task_id]
                     queue.appendleft(task)
                 worker.stopping = True
 
@@ -624,7 +622,6 @@ class Manager:
             # out, cancelled, terminated), or put back after the worker was stopped.
             return
         task = worker.pop_head()
-        del self._by_id[task.task_id]
         now = time.monotonic()
         if type(message) is not wire.Skipped:
             worker.avg_seconds = 0.8 * worker.avg_seconds + 0.2 * (now - worker.head_started)
@@ -682,7 +679,7 @@ class Manager:
             process=process,
             conn=parent_end,
             pid=process.pid,
-            reader=wire.FrameReader(parent_end),
+            reader=wire.FrameReader(parent_end, self._scratch),
         )
         self._workers.append(worker)
         self._selector.register(
@@ -725,7 +722,6 @@ class Manager:
             worker.process.close()
         if worker.inflight and not worker.interrupted:
             lost = worker.pop_head()
-            del self._by_id[lost.task_id]
             _resolve(lost.future, error=self._lost_error(worker, lost, exitcode))
         self._requeue_unstarted(worker)
         if worker.ready or worker.stopping or self._state.is_final:
@@ -786,8 +782,7 @@ class Manager:
         some of them before the stop arrives, and their answers still count. The rest go
         back to the queue then (``_on_exit``).
         """
-        task = worker.pop_head()
-        del self._by_id[task.task_id]
+        worker.pop_head()
         worker.interrupted = True
         self._stop_worker(worker, signal_it=True)
 
@@ -796,7 +791,6 @@ class Manager:
         queued there (Skip) are settled already: they are dropped, never run."""
         while worker.inflight:
             task = worker.pop_tail()
-            del self._by_id[task.task_id]
             if not task.future.done():
                 self._queue.appendleft(task)
 
@@ -859,7 +853,6 @@ class Manager:
         for worker in self._workers:
             while worker.inflight:
                 task = worker.pop_head()
-                self._by_id.pop(task.task_id, None)
                 _resolve(task.future, error=error)
 
     def _drain_wakeups(self) -> None:

@@ -52,6 +52,7 @@ __all__ = [
     "Skipped",
     "Stop",
     "blob",
+    "scratch_buffer",
     "send",
 ]
 
@@ -195,6 +196,11 @@ _LONG_HEADER = struct.Struct("!Q")  # after a -1 header, for frames of 2 GiB and
 _READ_SIZE = 256 * 1024
 
 
+def scratch_buffer() -> bytearray:
+    """A read buffer for the ``FrameReader``s of one thread."""
+    return bytearray(_READ_SIZE)
+
+
 def send(conn: Connection, messages: list[Message]) -> None:
     """Write a batch of messages as one frame (plus one frame per out-of-band buffer)."""
     buffers: list[pickle.PickleBuffer] = []
@@ -296,10 +302,15 @@ def _decode(head: bytes | bytearray, buffers: list[bytes | bytearray]) -> list[M
 class FrameReader:
     """Reads whatever a Connection has ready, without blocking, and returns the complete
     batches in it: the manager reads many results with one system call, and is never
-    stuck mid-frame waiting for a slow writer."""
+    stuck mid-frame waiting for a slow writer.
 
-    def __init__(self, conn: Connection) -> None:
+    Reads go into ``scratch``, a buffer shared by the readers of one thread: a fresh
+    256 KiB ``os.read`` buffer per read costs more than the read itself.
+    """
+
+    def __init__(self, conn: Connection, scratch: bytearray) -> None:
         self._fd = conn.fileno()
+        self._scratch = memoryview(scratch)
         self._buffer = bytearray()
         self._big: bytearray | None = None  # a large frame being read in place
         self._big_filled = 0
@@ -310,10 +321,10 @@ class FrameReader:
         if self._big is not None:
             self._fill_big()
         else:
-            chunk = os.read(self._fd, _READ_SIZE)
-            if not chunk:
+            count = os.readv(self._fd, [self._scratch])
+            if not count:
                 raise EOFError
-            self._buffer += chunk
+            self._buffer += self._scratch[:count]
         messages = self._complete_batch() if self._frames and self._big is None else []
         while self._big is None and (frame := self._next_frame()) is not None:
             self._frames.append(frame)

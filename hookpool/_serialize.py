@@ -21,7 +21,6 @@ import copyreg
 import functools
 import multiprocessing.context
 import multiprocessing.reduction
-import operator
 import pickle
 import sys
 import threading
@@ -148,7 +147,44 @@ Pickled = tuple[bytes, tuple[pickle.PickleBuffer, ...]]
 """What ``dumps_data`` makes: the pickle, and the large buffers it refers to, which travel
 out of band (``_protocol``) and are handed back to ``loads_data``."""
 
-_NO_BUFFERS: tuple[pickle.PickleBuffer, ...] = ()
+
+class _Buffers:
+    """Collects the out-of-band buffers of one pickling (a pickler's buffer_callback)."""
+
+    def __init__(self, *, snapshot: bool) -> None:
+        self.found: list[pickle.PickleBuffer] = []
+        self.snapshot = snapshot
+
+    def __call__(self, buffer: pickle.PickleBuffer) -> bool:
+        """True: keep this buffer in the pickle (small, or not contiguous)."""
+        try:
+            view = buffer.raw()
+        except BufferError:
+            return True
+        if view.nbytes < OUT_OF_BAND_MIN:
+            return True
+        if self.snapshot and not view.readonly:
+            buffer = pickle.PickleBuffer(bytearray(view))
+        self.found.append(buffer)
+        return False
+
+    def take(self) -> tuple[pickle.PickleBuffer, ...]:
+        if not self.found:
+            return ()
+        found, self.found = self.found, []
+        return tuple(found)
+
+
+class _ReusableData(threading.local):
+    """One plain C pickler per thread for task data, reused: building one costs more
+    than pickling a few small arguments with it."""
+
+    def __init__(self) -> None:
+        self.stream = BytesIO()
+        self.buffers = _Buffers(snapshot=True)
+        self.pickler = pickle.Pickler(self.stream, 5, buffer_callback=self.buffers)
+        self.pickler.dispatch_table = self.table = _plain_reducers()
+        self.busy = False
 
 
 def dumps_data(obj: Any, *, snapshot: bool = True) -> Pickled:
@@ -165,33 +201,29 @@ def dumps_data(obj: Any, *, snapshot: bool = True) -> Pickled:
     Plain pickle is trusted only while ``__main__`` is importable in the workers: it would
     pickle a function or class of an interactive ``__main__`` by a name they cannot find.
     """
-    buffers: list[pickle.PickleBuffer] = []
-
-    def out_of_band(buffer: pickle.PickleBuffer) -> bool:
-        try:
-            view = buffer.raw()
-        except BufferError:  # not contiguous: in the pickle
-            return True
-        if view.nbytes < OUT_OF_BAND_MIN:
-            return True
-        if snapshot and not view.readonly:
-            buffer = pickle.PickleBuffer(bytearray(view))
-        buffers.append(buffer)
-        return False
-
     lifted = _lift(obj, _LIFT_DEPTH)
-    if _main_importable():
-        stream = BytesIO()
-        pickler = pickle.Pickler(stream, 5, buffer_callback=out_of_band)
-        pickler.dispatch_table = _plain_reducers()  # a Connection still goes by DupFd
+    state = _reusable_data
+    if not state.busy and _main_importable():  # busy: re-entered from a __reduce__
+        state.busy = True
+        state.buffers.snapshot = snapshot
+        pickler = state.pickler
+        table = _plain_reducers()  # a Connection still goes by DupFd
+        if state.table is not table:  # multiprocessing registered a reducer since
+            pickler.dispatch_table = state.table = table
         try:
             pickler.dump(lifted)
-            return stream.getvalue(), tuple(buffers)
+            return state.stream.getvalue(), state.buffers.take()
         except Exception:
-            buffers.clear()
+            state.buffers.take()  # and pickle it again, below
+        finally:
+            state.stream.seek(0)
+            state.stream.truncate()
+            pickler.clear_memo()
+            state.busy = False
+    buffers = _Buffers(snapshot=snapshot)
     stream = BytesIO()
-    _Pickler(stream, 5, buffer_callback=out_of_band).dump(lifted)
-    return stream.getvalue(), tuple(buffers)
+    _Pickler(stream, 5, buffer_callback=buffers).dump(lifted)
+    return stream.getvalue(), buffers.take()
 
 
 def loads_data(data: bytes | bytearray | pickle.PickleBuffer, buffers: tuple[Any, ...]) -> Any:
@@ -211,19 +243,29 @@ def _lift(obj: Any, depth: int) -> Any:
     Pickle never asks a hook about those two types, so they are found here, in the
     places a large payload usually is: an argument, a keyword argument, the result, or
     one level inside those. Elsewhere they are pickled in line, as by the standard
-    library. Containers are rebuilt only when something inside them was wrapped.
+    library. Containers are rebuilt only when something inside them is wrapped; the
+    common case (nothing large) only looks, without building anything.
     """
     kind = type(obj)
     if kind is bytes or kind is bytearray:
         return _Lifted(obj) if len(obj) >= OUT_OF_BAND_MIN else obj
-    if (kind is not tuple and kind is not list and kind is not dict) or not depth:
+    if not depth or (kind is not tuple and kind is not list and kind is not dict):
         return obj
     if len(obj) > _LIFT_WIDTH:
         return obj
     inside = obj.values() if kind is dict else obj
-    lifted = [_lift(item, depth - 1) for item in inside]
-    if all(map(operator.is_, lifted, inside)):
+    for item in inside:  # a look first, without a call for each plain item
+        item_kind = type(item)
+        if item_kind is bytes or item_kind is bytearray:
+            if len(item) >= OUT_OF_BAND_MIN:
+                break
+        elif (item_kind is tuple or item_kind is list or item_kind is dict) and _lift(
+            item, depth - 1
+        ) is not item:
+            break
+    else:
         return obj
+    lifted = [_lift(item, depth - 1) for item in inside]
     return dict(zip(obj, lifted, strict=True)) if kind is dict else kind(lifted)
 
 
@@ -262,6 +304,9 @@ def _plain_reducers() -> dict[type, Any]:
         _plain_table = {**copyreg.dispatch_table, **_MP_EXTRA_REDUCERS}
         _plain_table_sizes = sizes
     return _plain_table
+
+
+_reusable_data = _ReusableData()
 
 
 loads = pickle.loads
