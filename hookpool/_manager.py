@@ -36,6 +36,13 @@ Actors:
     duplex Connection, and every worker's process sentinel. Deadlines (task timeouts, the
     terminate grace period) become the selector's timeout. Nothing polls.
 
+    One shortcut: while the manager thread sleeps, the workers with nothing to do are
+    *parked*, and ``submit`` sends a task straight to a parked worker from the caller's
+    thread, under the manager's lock, instead of waking the manager to do it (that
+    thread hop is a third of an idle pool's latency). The manager unparks every worker,
+    under the same lock, as soon as it wakes: a worker is only ever touched by one thread
+    at a time, and the manager sees the task in ``inflight`` like any other.
+
 ``WorkerHandle``
     The manager's view of one worker: its process, its Connection, and the tasks sent to
     it, in the order it runs them. Because a worker runs its tasks one at a time, in
@@ -194,6 +201,8 @@ class WorkerHandle:
     kill_at: float | None = None
     #: Its sentinel fired and it was reaped.
     exited: bool = False
+    #: Idle while the manager thread sleeps: ``submit`` may send it a task directly.
+    parked: bool = False
     #: Stopped on purpose in the middle of a task (cancel, timeout): the tasks still in
     #: ``inflight`` when it exits are not at fault, and go back to the queue.
     interrupted: bool = False
@@ -291,6 +300,7 @@ class Manager:
         self._worker_ids = itertools.count(1)
         self._workers: list[WorkerHandle] = []
         self._commands: collections.deque[Callable[[], None]] = collections.deque()
+        self._parked: list[WorkerHandle] = []  # guarded by _lock, see _park_idle
         self._startup_failures = 0  # workers in a row that died before reporting Ready
         self._holds = 0  # lazy maps still submitting while closing (see hold())
         self._winding_down = False
@@ -332,7 +342,8 @@ class Manager:
         return False
 
     def submit(self, task: Task, *, while_closing: bool = False) -> None:
-        """Queue ``task``. Raises if the pool does not accept tasks."""
+        """Queue ``task``, or send it to a parked worker. Raises if the pool does not
+        accept tasks."""
         with self._lock:
             state = self._state
             if state is not PoolState.RUNNING and not (
@@ -340,8 +351,33 @@ class Manager:
             ):
                 raise self._refusal(state)
             task.task_id = next(self._task_ids)
+            if self._parked and not self._queue and self._send_directly(task):
+                return
             self._queue.append(task)
         self._wake()
+
+    def _send_directly(self, task: Task) -> bool:
+        """In the caller's thread, under ``_lock``: send ``task`` to a parked worker. False
+        if it must go through the queue after all (the manager then takes it from there).
+
+        Not for a task with a timeout (the manager must know its deadline before it
+        sleeps), nor a large one (the lock would be held while it is written).
+        """
+        if task.timeout is not None or task.wire_size() > PREFETCH_BYTES:
+            return False
+        if not task.future.set_running_or_notify_cancel():
+            return True  # cancelled already: it never runs
+        task.claimed = True
+        worker = self._parked.pop()
+        worker.parked = False
+        self._assign(worker, task)
+        try:
+            wire.send(worker.conn, [_call(task)])
+        except OSError:  # it is dying (its sentinel will wake the manager)
+            worker.pop_tail()
+            worker.stopping = True
+            return False
+        return True
 
     def submit_many(self, tasks: list[Task], *, while_closing: bool = False) -> None:
         """Queue several tasks at once (one lock, one wake-up)."""
@@ -454,7 +490,12 @@ class Manager:
             self._advance()
             if not self._workers and self._state is not PoolState.RUNNING:
                 return
-            for key, _ in self._selector.select(self._seconds_to_next_deadline()):
+            timeout = self._seconds_to_next_deadline()
+            parked = self._park_idle()
+            events = self._selector.select(timeout)
+            if parked:
+                self._unpark_all()
+            for key, _ in events:
                 if key.data is None:
                     self._drain_wakeups()
                     while self._commands:
@@ -490,6 +531,41 @@ class Manager:
                 if not worker.stopping:
                     self._stop_worker(worker, signal_it=False)
 
+    def _park_idle(self) -> bool:
+        """Before sleeping: let ``submit`` send tasks to the idle workers itself. True if
+        any was parked: then ``_unpark_all`` must run on waking."""
+        if self._state is not PoolState.RUNNING or self._queue:
+            return False
+        with self._lock:
+            if self._queue:  # a submit came in since: dispatch it first
+                return False
+            for worker in self._workers:
+                if (
+                    worker.ready
+                    and not worker.inflight
+                    and not worker.stopping
+                    and not worker.conn_closed
+                    and not worker.parked
+                ):
+                    worker.parked = True
+                    self._parked.append(worker)
+            return bool(self._parked)
+
+    def _unpark_all(self) -> None:
+        """On waking: the manager thread owns every worker again. Taking the lock also
+        waits for a ``submit`` still writing to a worker it took from the parked ones."""
+        with self._lock:
+            for worker in self._parked:
+                worker.parked = False
+            self._parked.clear()
+
+    def _assign(self, worker: WorkerHandle, task: Task) -> None:
+        """Record ``task`` as sent to ``worker`` (before it is written: its answer may
+        arrive before the write call returns)."""
+        if not worker.inflight:
+            worker.head_started = time.monotonic()
+        worker.push(task)
+
     def _dispatch(self) -> None:
         """Move queued tasks to workers with room; one frame per worker per pass."""
         queue = self._queue
@@ -503,16 +579,11 @@ class Manager:
                 if not task.future.set_running_or_notify_cancel():
                     continue  # cancelled while queued: it never runs
                 task.claimed = True
-            if not worker.inflight:
-                worker.head_started = time.monotonic()
-            worker.push(task)
+            self._assign(worker, task)
             outbox.setdefault(worker, []).append(task)
         for worker, tasks in outbox.items():
-            calls: list[wire.Message] = [
-                wire.Call(t.task_id, int(t.kind), t.fn, wire.blob(t.args), t.buffers) for t in tasks
-            ]
             try:
-                wire.send(worker.conn, calls)
+                wire.send(worker.conn, [_call(task) for task in tasks])
             except OSError:
                 # The worker is dying and never got these tasks. Its sentinel will fire.
                 for task in reversed(tasks):
@@ -901,6 +972,10 @@ def refusal(
         error.__cause__ = broken_error
         return error
     return closed_error()
+
+
+def _call(task: Task) -> wire.Call:
+    return wire.Call(task.task_id, int(task.kind), task.fn, wire.blob(task.args), task.buffers)
 
 
 def _poll(conn: Connection) -> bool:

@@ -328,3 +328,63 @@ def test_payloads_of_every_size_cross_both_ways(make_pool: MakePool, size: int) 
     other = bytearray(blob[::-1])
     assert pool.apply(identity, ((blob, other),)) == (blob, other)
     assert pool.map(len, [blob, other, blob], chunksize=1) == [size] * 3
+
+
+def test_a_task_sent_straight_to_an_idle_worker_that_just_died_runs_elsewhere(
+    make_pool: MakePool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A task submitted to an idle pool is written to a parked worker from the caller's
+    thread. If that worker died a moment before (the manager has not seen it yet), the
+    write fails and the task goes through the queue to the replacement instead."""
+    from hookpool import _protocol as wire
+
+    pool = make_pool(1)
+    assert pool.apply(square, (2,)) == 4  # the worker is idle: parked
+    (victim,) = pool.worker_pids
+    real_send = wire.send
+    killed: list[int] = []
+
+    def send(conn: Any, messages: list[Any]) -> None:
+        calls = [m for m in messages if isinstance(m, wire.Call)]
+        if calls and threading.current_thread() is threading.main_thread() and not killed:
+            killed.append(victim)
+            os.kill(victim, signal.SIGKILL)
+            _wait_until_zombie(victim)  # its end of the pipe is closed now
+        real_send(conn, messages)
+
+    monkeypatch.setattr(wire, "send", send)
+    assert pool.apply(square, (3,)) == 9
+    assert killed == [victim]
+    assert victim not in pool.worker_pids
+
+
+def _wait_until_zombie(pid: int, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            return  # reaped already
+        if state in ("Z", "X"):
+            return
+        time.sleep(0.005)
+    raise AssertionError(f"pid {pid} did not die")
+
+
+def test_many_threads_submitting_to_an_idle_pool(make_pool: MakePool) -> None:
+    """Callers racing each other, and the manager, for the parked workers: every task
+    runs exactly once, with its own result."""
+    pool = make_pool(2)
+    results: dict[int, list[int]] = {}
+
+    def caller(n: int) -> None:
+        results[n] = [pool.apply(square, (n * 1000 + i,)) for i in range(100)]
+
+    threads = [threading.Thread(target=caller, args=(n,)) for n in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert results == {n: [(n * 1000 + i) ** 2 for i in range(100)] for n in range(6)}
+    pool.close()
+    pool.join()

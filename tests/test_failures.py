@@ -448,10 +448,12 @@ def test_manager_internal_error_breaks_pool_loudly(
     pool = make_pool(1)
     assert pool.apply(tasks.square, (2,)) == 4
 
-    def broken_dispatch(self: hookpool._manager.Manager) -> None:
+    def broken_result(self: Any, worker: Any, message: Any) -> None:
         raise RuntimeError("simulated manager bug")
 
-    monkeypatch.setattr(hookpool._manager.Manager, "_dispatch", broken_dispatch)
+    # The task goes straight to the idle worker; the manager thread meets the bug when
+    # the answer comes back.
+    monkeypatch.setattr(hookpool._manager.Manager, "_on_result", broken_result)
     with caplog.at_level(logging.ERROR, logger="hookpool"):
         future = pool.submit(tasks.square, 3)
         with pytest.raises(hookpool.PoolBrokenError) as info:
