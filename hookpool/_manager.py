@@ -194,8 +194,9 @@ class WorkerHandle:
     #: When inflight[0] started (approximately: when it was sent or its predecessor ended).
     head_started: float = 0.0
     tasks_done: int = 0
-    #: Moving average of task duration, to decide how many tasks to queue behind the
-    #: running one. Until a task was measured, nothing is queued behind the first.
+    #: Moving average of task duration (as the worker measured it), to decide how many
+    #: tasks to queue behind the running one. Until a task was measured, nothing is
+    #: queued behind the first.
     avg_seconds: float = PREFETCH_SECONDS
     #: SIGKILL at this monotonic time if still alive (after a stop request).
     kill_at: float | None = None
@@ -695,7 +696,8 @@ class Manager:
         task = worker.pop_head()
         now = time.monotonic()
         if type(message) is not wire.Skipped:
-            worker.avg_seconds = 0.8 * worker.avg_seconds + 0.2 * (now - worker.head_started)
+            seconds = message.seconds if type(message) is wire.Done else now - worker.head_started
+            worker.avg_seconds = 0.8 * worker.avg_seconds + 0.2 * seconds
             worker.tasks_done += 1
         worker.head_started = now
         if type(message) is wire.Skipped:
