@@ -292,13 +292,19 @@ def _read_exactly(fd: int, size: int) -> bytes:
     return b"".join(parts)
 
 
-def _decode(head: bytes | bytearray, buffers: list[bytes | bytearray]) -> list[Message]:
+def _decode(
+    head: bytes | bytearray | memoryview, buffers: list[bytes | bytearray]
+) -> list[Message]:
     messages = []
     start = 1 + head[0]  # after the count and flag bytes
+    new = tuple.__new__  # every field is on the wire: no need for the NamedTuple's __new__
     for tag, *fields in pickle.loads(memoryview(head)[start:], buffers=buffers):
         if not 0 <= tag < len(_MESSAGE_TYPES):
             raise TypeError(f"unrecognized wire message tag: {tag!r}")
-        messages.append(_MESSAGE_TYPES[tag](*fields))
+        kind = _MESSAGE_TYPES[tag]
+        if len(fields) != len(kind._fields):
+            raise TypeError(f"malformed {kind.__name__} message: {fields!r}")
+        messages.append(new(kind, fields))
     return messages
 
 
@@ -308,13 +314,14 @@ class FrameReader:
     stuck mid-frame waiting for a slow writer.
 
     Reads go into ``scratch``, a buffer shared by the readers of one thread: a fresh
-    256 KiB ``os.read`` buffer per read costs more than the read itself.
+    256 KiB ``os.read`` buffer per read costs more than the read itself. Whole batches
+    are decoded where they lie; only a frame cut off at the end of a read is kept.
     """
 
     def __init__(self, conn: Connection, scratch: bytearray) -> None:
         self._fd = conn.fileno()
         self._scratch = memoryview(scratch)
-        self._buffer = bytearray()
+        self._buffer = bytearray()  # the start of a frame that has not fully arrived
         self._big: bytearray | None = None  # a large frame being read in place
         self._big_filled = 0
         self._frames: list[bytes | bytearray] = []  # complete frames of a partial batch
@@ -323,18 +330,51 @@ class FrameReader:
         """Call when the connection is readable. Raises EOFError when it is closed."""
         if self._big is not None:
             self._fill_big()
-        else:
-            count = os.readv(self._fd, [self._scratch])
-            if not count:
-                raise EOFError
+            return self._complete_batch() if self._big is None else []
+        count = os.readv(self._fd, [self._scratch])
+        if not count:
+            raise EOFError
+        messages: list[Message] = []
+        if self._buffer:
             self._buffer += self._scratch[:count]
-        messages = self._complete_batch() if self._frames and self._big is None else []
-        while self._big is None and (frame := self._next_frame()) is not None:
-            self._frames.append(frame)
-            messages.extend(self._complete_batch())
+            with memoryview(self._buffer) as view:
+                used = self._parse(view, messages)
+            del self._buffer[:used]
+        else:
+            used = self._parse(self._scratch[:count], messages)
+            self._buffer += self._scratch[used:count]
         return messages
 
+    def _parse(self, data: memoryview, messages: list[Message]) -> int:
+        """Decode the complete frames at the start of ``data``; return the bytes used."""
+        position, end = 0, len(data)
+        while end - position >= 4:
+            (size,) = _HEADER.unpack_from(data, position)
+            start = position + 4
+            if size == -1:
+                if end - position < 12:
+                    break
+                (size,) = _LONG_HEADER.unpack_from(data, start)
+                start += 8
+            stop = start + size
+            if stop > end:
+                if size >= _READ_SIZE:  # read the rest straight into a buffer of its size
+                    self._big = bytearray(size)
+                    self._big_filled = end - start
+                    self._big[: self._big_filled] = data[start:end]
+                    return end
+                break
+            if not self._frames and data[start] == 0:  # a batch with no buffers: in place
+                messages.extend(_decode(data[start:stop], []))
+            else:
+                self._frames.append(bytes(data[start:stop]))
+                messages.extend(self._complete_batch())
+            position = stop
+        return position
+
     def _complete_batch(self) -> list[Message]:
+        if not self._frames:
+            return []
         head = self._frames[0]
         if len(self._frames) < 1 + head[0]:
             return []
@@ -344,29 +384,6 @@ class FrameReader:
             if not readonly and type(buffers[index]) is bytes:
                 buffers[index] = bytearray(buffers[index])  # arrives writable, as it left
         return _decode(head, buffers)
-
-    def _next_frame(self) -> bytes | bytearray | None:
-        buffer = self._buffer
-        if len(buffer) < 4:
-            return None
-        (size,) = _HEADER.unpack_from(buffer)
-        start = 4
-        if size == -1:
-            if len(buffer) < 12:
-                return None
-            (size,) = _LONG_HEADER.unpack_from(buffer, 4)
-            start = 12
-        if len(buffer) >= start + size:
-            with memoryview(buffer) as view:
-                frame = bytes(view[start : start + size])
-            del buffer[: start + size]
-            return frame
-        if size >= _READ_SIZE:  # read the rest straight into a buffer of the right size
-            self._big = bytearray(size)
-            self._big_filled = len(buffer) - start
-            self._big[: self._big_filled] = buffer[start:]
-            buffer.clear()
-        return None
 
     def _fill_big(self) -> None:
         assert self._big is not None
