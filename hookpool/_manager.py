@@ -293,7 +293,9 @@ class Manager:
         self._name = name
         self._forward_logging = forward_logging
 
-        self._lock = threading.Lock()
+        # Re-entrant: a signal handler in the main thread may call close() or terminate()
+        # while that thread is inside submit() (both locks are held across a write).
+        self._lock = threading.RLock()
         self._state = PoolState.RUNNING
         self._broken_error: BaseException | None = None
         self._queue: collections.deque[Task] = collections.deque()
@@ -310,7 +312,7 @@ class Manager:
         os.set_blocking(self._wake_w, False)
         os.set_blocking(self._wake_r, False)
         self._wake_pending = False
-        self._wake_lock = threading.Lock()  # _close_fds vs a late _wake
+        self._wake_lock = threading.RLock()  # _close_fds vs a late _wake
         self._selector = selectors.DefaultSelector()
         self._scratch = wire.scratch_buffer()  # every worker's FrameReader reads into it
         self._selector.register(self._wake_r, selectors.EVENT_READ, None)
@@ -370,15 +372,33 @@ class Manager:
             return True  # cancelled already: it never runs
         task.claimed = True
         worker = self._parked.pop()
-        worker.parked = False
-        self._assign(worker, task)
         try:
+            worker.parked = False
+            self._assign(worker, task)
             wire.send(worker.conn, [_call(task)])
-        except OSError:  # it is dying (its sentinel will wake the manager)
+        except OSError:  # it is dying: the task goes to the queue, for another worker
             worker.pop_tail()
-            worker.stopping = True
+            self._give_up_on(worker, None)
             return False
+        except BaseException:
+            # A signal handler raised in this thread (Ctrl-C) in the middle of the write:
+            # the pipe may hold part of a frame, so the worker is stopped and replaced.
+            # The exception propagates out of submit(): the caller never gets this task.
+            if task in worker.inflight:
+                worker.pop_tail()
+            worker.parked = False
+            self._give_up_on(worker, "a write to it was interrupted by a signal handler")
+            _resolve(task.future, error=CancelledError())
+            raise
         return True
+
+    def _give_up_on(self, worker: WorkerHandle, reason: str | None) -> None:
+        """From any thread: send ``worker`` nothing more and have the manager stop it
+        (it is dying, or its pipe cannot be trusted)."""
+        worker.stopping = True
+        worker.lost_reason = worker.lost_reason or reason
+        self._commands.append(lambda: self._stop_worker(worker, signal_it=True))
+        self._wake()
 
     def submit_many(self, tasks: list[Task], *, while_closing: bool = False) -> None:
         """Queue several tasks at once (one lock, one wake-up)."""
@@ -439,9 +459,17 @@ class Manager:
         self._wake()
 
     def join(self, timeout: float | None = None) -> bool:
-        """Wait for the manager thread to finish; True if it did."""
+        """Wait for the manager thread to finish; True if it did.
+
+        Called from a signal handler that interrupted this same thread inside
+        ``submit`` (a SIGTERM handler calling ``terminate()``), it returns False at once:
+        the manager needs the lock that the interrupted ``submit`` holds, so waiting
+        would never end. The pool still stops once the handler has returned.
+        """
         if threading.current_thread() is self._thread:
             raise RuntimeError("cannot join the pool from one of its own callbacks")
+        if _held_here(self._lock) or _held_here(self._wake_lock):
+            return False
         self._thread.join(timeout)
         return not self._thread.is_alive()
 
@@ -460,10 +488,14 @@ class Manager:
         """
         if not self._wake_pending:
             self._wake_pending = True
-            with self._wake_lock:
-                if self._wake_w >= 0:  # not after _close_fds: the number may be reused
-                    with contextlib.suppress(BlockingIOError, OSError):
-                        os.write(self._wake_w, b"\0")
+            try:
+                with self._wake_lock:
+                    if self._wake_w >= 0:  # not after _close_fds: the number may be reused
+                        with contextlib.suppress(BlockingIOError, OSError):
+                            os.write(self._wake_w, b"\0")
+            except BaseException:  # a signal handler raised before the byte was written
+                self._wake_pending = False
+                raise
 
     # -- the manager thread ----------------------------------------------------------------
 
@@ -590,7 +622,7 @@ class Manager:
                 for task in reversed(tasks):
                     worker.pop_tail()
                     queue.appendleft(task)
-                worker.stopping = True
+                self._stop_worker(worker, signal_it=True)
 
     def _pick_worker(self, task: Task) -> WorkerHandle | None:
         """The least loaded ready worker with room for ``task``, if any.
@@ -763,7 +795,7 @@ class Manager:
 
     def _stop_worker(self, worker: WorkerHandle, *, signal_it: bool) -> None:
         """Ask a worker to leave: Stop when idle, SIGTERM when it must stop now."""
-        if worker.stopping and (not signal_it or worker.kill_at is not None):
+        if worker.exited or (worker.stopping and (not signal_it or worker.kill_at is not None)):
             return
         worker.stopping = True
         if signal_it:
@@ -974,6 +1006,11 @@ def refusal(
         error.__cause__ = broken_error
         return error
     return closed_error()
+
+
+def _held_here(lock: Any) -> bool:
+    """Whether the current thread holds ``lock`` (an RLock)."""
+    return bool(lock._is_owned())
 
 
 def _call(task: Task) -> wire.Call:

@@ -4,10 +4,12 @@ from outside, pickling of shared ctypes after the pickler was first used, callba
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import gc
 import itertools
 import multiprocessing
 import os
+import select
 import signal
 import threading
 import time
@@ -349,7 +351,9 @@ def test_a_task_sent_straight_to_an_idle_worker_that_just_died_runs_elsewhere(
         if calls and threading.current_thread() is threading.main_thread() and not killed:
             killed.append(victim)
             os.kill(victim, signal.SIGKILL)
-            _wait_until_zombie(victim)  # its end of the pipe is closed now
+            # Its end of the pipe is closed once ours reads as EOF (the manager, which
+            # would read it, waits for the lock this thread holds).
+            assert select.select([conn], [], [], 10)[0]
         real_send(conn, messages)
 
     monkeypatch.setattr(wire, "send", send)
@@ -358,17 +362,62 @@ def test_a_task_sent_straight_to_an_idle_worker_that_just_died_runs_elsewhere(
     assert victim not in pool.worker_pids
 
 
-def _wait_until_zombie(pid: int, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-        except OSError:
-            return  # reaped already
-        if state in ("Z", "X"):
-            return
-        time.sleep(0.005)
-    raise AssertionError(f"pid {pid} did not die")
+def test_a_signal_handler_raising_mid_submit_leaves_the_pool_working(
+    make_pool: MakePool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ctrl-C (or any handler that raises) while submit() writes to a parked worker: the
+    exception reaches the caller; that worker, whose pipe may hold half a frame, is
+    replaced; later tasks run, and close() + join() finish."""
+    from hookpool import _protocol as wire
+
+    pool = make_pool(1)
+    assert pool.apply(square, (2,)) == 4
+    (victim,) = pool.worker_pids
+    real_send = wire.send
+
+    def interrupted(conn: Any, messages: list[Any]) -> None:
+        if threading.current_thread() is threading.main_thread():
+            raise KeyboardInterrupt
+        real_send(conn, messages)
+
+    monkeypatch.setattr(wire, "send", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        pool.apply_async(square, (3,))
+    monkeypatch.setattr(wire, "send", real_send)
+    assert pool.apply(square, (4,), task_timeout=30) == 16  # through the queue
+    assert pool.apply(square, (5,)) == 25
+    assert victim not in pool.worker_pids
+    pool.close()
+    pool.join()
+
+
+def test_a_signal_handler_may_terminate_the_pool_in_the_middle_of_a_submit(
+    make_pool: MakePool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A SIGTERM handler calling terminate() runs in the main thread, possibly while
+    that thread is inside submit(), holding the lock the manager needs: terminate() must
+    not wait for the manager then (it would wait forever); the pool stops right after."""
+    from hookpool import _protocol as wire
+
+    pool = make_pool(1)
+    assert pool.apply(square, (2,)) == 4
+    real_send = wire.send
+    handled: list[float] = []
+
+    def send_interrupted_by_handler(conn: Any, messages: list[Any]) -> None:
+        if threading.current_thread() is threading.main_thread() and not handled:
+            started = time.monotonic()
+            pool.terminate()  # what the handler does
+            handled.append(time.monotonic() - started)
+        real_send(conn, messages)
+
+    monkeypatch.setattr(wire, "send", send_interrupted_by_handler)
+    result = pool.apply_async(square, (3,))
+    assert handled and handled[0] < 5
+    with contextlib.suppress(hookpool.PoolTerminatedError):
+        assert result.get(timeout=30) == 9
+    pool.join()
+    assert pool._manager.state is hookpool._manager.PoolState.STOPPED
 
 
 def test_many_threads_submitting_to_an_idle_pool(make_pool: MakePool) -> None:

@@ -472,6 +472,27 @@ def _wait_for(predicate: Callable[[], bool], what: str, timeout: float = 30.0) -
         time.sleep(0.02)
 
 
+def test_manager_internal_error_while_dispatching_breaks_pool_loudly(
+    make_pool: Callable[..., hookpool.Pool],
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    pool = make_pool(1)
+    assert pool.apply(tasks.square, (2,)) == 4
+
+    def broken_dispatch(self: hookpool._manager.Manager) -> None:
+        raise RuntimeError("simulated manager bug")
+
+    monkeypatch.setattr(hookpool._manager.Manager, "_dispatch", broken_dispatch)
+    with caplog.at_level(logging.ERROR, logger="hookpool"):
+        # A task with a timeout goes through the queue (and so through _dispatch).
+        result = pool.apply_async(tasks.square, (3,), task_timeout=30)
+        with pytest.raises(hookpool.PoolBrokenError) as info:
+            result.get(timeout=30)
+        assert isinstance(info.value.__cause__, RuntimeError)
+    assert "simulated manager bug" in caplog.text
+
+
 def test_manager_internal_error_fails_running_and_queued_tasks(
     make_pool: Callable[..., hookpool.Pool],
     monkeypatch: pytest.MonkeyPatch,
