@@ -602,9 +602,15 @@ class Manager:
     def _dispatch(self) -> None:
         """Move queued tasks to workers with room; one frame per worker per pass."""
         queue = self._queue
+        if not queue:
+            return
         outbox: dict[WorkerHandle, list[Task]] = {}
+        now = time.monotonic()
+        # While a worker is still starting, queue nothing behind a busy one: it will be
+        # ready in a moment, and the first worker up would otherwise take everything.
+        prefetch = all(w.ready or w.stopping for w in self._workers)
         while queue:
-            worker = self._pick_worker(queue[0])
+            worker = self._pick_worker(queue[0], now, prefetch)
             if worker is None:
                 break
             task = queue.popleft()
@@ -624,7 +630,7 @@ class Manager:
                     queue.appendleft(task)
                 self._stop_worker(worker, signal_it=True)
 
-    def _pick_worker(self, task: Task) -> WorkerHandle | None:
+    def _pick_worker(self, task: Task, now: float, prefetch: bool) -> WorkerHandle | None:
         """The least loaded ready worker with room for ``task``, if any.
 
         An idle worker always has room. A busy one takes more tasks behind its current
@@ -640,11 +646,8 @@ class Manager:
         """
         best: WorkerHandle | None = None
         best_load = 0
+        prefetch = prefetch and task.timeout is None
         size = task.wire_size()
-        now = time.monotonic()
-        # While a worker is still starting, queue nothing behind a busy one: it will be
-        # ready in a moment, and the first worker up would otherwise take everything.
-        prefetch = task.timeout is None and all(w.ready or w.stopping for w in self._workers)
         for worker in self._workers:
             if not worker.ready or worker.stopping:
                 continue
