@@ -259,9 +259,11 @@ def _lift(obj: Any, depth: int) -> Any:
         if item_kind is bytes or item_kind is bytearray:
             if len(item) >= OUT_OF_BAND_MIN:
                 break
-        elif (item_kind is tuple or item_kind is list or item_kind is dict) and _lift(
-            item, depth - 1
-        ) is not item:
+        elif (
+            (item_kind is tuple or item_kind is list or item_kind is dict)
+            and item  # an empty one holds nothing large
+            and _lift(item, depth - 1) is not item
+        ):
             break
     else:
         return obj
@@ -342,10 +344,24 @@ def _by_value(obj: Any) -> bool:
 
 
 def _main_importable() -> bool:
-    """Whether spawned children re-import ``__main__`` (a script, or ``python -m``)."""
+    """Whether spawned children re-import ``__main__`` (a script, or ``python -m``);
+    asked for every task, so the answer is kept for as long as ``__main__`` stays the
+    same module."""
     main = sys.modules.get("__main__")
     if main is None:
         return False
+    known = _main_answer
+    if known[0] is main:
+        return bool(known[1])
+    answer = _main_is_importable(main)
+    _main_answer[:] = [main, answer]
+    return answer
+
+
+_main_answer: list[Any] = [None, False]
+
+
+def _main_is_importable(main: Any) -> bool:
     name = getattr(getattr(main, "__spec__", None), "name", None)
     if name is not None:
         # multiprocessing.spawn does not re-run a package's __main__ (`python -m pkg`).
