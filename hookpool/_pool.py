@@ -365,7 +365,8 @@ class Pool:
         """Stop now: queued tasks are cancelled, running ones fail with
         ``PoolTerminatedError``. Each worker gets a grace period
         (``TERMINATE_GRACE_SECONDS``) to run its finalizer before it is killed.
-        Returns when every worker is gone.
+        Returns when every worker is gone (from a signal handler that interrupted this
+        thread inside ``apply_async``/``submit``: at once, and the pool stops just after).
         """
         self._manager.terminate()
         self._manager.join()
