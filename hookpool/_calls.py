@@ -64,9 +64,8 @@ def submit_call(
         future = Future()
     fn_data = dumps_callable(fn)
     args_data, buffers = dumps_data((args, kwargs))
-    task = Task(wire.CallKind.APPLY, fn_data, args_data, future, callable_name(fn))
-    task.timeout = timeout
-    task.buffers = buffers
+    name = callable_name(fn)
+    task = Task(wire.CallKind.APPLY, fn_data, args_data, future, name, None, timeout, buffers)
     manager.submit(task)
     return future
 

@@ -202,8 +202,6 @@ class WorkerHandle:
     kill_at: float | None = None
     #: Its sentinel fired and it was reaped.
     exited: bool = False
-    #: Idle while the manager thread sleeps: ``submit`` may send it a task directly.
-    parked: bool = False
     #: Stopped on purpose in the middle of a task (cancel, timeout): the tasks still in
     #: ``inflight`` when it exits are not at fault, and go back to the queue.
     interrupted: bool = False
@@ -373,7 +371,6 @@ class Manager:
         task.claimed = True
         worker = self._parked.pop()
         try:
-            worker.parked = False
             self._assign(worker, task)
             wire.send(worker.conn, [_call(task)])
         except OSError:  # it is dying: the task goes to the queue, for another worker
@@ -386,7 +383,6 @@ class Manager:
             # The exception propagates out of submit(): the caller never gets this task.
             if task in worker.inflight:
                 worker.pop_tail()
-            worker.parked = False
             self._give_up_on(worker, "a write to it was interrupted by a signal handler")
             _resolve(task.future, error=CancelledError())
             raise
@@ -572,25 +568,21 @@ class Manager:
         with self._lock:
             if self._queue:  # a submit came in since: dispatch it first
                 return False
-            for worker in self._workers:
-                if (
-                    worker.ready
-                    and not worker.inflight
-                    and not worker.stopping
-                    and not worker.conn_closed
-                    and not worker.parked
-                ):
-                    worker.parked = True
-                    self._parked.append(worker)
+            self._parked = [
+                worker
+                for worker in self._workers
+                if worker.ready
+                and not worker.inflight
+                and not worker.stopping
+                and not worker.conn_closed
+            ]
             return bool(self._parked)
 
     def _unpark_all(self) -> None:
         """On waking: the manager thread owns every worker again. Taking the lock also
         waits for a ``submit`` still writing to a worker it took from the parked ones."""
         with self._lock:
-            for worker in self._parked:
-                worker.parked = False
-            self._parked.clear()
+            self._parked = []
 
     def _assign(self, worker: WorkerHandle, task: Task) -> None:
         """Record ``task`` as sent to ``worker`` (before it is written: its answer may
