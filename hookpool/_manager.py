@@ -155,13 +155,13 @@ class Task:
     claimed: bool = False
     #: Cancelled on request while in flight: stop its worker as soon as it starts.
     cancel_requested: bool = False
+    #: Bytes the task takes on its way to a worker.
+    wire_size: int = field(init=False)
 
-    def wire_size(self) -> int:
-        """Bytes the task takes on its way to a worker."""
-        size = len(self.fn) + len(self.args)
+    def __post_init__(self) -> None:
+        self.wire_size = len(self.fn) + len(self.args)
         if self.buffers:
-            size += sum(buffer.raw().nbytes for buffer in self.buffers)
-        return size
+            self.wire_size += sum(buffer.raw().nbytes for buffer in self.buffers)
 
     def describe(self) -> str:
         if self.items is None:
@@ -194,9 +194,8 @@ class WorkerHandle:
     #: When inflight[0] started (approximately: when it was sent or its predecessor ended).
     head_started: float = 0.0
     tasks_done: int = 0
-    #: Moving average of task duration (as the worker measured it), to decide how many
-    #: tasks to queue behind the running one. Until a task was measured, nothing is
-    #: queued behind the first.
+    #: Moving average of task duration, to decide how many tasks to queue behind the
+    #: running one. Until a task was measured, nothing is queued behind the first.
     avg_seconds: float = PREFETCH_SECONDS
     #: SIGKILL at this monotonic time if still alive (after a stop request).
     kill_at: float | None = None
@@ -211,7 +210,7 @@ class WorkerHandle:
     def push(self, task: Task) -> None:
         """Record a task sent to this worker."""
         self.inflight.append(task)
-        self.inflight_bytes += task.wire_size()
+        self.inflight_bytes += task.wire_size
         self.timeouts += task.timeout is not None
 
     def pop_head(self) -> Task:
@@ -223,7 +222,7 @@ class WorkerHandle:
         return self._forget(self.inflight.pop())
 
     def _forget(self, task: Task) -> Task:
-        self.inflight_bytes -= task.wire_size()
+        self.inflight_bytes -= task.wire_size
         self.timeouts -= task.timeout is not None
         return task
 
@@ -364,7 +363,7 @@ class Manager:
         Not for a task with a timeout (the manager must know its deadline before it
         sleeps), nor a large one (the lock would be held while it is written).
         """
-        if task.timeout is not None or task.wire_size() > PREFETCH_BYTES:
+        if task.timeout is not None or task.wire_size > PREFETCH_BYTES:
             return False
         if not task.future.set_running_or_notify_cancel():
             return True  # cancelled already: it never runs
@@ -639,7 +638,7 @@ class Manager:
         best: WorkerHandle | None = None
         best_load = 0
         prefetch = prefetch and task.timeout is None
-        size = task.wire_size()
+        size = task.wire_size
         for worker in self._workers:
             if not worker.ready or worker.stopping:
                 continue
@@ -723,8 +722,7 @@ class Manager:
         task = worker.pop_head()
         now = time.monotonic()
         if type(message) is not wire.Skipped:
-            seconds = message.seconds if type(message) is wire.Done else now - worker.head_started
-            worker.avg_seconds = 0.8 * worker.avg_seconds + 0.2 * seconds
+            worker.avg_seconds = 0.8 * worker.avg_seconds + 0.2 * (now - worker.head_started)
             worker.tasks_done += 1
         worker.head_started = now
         if type(message) is wire.Skipped:

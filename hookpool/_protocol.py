@@ -135,9 +135,6 @@ class Done(NamedTuple):
     value: Blob
     #: The out-of-band buffers ``value`` refers to (``_serialize.dumps_data``).
     buffers: tuple[Any, ...] = ()
-    #: How long the task ran in the worker (the manager's own view of it is late by
-    #: however long the manager thread waited for the GIL).
-    seconds: float = 0.0
 
 
 class Failed(NamedTuple):

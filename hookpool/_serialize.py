@@ -228,7 +228,7 @@ def dumps_data(obj: Any, *, snapshot: bool = True) -> Pickled:
 
 def loads_data(data: bytes | bytearray | pickle.PickleBuffer, buffers: tuple[Any, ...]) -> Any:
     """Unpickle what ``dumps_data`` made, once its buffers have arrived."""
-    return pickle.loads(data, buffers=buffers)
+    return pickle.loads(data, buffers=buffers) if buffers else pickle.loads(data)
 
 
 #: How deep into tuples, lists and dicts ``_lift`` looks for large bytes: enough for

@@ -219,12 +219,10 @@ class _Worker:
             fn = self._function(call.fn)
             args = loads_data(call.args, call.buffers)
             self.phase = _Phase.RUNNING
-            started = time.perf_counter()
             try:
                 result = _run(call.kind, fn, args)
             finally:
                 self.phase = _Phase.BUSY
-            seconds = time.perf_counter() - started
             del fn, args
         except _StopWorker:
             raise
@@ -244,7 +242,7 @@ class _Worker:
             self._answer(wire.Failed(call.task_id, capture(error)))
             return
         del result
-        self._answer(wire.Done(call.task_id, wire.blob(data), buffers, seconds))
+        self._answer(wire.Done(call.task_id, wire.blob(data), buffers))
 
     def _answer(self, message: wire.Done | wire.Failed) -> None:
         # Counted as the manager counts them (for maxtasksperchild): every answered Call.
