@@ -118,6 +118,9 @@ PREFETCH_SECONDS = 0.002
 #: what a socket buffer holds, so that a send to a busy worker never blocks).
 PREFETCH_BYTES = 64 * 1024
 PREFETCH_TASKS = 256
+#: Functions a worker keeps (sent once each, then referred to by id) before it is told to
+#: forget them all and start again.
+FUNCTIONS_PER_WORKER = 64
 #: Workers in a row that die while starting before the pool gives up (PoolBrokenError).
 STARTUP_FAILURES_TO_BREAK = 3
 #: How long to wait for a worker's exit status once its sentinel has fired.
@@ -155,11 +158,14 @@ class Task:
     claimed: bool = False
     #: Cancelled on request while in flight: stop its worker as soon as it starts.
     cancel_requested: bool = False
-    #: Bytes the task takes on its way to a worker.
+    #: Bytes its arguments take on the way to a worker (its function goes to each
+    #: worker once: see WorkerHandle.cost).
     wire_size: int = field(init=False)
+    #: What ``WorkerHandle.push`` counted in ``inflight_bytes`` for it.
+    charged: int = 0
 
     def __post_init__(self) -> None:
-        self.wire_size = len(self.fn) + len(self.args)
+        self.wire_size = len(self.args)
         if self.buffers:
             self.wire_size += sum(buffer.raw().nbytes for buffer in self.buffers)
 
@@ -206,11 +212,18 @@ class WorkerHandle:
     interrupted: bool = False
     #: Why it was killed, when hookpool killed it for something other than a stop.
     lost_reason: str | None = None
+    #: The pickled functions sent to it, and the id it knows each by.
+    functions: dict[bytes, int] = field(default_factory=dict)
+
+    def cost(self, task: Task) -> int:
+        """Bytes sending ``task`` to this worker takes: with its function, the first time."""
+        return task.wire_size + (0 if task.fn in self.functions else len(task.fn))
 
     def push(self, task: Task) -> None:
         """Record a task sent to this worker."""
         self.inflight.append(task)
-        self.inflight_bytes += task.wire_size
+        task.charged = self.cost(task)
+        self.inflight_bytes += task.charged
         self.timeouts += task.timeout is not None
 
     def pop_head(self) -> Task:
@@ -222,7 +235,7 @@ class WorkerHandle:
         return self._forget(self.inflight.pop())
 
     def _forget(self, task: Task) -> Task:
-        self.inflight_bytes -= task.wire_size
+        self.inflight_bytes -= task.charged
         self.timeouts -= task.timeout is not None
         return task
 
@@ -298,6 +311,7 @@ class Manager:
         self._queue: collections.deque[Task] = collections.deque()
         self._task_ids = itertools.count(1)
         self._worker_ids = itertools.count(1)
+        self._function_ids = itertools.count(1)
         self._workers: list[WorkerHandle] = []
         self._commands: collections.deque[Callable[[], None]] = collections.deque()
         self._parked: list[WorkerHandle] = []  # guarded by _lock, see _park_idle
@@ -363,7 +377,7 @@ class Manager:
         Not for a task with a timeout (the manager must know its deadline before it
         sleeps), nor a large one (the lock would be held while it is written).
         """
-        if task.timeout is not None or task.wire_size > PREFETCH_BYTES:
+        if task.timeout is not None or task.wire_size + len(task.fn) > PREFETCH_BYTES:
             return False
         if not task.future.set_running_or_notify_cancel():
             return True  # cancelled already: it never runs
@@ -371,7 +385,7 @@ class Manager:
         worker = self._parked.pop()
         try:
             self._assign(worker, task)
-            wire.send(worker.conn, [_call(task)])
+            wire.send(worker.conn, [self._call(worker, task)])
         except OSError:  # it is dying: the task goes to the queue, for another worker
             worker.pop_tail()
             self._give_up_on(worker, None)
@@ -559,6 +573,18 @@ class Manager:
                 if not worker.stopping:
                     self._stop_worker(worker, signal_it=False)
 
+    def _call(self, worker: WorkerHandle, task: Task) -> wire.Call:
+        """The Call for ``task``, to be written to ``worker`` now (by whichever thread
+        owns it): its function by id if the worker has it already."""
+        fn: int | wire.FunctionDef | None = worker.functions.get(task.fn)
+        if fn is None:
+            forget_others = len(worker.functions) >= FUNCTIONS_PER_WORKER
+            if forget_others:
+                worker.functions.clear()
+            fn_id = worker.functions[task.fn] = next(self._function_ids)
+            fn = (fn_id, task.fn, forget_others)
+        return wire.Call(task.task_id, int(task.kind), fn, wire.blob(task.args), task.buffers)
+
     def _park_idle(self) -> bool:
         """Before sleeping: let ``submit`` send tasks to the idle workers itself. True if
         any was parked: then ``_unpark_all`` must run on waking."""
@@ -613,7 +639,7 @@ class Manager:
             outbox.setdefault(worker, []).append(task)
         for worker, tasks in outbox.items():
             try:
-                wire.send(worker.conn, [_call(task) for task in tasks])
+                wire.send(worker.conn, [self._call(worker, task) for task in tasks])
             except OSError:
                 # The worker is dying and never got these tasks. Its sentinel will fire.
                 for task in reversed(tasks):
@@ -638,7 +664,6 @@ class Manager:
         best: WorkerHandle | None = None
         best_load = 0
         prefetch = prefetch and task.timeout is None
-        size = task.wire_size
         for worker in self._workers:
             if not worker.ready or worker.stopping:
                 continue
@@ -651,7 +676,7 @@ class Manager:
                 prefetch
                 and worker.timeouts == 0
                 and load < PREFETCH_TASKS
-                and worker.inflight_bytes + size <= PREFETCH_BYTES
+                and worker.inflight_bytes + worker.cost(task) <= PREFETCH_BYTES
                 and load * worker.avg_seconds < PREFETCH_SECONDS
                 and now - worker.head_started < PREFETCH_SECONDS  # not stuck on a long one
                 and (self._maxtasks is None or worker.tasks_done + load < self._maxtasks)
@@ -1004,10 +1029,6 @@ def refusal(
 def _held_here(lock: Any) -> bool:
     """Whether the current thread holds ``lock`` (an RLock)."""
     return bool(lock._is_owned())
-
-
-def _call(task: Task) -> wire.Call:
-    return wire.Call(task.task_id, int(task.kind), task.fn, wire.blob(task.args), task.buffers)
 
 
 def _poll(conn: Connection) -> bool:

@@ -43,6 +43,7 @@ __all__ = [
     "Failed",
     "FinalizerFailed",
     "FrameReader",
+    "FunctionDef",
     "Inbox",
     "InitFailed",
     "Log",
@@ -66,6 +67,10 @@ Blob = bytes | pickle.PickleBuffer
 def blob(data: bytes) -> Blob:
     """Mark ``data`` for out-of-band transfer when it is large enough to be worth it."""
     return pickle.PickleBuffer(data) if len(data) >= OUT_OF_BAND_MIN else data
+
+
+FunctionDef = tuple[int, bytes, bool]
+"""A function for a worker to keep: ``(id, pickled function, forget the others first)``."""
 
 
 class CallKind(enum.IntEnum):
@@ -100,7 +105,9 @@ class Call(NamedTuple):
 
     task_id: int
     kind: int  # a CallKind value (a plain int on the wire)
-    fn: Blob
+    #: The function: the id of one this worker was sent before, or, the first time,
+    #: ``FunctionDef`` (a map sends its function to each worker once, not per chunk).
+    fn: int | FunctionDef
     args: Blob
     #: The out-of-band buffers ``args`` refers to (``_serialize.dumps_data``).
     buffers: tuple[Any, ...] = ()

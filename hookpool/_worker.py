@@ -62,7 +62,6 @@ from ._serialize import SpawnedHooks, capture, describe, dumps_data, loads, load
 
 __all__ = ["SIGTERM_EXIT_CODE", "WorkerConfig", "main"]
 
-_FUNCTION_CACHE_SIZE = 64
 _FINALIZE_PRIORITY = 100  # before multiprocessing's own exit-time finalizers
 
 
@@ -108,7 +107,10 @@ class _Worker:
         self.phase = _Phase.STARTING
         self.stop_requested = False
         self.interrupted = False
-        self.functions: dict[bytes, Callable[..., Any]] = {}
+        # The functions the manager sent, by id: unpickled on first use (function_data
+        # until then: a function that fails to unpickle fails each of its tasks alike).
+        self.functions: dict[int, Callable[..., Any]] = {}
+        self.function_data: dict[int, bytes] = {}
         self.skipped: set[int] = set()  # ids of queued tasks cancelled before they started
         self.identity = _identity.enter(config.number, config.name)
         # Invariant: ``writer`` is the ident of the thread writing a message, set only
@@ -199,6 +201,8 @@ class _Worker:
             if type(message) is wire.Call:
                 if message.task_id in self.skipped:
                     self.skipped.discard(message.task_id)
+                    if not isinstance(message.fn, int):  # later calls refer to it
+                        self._define(message.fn)
                     self._send(wire.Skipped(message.task_id))
                 else:
                     self._call(message)
@@ -249,15 +253,21 @@ class _Worker:
         self.identity.tasks_done += 1
         self._send(message)
 
-    def _function(self, data: wire.Blob) -> Callable[..., Any]:
-        key = bytes(data)
-        fn = self.functions.get(key)
+    def _function(self, ref: int | wire.FunctionDef) -> Callable[..., Any]:
+        fn_id = ref if isinstance(ref, int) else self._define(ref)
+        fn = self.functions.get(fn_id)
         if fn is None:
-            fn = loads(key)
-            if len(self.functions) >= _FUNCTION_CACHE_SIZE:
-                self.functions.clear()
-            self.functions[key] = fn
+            fn = self.functions[fn_id] = loads(self.function_data[fn_id])
+            del self.function_data[fn_id]
         return fn
+
+    def _define(self, definition: wire.FunctionDef) -> int:
+        fn_id, data, forget_others = definition
+        if forget_others:  # the manager keeps the table of each worker bounded
+            self.functions.clear()
+            self.function_data.clear()
+        self.function_data[fn_id] = data
+        return fn_id
 
     def _send(self, message: wire.Message) -> None:
         """Write one message, whole, from any thread; see the module docstring. A task's

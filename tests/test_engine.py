@@ -100,6 +100,29 @@ def test_a_cancelled_task_queued_at_a_worker_is_skipped(
     assert not log.exists()  # none of them ran
     assert pool.worker_pids == workers_before  # no worker was stopped for a Skip
     assert pool.apply(square, (3,)) == 9
+    # The first skipped call carried append_to itself; later calls refer to it by id.
+    assert pool.apply(append_to, (str(tmp_path / "after"), 7)) == 7
+
+
+def test_a_worker_is_sent_each_function_once_and_forgets_old_ones(
+    make_pool: MakePool,
+) -> None:
+    """Functions go to a worker once and are then referred to by id; past
+    FUNCTIONS_PER_WORKER distinct ones it is told to forget them and start again."""
+    from hookpool._manager import FUNCTIONS_PER_WORKER
+
+    pool = make_pool(1)
+    count = 2 * FUNCTIONS_PER_WORKER + 5
+    adders = [_adder(n) for n in range(count)]  # closures: each pickles differently
+    assert [pool.apply(adder, (1,)) for adder in adders] == [n + 1 for n in range(count)]
+    assert pool.map(adders[1], range(5), chunksize=1) == [1, 2, 3, 4, 5]  # long forgotten
+    assert pool.map(adders[-1], range(3), chunksize=1) == [count - 1 + i for i in range(3)]
+    (worker,) = pool._manager._workers
+    assert len(worker.functions) <= FUNCTIONS_PER_WORKER
+
+
+def _adder(n: int) -> Callable[[int], int]:
+    return lambda x: x + n
 
 
 def test_system_exit_in_a_task_fails_only_that_task(make_pool: MakePool) -> None:

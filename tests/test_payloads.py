@@ -145,7 +145,7 @@ def test_inbox_reads_flags_and_types_from_a_real_pipe() -> None:
     try:
         for size in (BIG, 5 * BIG):
             buffers = (pickle.PickleBuffer(bytes(size)), pickle.PickleBuffer(bytearray(size)))
-            sent = wire.Call(1, 0, b"fn", pickle.dumps(0), buffers)
+            sent = wire.Call(1, 0, (1, b"fn", False), pickle.dumps(0), buffers)
             writer = threading.Thread(target=wire.send, args=(ours, [sent]))
             writer.start()
             (call,) = inbox.recv()
