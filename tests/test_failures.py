@@ -440,24 +440,33 @@ def test_resource_tracker_stays_quiet(tmp_path: Path) -> None:
     assert "resource_tracker" not in result.stderr and "leaked" not in result.stderr
 
 
+@pytest.mark.parametrize(
+    ("broken", "task_timeout"),
+    [
+        # A task sent straight to the idle worker: the bug is met when its answer arrives.
+        ("_on_result", None),
+        # A task with a timeout goes through the queue, and so through _dispatch.
+        ("_dispatch", 30.0),
+    ],
+)
 def test_manager_internal_error_breaks_pool_loudly(
     make_pool: Callable[..., hookpool.Pool],
     monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
+    broken: str,
+    task_timeout: float | None,
 ) -> None:
     pool = make_pool(1)
     assert pool.apply(tasks.square, (2,)) == 4
 
-    def broken_result(self: Any, worker: Any, message: Any) -> None:
+    def bug(*args: Any) -> None:
         raise RuntimeError("simulated manager bug")
 
-    # The task goes straight to the idle worker; the manager thread meets the bug when
-    # the answer comes back.
-    monkeypatch.setattr(hookpool._manager.Manager, "_on_result", broken_result)
+    monkeypatch.setattr(hookpool._manager.Manager, broken, bug)
     with caplog.at_level(logging.ERROR, logger="hookpool"):
-        future = pool.submit(tasks.square, 3)
+        result = pool.apply_async(tasks.square, (3,), task_timeout=task_timeout)
         with pytest.raises(hookpool.PoolBrokenError) as info:
-            future.result(timeout=30)
+            result.get(timeout=30)
         assert isinstance(info.value.__cause__, RuntimeError)
         with pytest.raises(hookpool.PoolBrokenError):
             pool.submit(tasks.square, 4)
@@ -470,27 +479,6 @@ def _wait_for(predicate: Callable[[], bool], what: str, timeout: float = 30.0) -
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         time.sleep(0.02)
-
-
-def test_manager_internal_error_while_dispatching_breaks_pool_loudly(
-    make_pool: Callable[..., hookpool.Pool],
-    monkeypatch: pytest.MonkeyPatch,
-    caplog: pytest.LogCaptureFixture,
-) -> None:
-    pool = make_pool(1)
-    assert pool.apply(tasks.square, (2,)) == 4
-
-    def broken_dispatch(self: hookpool._manager.Manager) -> None:
-        raise RuntimeError("simulated manager bug")
-
-    monkeypatch.setattr(hookpool._manager.Manager, "_dispatch", broken_dispatch)
-    with caplog.at_level(logging.ERROR, logger="hookpool"):
-        # A task with a timeout goes through the queue (and so through _dispatch).
-        result = pool.apply_async(tasks.square, (3,), task_timeout=30)
-        with pytest.raises(hookpool.PoolBrokenError) as info:
-            result.get(timeout=30)
-        assert isinstance(info.value.__cause__, RuntimeError)
-    assert "simulated manager bug" in caplog.text
 
 
 def test_manager_internal_error_fails_running_and_queued_tasks(
