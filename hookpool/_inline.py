@@ -188,9 +188,7 @@ class InlineManager:
         me = threading.get_ident()
         with self._lock:
             state = self._state
-            if state is not PoolState.RUNNING and not (
-                while_closing and state is PoolState.CLOSING
-            ):
+            if not state.accepts(while_closing=while_closing):
                 raise self._refusal(state)
             self._running[me] = self._running.get(me, 0) + 1
         try:

@@ -360,9 +360,7 @@ class Manager:
         accept tasks."""
         with self._lock:
             state = self._state
-            if state is not PoolState.RUNNING and not (
-                while_closing and state is PoolState.CLOSING
-            ):
+            if not state.accepts(while_closing=while_closing):
                 raise self._refusal(state)
             task.task_id = next(self._task_ids)
             if self._parked and not self._queue and self._send_directly(task):
@@ -413,9 +411,7 @@ class Manager:
         """Queue several tasks at once (one lock, one wake-up)."""
         with self._lock:
             state = self._state
-            if state is not PoolState.RUNNING and not (
-                while_closing and state is PoolState.CLOSING
-            ):
+            if not state.accepts(while_closing=while_closing):
                 raise self._refusal(state)
             for task in tasks:
                 task.task_id = next(self._task_ids)

@@ -29,6 +29,11 @@ class PoolState(enum.Enum):
     def accepts_tasks(self) -> bool:
         return self is PoolState.RUNNING
 
+    def accepts(self, *, while_closing: bool) -> bool:
+        """Whether a task may be submitted now; ``while_closing``: a lazy map that
+        ``close()`` is still feeding may go on submitting its input."""
+        return self is PoolState.RUNNING or (while_closing and self is PoolState.CLOSING)
+
     @property
     def is_final(self) -> bool:
         return self in (PoolState.BROKEN, PoolState.STOPPED)
