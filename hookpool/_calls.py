@@ -13,7 +13,7 @@ from concurrent.futures import Future
 from typing import Any, TypeVar
 
 from . import _protocol as wire
-from ._manager import Engine, Task
+from ._manager import Engine, Outcome, Task
 from ._progress import ProgressOption, report_map, start
 from ._results import IMapIterator, MapGather, chunked
 from ._serialize import callable_name, dumps_callable, dumps_data
@@ -50,24 +50,22 @@ def imap_window(workers: int, chunksize: int) -> int:
 
 def submit_call(
     manager: Engine,
-    fn: Callable[..., R],
+    fn: Callable[..., Any],
     args: tuple[Any, ...],
     kwargs: dict[str, Any],
+    outcome: Outcome,
     *,
     timeout: float | None = None,
-    future: Future[R] | None = None,
-) -> Future[R]:
-    """Queue ``fn(*args, **kwargs)``; return its Future (``future``, if given: attach
-    callbacks to it first, since the task may finish before this returns)."""
+) -> None:
+    """Queue ``fn(*args, **kwargs)``, to settle ``outcome`` (a Future, or the lighter
+    ApplyOutcome): attach callbacks to it first, since the task may finish before this
+    returns."""
     manager.check_running()
-    if future is None:
-        future = Future()
     fn_data = dumps_callable(fn)
     args_data, buffers = dumps_data((args, kwargs))
     name = callable_name(fn)
-    task = Task(wire.CallKind.APPLY, fn_data, args_data, future, name, None, timeout, buffers)
+    task = Task(wire.CallKind.APPLY, fn_data, args_data, outcome, name, None, timeout, buffers)
     manager.submit(task)
-    return future
 
 
 def chunk_tasks(

@@ -97,7 +97,9 @@ class ProcessPoolExecutor(concurrent.futures.Executor):
             RuntimeError: after ``shutdown()``.
             hookpool.PoolBrokenError: (a ``BrokenProcessPool``) if the initializer failed.
         """
-        return submit_call(self._manager, fn, args, kwargs, timeout=self._task_timeout)
+        future: Future[R] = Future()
+        submit_call(self._manager, fn, args, kwargs, future, timeout=self._task_timeout)
+        return future
 
     def map(
         self,

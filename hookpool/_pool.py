@@ -20,7 +20,7 @@ from ._hooks import Hooks
 from ._inline import start_engine
 from ._manager import Engine
 from ._progress import ProgressOption, total_of
-from ._results import AsyncResult, IMapIterator, MapResult, chunked
+from ._results import ApplyOutcome, AsyncResult, IMapIterator, MapResult, chunked, outcome_of
 from ._spawn import available_cpus, check_not_bootstrapping, resolve
 
 __all__ = ["Pool"]
@@ -145,11 +145,11 @@ class Pool:
         cannot be pickled raises now, and the pool keeps working.
         """
         timeout = self._timeout(task_timeout)
-        future: Future[Any] = Future()
         # Callbacks are attached before the task can end; the result keeps the pool alive,
         # as the standard library's does.
-        result = AsyncResult(future, callback, error_callback, owner=self)
-        submit_call(self._manager, func, tuple(args), dict(kwds), timeout=timeout, future=future)
+        outcome: ApplyOutcome[R] = ApplyOutcome(callback, error_callback)
+        result = AsyncResult(outcome, owner=self)
+        submit_call(self._manager, func, tuple(args), dict(kwds), outcome, timeout=timeout)
         return result
 
     def submit(self, fn: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs) -> Future[R]:
@@ -158,7 +158,8 @@ class Pool:
         Usable with ``concurrent.futures.as_completed`` and ``wait``, and with
         ``asyncio.wrap_future``. Cancelling it while it is still queued means it never runs.
         """
-        future = submit_call(self._manager, fn, args, kwargs, timeout=self._task_timeout)
+        future: Future[R] = Future()
+        submit_call(self._manager, fn, args, kwargs, future, timeout=self._task_timeout)
         future._hookpool_pool = self  # type: ignore[attr-defined]  # keeps the pool alive
         return future
 
@@ -340,7 +341,7 @@ class Pool:
         its worker is interrupted (running its finalizer), replaced, and the task fails
         with ``concurrent.futures.CancelledError``. Returns False if it already finished.
         """
-        futures = task.tasks if isinstance(task, AsyncResult) else [task]
+        futures = task.tasks if isinstance(task, AsyncResult) else [outcome_of(task)]
         return any([self._manager.cancel(future) for future in futures])
 
     def _timeout(self, task_timeout: float | None) -> float | None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
+import contextlib
 import itertools
 import logging
 import multiprocessing
@@ -24,21 +25,19 @@ from ._errors import PoolTerminatedError
 if TYPE_CHECKING:
     from ._progress import Progress
 
-__all__ = ["AsyncResult", "ChunkSlot", "IMapIterator", "MapGather", "MapResult"]
+__all__ = [
+    "ApplyOutcome",
+    "AsyncResult",
+    "ChunkSlot",
+    "IMapIterator",
+    "MapGather",
+    "MapResult",
+    "outcome_of",
+]
 
 T = TypeVar("T")
 
 logger = logging.getLogger("hookpool")
-
-
-def _result(future: Future[T], timeout: float | None) -> T:
-    """``future.result(timeout)``, with the Pool's TimeoutError when the wait runs out."""
-    try:
-        return future.result(timeout)
-    except concurrent.futures.TimeoutError:
-        if future.done():
-            raise  # the task itself raised a TimeoutError
-        raise multiprocessing.TimeoutError from None
 
 
 class AsyncResult(Generic[T]):
@@ -52,42 +51,50 @@ class AsyncResult(Generic[T]):
 
     def __init__(
         self,
-        future: Future[T],
+        future: Future[T] | ApplyOutcome[T],
         callback: Callable[[T], object] | None = None,
         error_callback: Callable[[BaseException], object] | None = None,
         *,
         tasks: Sequence[Future[Any] | ChunkSlot] | None = None,
         owner: object = None,
     ) -> None:
-        self._future = future
         self._owner = owner  # the pool: kept alive while its results are, as in the stdlib
-        #: The futures of the tasks behind this result (what Pool.cancel cancels).
-        self.tasks = [future] if tasks is None else tasks
-        #: What ready(), wait() and get() look at: settled after the callbacks ran.
-        self._settled = future
-        if callback is not None or error_callback is not None:
-            self._settled = Future()
-            future.add_done_callback(_after_callbacks(self._settled, callback, error_callback))
+        self._tasks = tasks
+        self._settled: ApplyOutcome[T] | _AfterCallbacks[T]
+        if isinstance(future, ApplyOutcome):
+            assert callback is None and error_callback is None, "the outcome runs them"
+            self._future: Future[T] | ApplyOutcome[T] = future
+            self._settled = future
+        else:
+            self._future = future
+            self._settled = _AfterCallbacks(future, callback, error_callback)
 
     @property
     def future(self) -> Future[T]:
         """The task's ``concurrent.futures.Future`` (cancelling it cancels the task). It
         settles just before the callbacks run; ``get()`` returns just after."""
-        return self._future
+        future = self._future
+        return future.future() if isinstance(future, ApplyOutcome) else future
+
+    @property
+    def tasks(self) -> Sequence[Future[Any] | ChunkSlot | ApplyOutcome[Any]]:
+        """What the manager settles for the tasks behind this result (what
+        ``Pool.cancel`` cancels)."""
+        return [self._future] if self._tasks is None else self._tasks
 
     def ready(self) -> bool:
         """Whether the task has finished (successfully or not)."""
-        return self._settled.done()
+        return self._settled.ready()
 
     def successful(self) -> bool:
         """Whether the task finished without raising. ValueError if not ready yet."""
-        if not self._settled.done():
+        if not self._settled.ready():
             raise ValueError(f"{self!r} not ready")
-        return not self._settled.cancelled() and self._settled.exception() is None
+        return self._settled.succeeded()
 
     def wait(self, timeout: float | None = None) -> None:
         """Wait until the result is ready or ``timeout`` seconds pass."""
-        concurrent.futures.wait([self._settled], timeout)
+        self._settled.wait(timeout)
 
     def get(self, timeout: float | None = None) -> T:
         """Return the result, or raise the task's exception (with the worker's frames).
@@ -97,41 +104,83 @@ class AsyncResult(Generic[T]):
             concurrent.futures.CancelledError: the task was cancelled before it ran
                 (``terminate()`` cancels queued tasks).
         """
-        return _result(self._settled, timeout)
+        if not self._settled.wait(timeout):
+            raise multiprocessing.TimeoutError
+        return self._settled.value()
 
 
 class MapResult(AsyncResult[list[T]]):
     """The result of ``map_async`` / ``starmap_async``."""
 
 
-def _after_callbacks(
-    visible: Future[Any],
-    callback: Callable[[Any], object] | None,
+class _AfterCallbacks(Generic[T]):
+    """A map's result as its AsyncResult sees it: ready once the callbacks have run on
+    the map's settled Future."""
+
+    def __init__(
+        self,
+        future: Future[T],
+        callback: Callable[[T], object] | None,
+        error_callback: Callable[[BaseException], object] | None,
+    ) -> None:
+        self._visible = future
+        if callback is not None or error_callback is not None:
+            self._visible = Future()
+            future.add_done_callback(self._run_callbacks(callback, error_callback))
+
+    def _run_callbacks(
+        self,
+        callback: Callable[[T], object] | None,
+        error_callback: Callable[[BaseException], object] | None,
+    ) -> Callable[[Future[T]], None]:
+        visible = self._visible
+
+        def done(future: Future[T]) -> None:
+            try:
+                _run_callback(future.cancelled(), future, callback, error_callback)
+            finally:
+                if future.cancelled():
+                    visible.cancel()
+                elif (error := future.exception()) is not None:
+                    visible.set_exception(error)
+                else:
+                    visible.set_result(future.result())
+
+        return done
+
+    def ready(self) -> bool:
+        return self._visible.done()
+
+    def succeeded(self) -> bool:
+        return not self._visible.cancelled() and self._visible.exception() is None
+
+    def wait(self, timeout: float | None) -> bool:
+        concurrent.futures.wait([self._visible], timeout)
+        return self._visible.done()
+
+    def value(self) -> T:
+        return self._visible.result()
+
+
+def _run_callback(
+    cancelled: bool,
+    future: Future[T] | ApplyOutcome[T],
+    callback: Callable[[T], object] | None,
     error_callback: Callable[[BaseException], object] | None,
-) -> Callable[[Future[Any]], None]:
-    """Run the callback for a settled task, then settle the future the caller sees."""
-
-    def done(future: Future[Any]) -> None:
-        try:
-            if future.cancelled():
-                if error_callback is not None:
-                    error_callback(CancelledError())
-            elif future.exception() is None:
-                if callback is not None:
-                    callback(future.result())
-            elif error_callback is not None:
-                error_callback(future.exception())  # type: ignore[arg-type]
-        except Exception:
-            logger.exception("hookpool: a callback of apply_async/map_async raised")
-        finally:
-            if future.cancelled():
-                visible.cancel()
-            elif (error := future.exception()) is not None:
-                visible.set_exception(error)
-            else:
-                visible.set_result(future.result())
-
-    return done
+) -> None:
+    """The callback for a settled task (the error callback gets CancelledError if it
+    was cancelled); an error it raises is logged, as the standard library would lose it."""
+    try:
+        if cancelled:
+            if error_callback is not None:
+                error_callback(CancelledError())
+        elif (error := future.exception()) is None:
+            if callback is not None:
+                callback(future.result())
+        elif error_callback is not None:
+            error_callback(error)
+    except Exception:
+        logger.exception("hookpool: a callback of apply_async/map_async raised")
 
 
 class MapGather:
@@ -240,6 +289,183 @@ class ChunkSlot:
 
     def cancelled(self) -> bool:
         return self._state == _CANCELLED
+
+
+class ApplyOutcome(Generic[T]):
+    """The outcome of one ``apply_async`` task: what the manager settles (the part of
+    the Future interface it uses) and what the task's AsyncResult waits on.
+
+    A ``Future`` per task costs more than the rest of a small task: a Condition, an
+    RLock, three lists, the garbage collector's time for them, and the same again for
+    a second Future when there are callbacks. This has a lock for its state and a
+    latch: a second lock, held from the start and released once the result is ready
+    (after the callbacks), that waiters pass through. A real Future (``future()``,
+    ``AsyncResult.future``) is made only when asked for, and mirrors the task from then
+    on: cancelling it cancels the task.
+    """
+
+    __slots__ = (
+        "_callback",
+        "_error",
+        "_error_callback",
+        "_latch",
+        "_lock",
+        "_mirror",
+        "_ready",
+        "_state",
+        "_value",
+    )
+
+    def __init__(
+        self,
+        callback: Callable[[T], object] | None = None,
+        error_callback: Callable[[BaseException], object] | None = None,
+    ) -> None:
+        self._state = _PENDING
+        self._value: T | None = None
+        self._error: BaseException | None = None
+        self._ready = False
+        self._lock = threading.Lock()
+        self._latch = threading.Lock()
+        self._latch.acquire()
+        self._callback = callback
+        self._error_callback = error_callback
+        self._mirror: Future[T] | None = None
+
+    # -- the manager's side (``_manager.Outcome``) -----------------------------------------
+
+    def set_running_or_notify_cancel(self) -> bool:
+        with self._lock:
+            if self._state == _CANCELLED:
+                return False
+            if self._state != _PENDING:
+                raise RuntimeError(f"task outcome in unexpected state {self._state}")
+            mirror = self._mirror
+            if mirror is None or mirror.set_running_or_notify_cancel():
+                self._state = _RUNNING
+                return True
+            # The mirror was cancelled a moment ago; its callback has not cancelled
+            # this yet: do it here, once.
+            self._state = _CANCELLED
+        self._finish()
+        return False
+
+    def cancel(self) -> bool:
+        with self._lock:
+            if self._state == _CANCELLED:
+                return True
+            if self._state != _PENDING:
+                return False
+            self._state = _CANCELLED
+            mirror = self._mirror
+        if mirror is not None:
+            mirror.cancel()
+        self._finish()
+        return True
+
+    def set_result(self, value: T) -> None:
+        self._settle(value, None)
+
+    def set_exception(self, error: BaseException | None) -> None:
+        self._settle(None, error)
+
+    def _settle(self, value: T | None, error: BaseException | None) -> None:
+        with self._lock:
+            if self._state == _FINISHED or self._state == _CANCELLED:
+                raise InvalidStateError("this task's outcome is already settled")
+            self._state = _FINISHED
+            self._value, self._error = value, error
+            mirror = self._mirror
+        if mirror is not None:
+            with contextlib.suppress(InvalidStateError):  # cancelled by its user just now
+                if error is None:
+                    mirror.set_result(value)  # type: ignore[arg-type]
+                else:
+                    mirror.set_exception(error)
+        self._finish()
+
+    def _finish(self) -> None:
+        """Once settled: run the callback, then let the waiters through."""
+        callback, error_callback = self._callback, self._error_callback
+        self._callback = self._error_callback = None
+        try:
+            if callback is not None or error_callback is not None:
+                _run_callback(self._state == _CANCELLED, self, callback, error_callback)
+        finally:
+            self._ready = True
+            self._latch.release()
+
+    def done(self) -> bool:
+        return self._state == _FINISHED or self._state == _CANCELLED
+
+    def cancelled(self) -> bool:
+        return self._state == _CANCELLED
+
+    # -- the caller's side (what AsyncResult uses) -----------------------------------------
+
+    def ready(self) -> bool:
+        return self._ready
+
+    def wait(self, timeout: float | None) -> bool:
+        """Wait until ready (True) or ``timeout`` seconds pass (False)."""
+        if self._ready:
+            return True
+        if self._latch.acquire(timeout=-1 if timeout is None else max(0.0, timeout)):
+            self._latch.release()  # let the next waiter through
+            return True
+        return self._ready  # another waiter may hold the latch for a moment
+
+    def exception(self) -> BaseException | None:
+        return self._error
+
+    def result(self) -> T:
+        return self.value()
+
+    def succeeded(self) -> bool:
+        return self._state == _FINISHED and self._error is None
+
+    def value(self) -> T:
+        """The result, once ready; raises the task's exception."""
+        if self._state == _CANCELLED:
+            raise CancelledError
+        if self._error is not None:
+            raise self._error
+        return self._value  # type: ignore[return-value]
+
+    def future(self) -> Future[T]:
+        """A ``concurrent.futures.Future`` that mirrors this task from now on."""
+        with self._lock:
+            if self._mirror is None:
+                mirror: Future[T] = Future()
+                state = self._state
+                if state == _CANCELLED:
+                    mirror.cancel()
+                else:
+                    if state != _PENDING:
+                        mirror.set_running_or_notify_cancel()
+                    if state == _FINISHED:
+                        if self._error is None:
+                            mirror.set_result(self._value)  # type: ignore[arg-type]
+                        else:
+                            mirror.set_exception(self._error)
+                    else:
+                        mirror.add_done_callback(self._mirror_done)
+                _outcomes[mirror] = self
+                self._mirror = mirror
+            return self._mirror
+
+    def _mirror_done(self, mirror: Future[T]) -> None:
+        if mirror.cancelled():  # its user cancelled it: cancel the task
+            self.cancel()
+
+
+#: The ApplyOutcome behind each Future made by ``ApplyOutcome.future()``.
+_outcomes: weakref.WeakKeyDictionary[Future[Any], ApplyOutcome[Any]] = weakref.WeakKeyDictionary()
+
+
+def outcome_of(future: Future[Any]) -> Future[Any] | ApplyOutcome[Any]:
+    """What the manager settles for ``future``: the ApplyOutcome it mirrors, or itself."""
+    return _outcomes.get(future, future)
 
 
 _NO_ITEM: Any = object()

@@ -218,6 +218,25 @@ def test_cancel_running_task_on_request(
     assert (tmp_path / "long").read_text() == "x"  # it ran once, and was not re-run
 
 
+@pytest.mark.parametrize("handle", ["result", "future"])
+def test_cancel_running_apply_async_on_request(
+    make_pool: Callable[..., hookpool.Pool], tmp_path: Path, handle: str
+) -> None:
+    """``Pool.cancel`` of an ``apply_async`` result, or of its ``.future`` (a mirror made
+    on request), stops the running task."""
+    pool = make_pool(1)
+    running = pool.apply_async(tasks_crash.record_run, (str(tmp_path), "long", 60))
+    _wait_for(lambda: (tmp_path / "long").exists(), "the long task to start")
+    future = running.future
+    assert future.running()
+    assert pool.cancel(running if handle == "result" else future)
+    with pytest.raises(concurrent.futures.CancelledError):
+        running.get(timeout=30)
+    assert isinstance(future.exception(timeout=30), concurrent.futures.CancelledError)
+    assert pool.apply(tasks.square, (5,)) == 25
+    assert (tmp_path / "long").read_text() == "x"  # it ran once, and was not re-run
+
+
 def test_cancelled_queued_task_never_runs(
     make_pool: Callable[..., hookpool.Pool], tmp_path: Path
 ) -> None:
