@@ -201,6 +201,8 @@ def dumps_data(obj: Any, *, snapshot: bool = True) -> Pickled:
     Plain pickle is trusted only while ``__main__`` is importable in the workers: it would
     pickle a function or class of an interactive ``__main__`` by a name they cannot find.
     """
+    if _is_plain(obj, _LIFT_DEPTH):  # most small tasks: numbers and strings
+        return _plain_dumps(obj, 5), ()
     lifted = _lift(obj, _LIFT_DEPTH)
     state = _reusable_data
     if not state.busy and _main_importable():  # busy: re-entered from a __reduce__
@@ -235,6 +237,38 @@ def loads_data(data: bytes | bytearray | pickle.PickleBuffer, buffers: tuple[Any
 #: ``(args, kwargs)`` and a tuple among them; and how many items one may hold.
 _LIFT_DEPTH = 3
 _LIFT_WIDTH = 16
+
+
+_plain_dumps = pickle.dumps
+_SCALARS = frozenset({int, float, str, bool, type(None), complex})
+
+
+def _is_plain(obj: Any, depth: int) -> bool:
+    """Whether ``obj`` holds only built-in scalars and small bytes, in tuples, lists and
+    dicts at most ``depth`` levels deep and ``_LIFT_WIDTH`` wide. Plain ``pickle.dumps``
+    pickles those exactly as ``dumps_data`` would, without reducers, a look for large
+    buffers or a question about ``__main__``: nothing in them is pickled by reference.
+    """
+    kind = type(obj)
+    if kind in _SCALARS:
+        return True
+    if kind is bytes or kind is bytearray:
+        return len(obj) < OUT_OF_BAND_MIN
+    if not depth or (kind is not tuple and kind is not list and kind is not dict):
+        return False
+    if len(obj) > _LIFT_WIDTH:
+        return False
+    if kind is dict:
+        for key, value in obj.items():
+            if type(key) not in _SCALARS or not (
+                type(value) in _SCALARS or _is_plain(value, depth - 1)
+            ):
+                return False
+        return True
+    for item in obj:
+        if type(item) not in _SCALARS and not _is_plain(item, depth - 1):
+            return False
+    return True
 
 
 def _lift(obj: Any, depth: int) -> Any:

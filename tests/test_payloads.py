@@ -3,7 +3,10 @@ and with the writability they left with; the caller's later changes do not leak 
 
 from __future__ import annotations
 
+import io
+import pathlib
 import pickle
+import signal
 import socket
 import threading
 from collections.abc import Callable
@@ -15,6 +18,7 @@ from tasks import Frame, frame_writable, identity, scribble, sleep_then_first_by
 
 import hookpool
 from hookpool import _protocol as wire
+from hookpool import _serialize
 from hookpool._serialize import dumps_data, loads_data
 
 MakePool = Callable[..., hookpool.Pool]
@@ -75,6 +79,11 @@ def test_out_of_band_in_maps_and_in_the_executor(make_pool: MakePool) -> None:
 sizes = st.sampled_from([0, 1, BIG - 1, BIG, BIG + 1, 3 * BIG])
 leaves = st.one_of(
     st.integers(),
+    st.floats(allow_nan=False),
+    st.text(max_size=5),
+    st.sampled_from([None, True, False, 1j]),
+    # Not plain: pickled by reference, or through a reducer (an IntEnum, a Path).
+    st.sampled_from([signal.SIGTERM, pathlib.PurePosixPath("/tmp"), identity]),
     st.builds(lambda n, b: bytes([b]) * n, sizes, st.integers(0, 255)),
     st.builds(lambda n, b: bytearray([b]) * n, sizes, st.integers(0, 255)),
 )
@@ -98,6 +107,23 @@ def test_dumps_data_round_trips_any_nesting(value: Any) -> None:
     data, buffers = dumps_data(value)
     assert same(loads_data(data, tuple(b.raw() for b in buffers)), value)
     assert pickle.dumps(value) == before
+
+
+@settings(max_examples=100, deadline=None)
+@given(values)
+def test_plain_data_is_pickled_as_the_full_path_would(value: Any) -> None:
+    """The short path for numbers, strings and small bytes in containers gives the same
+    pickle as the full one, and anything else (large bytes, objects pickled by
+    reference or by a reducer) takes the full path."""
+    data, buffers = dumps_data(value)
+    if _serialize._is_plain(value, _serialize._LIFT_DEPTH):
+        assert not buffers
+        full = io.BytesIO()
+        _serialize._Pickler(full, 5).dump(value)  # the pickler of the full path
+        assert data == full.getvalue()
+    assert not _serialize._is_plain((value, identity), _serialize._LIFT_DEPTH)
+    assert not _serialize._is_plain([signal.SIGTERM], _serialize._LIFT_DEPTH)
+    assert not _serialize._is_plain({"k": b"x" * BIG}, _serialize._LIFT_DEPTH)
 
 
 def test_a_snapshot_does_not_follow_later_changes() -> None:
