@@ -265,7 +265,7 @@ def _is_plain(obj: Any, depth: int) -> bool:
             ):
                 return False
         return True
-    for item in obj:
+    for item in obj:  # noqa: SIM110 - a loop: all() of a generator costs more here
         if type(item) not in _SCALARS and not _is_plain(item, depth - 1):
             return False
     return True
