@@ -1,6 +1,7 @@
 """Worker logging and warnings, delivered to the parent's handlers.
 
-Worker side (``install``, before the initializer runs): a ``ForwardHandler`` on the root
+Worker side (``install``, as the worker first imports ``logging`` or shows a warning: see
+``_worker._ForwardLogging``): a ``ForwardHandler`` on the root
 logger turns each record into a ``wire.Log`` and sends it on the worker's own pipe, the
 one its results travel on, so the parent sees a worker's records in the order they were
 emitted, and before the result of the task that emitted them. The worker's root level is
@@ -12,7 +13,8 @@ Parent side (``replay``, on the manager thread): the record is rebuilt, tagged w
 worker's name (``processName`` and ``hookpool_worker``), and handed to
 ``logging.getLogger(record.name).handle(record)`` if that logger is enabled for its level.
 
-Imported by a worker only when forwarding is on: ``logging`` is not free to import.
+Imported by a worker only when forwarding is on and its code uses logging or shows a
+warning: ``logging`` is not free to import.
 """
 
 from __future__ import annotations

@@ -24,7 +24,6 @@ import multiprocessing.reduction
 import pickle
 import sys
 import threading
-import traceback
 import types
 from collections.abc import Callable
 from io import BytesIO
@@ -446,6 +445,8 @@ def _capture(exc: BaseException, skip_frames: int, seen: set[int]) -> ErrorRepor
     for _ in range(skip_frames):
         if tb is not None and tb.tb_next is not None:
             tb = tb.tb_next
+    import traceback  # only once a task fails: not free to import in every worker
+
     text = "".join(traceback.format_exception(type(exc), exc, tb))
     try:
         data: bytes | None = dumps(exc)

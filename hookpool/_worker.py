@@ -1,15 +1,15 @@
 """The worker process: its entry point and its loop.
 
 A worker imports only this module, ``_protocol``, ``_serialize``, ``_hooks``,
-``_identity``, ``_errors`` and, when it forwards logging, ``_logs``: never the manager or
-the facades.
+``_identity``, ``_errors`` and, once its code uses logging or shows a warning, ``_logs``
+(and ``logging``): never the manager or the facades.
 
 Life of a worker::
 
-    spawn ──> identity, log forwarding ──> load hooks ──> initializer ──> register Finalize
-                                               │              │           ──> send Ready
-                                               └── raises ────┴──> send InitFailed, exit
-                                                                  (no finalizer: none ran)
+    spawn ──> identity, log forwarding (*) ──> load hooks ──> initializer ──> register Finalize
+                                                   │              │           ──> send Ready
+                                                   └── raises ────┴──> send InitFailed, exit
+                                                                      (no finalizer: none ran)
 
     loop:  recv Call ──> run ──> send Done | Failed
            recv Stop, pipe closed, or SIGTERM ──> leave the loop
@@ -18,6 +18,8 @@ Life of a worker::
 
     any time, from any thread (initializer, tasks, their threads, finalizer):
            a log record or warning ──> send Log
+
+    (*) installed as ``logging`` is first imported, or on the first warning
 
 Sending: every message goes through ``_Worker._send``, one whole message at a time under
 ``send_lock``, from whichever thread produced it. Log records make it re-entrant: a signal
@@ -50,6 +52,7 @@ import signal
 import sys
 import threading
 import time
+import warnings
 from collections.abc import Callable
 from multiprocessing.connection import Connection
 from types import FrameType
@@ -143,9 +146,7 @@ class _Worker:
         """Run the initializer; register the finalizer; report Ready or InitFailed."""
         try:
             if self.config.log_level is not None:
-                from . import _logs  # imports logging: only when forwarding
-
-                _logs.install(self._send, self.config.log_level)
+                _ForwardLogging(self._send, self.config.log_level).when_used()
             hooks: Hooks = spawned.load()
             hooks.initialize()
         except BaseException as exc:
@@ -337,6 +338,76 @@ class _Worker:
             os._exit(SIGTERM_EXIT_CODE)
 
         threading.Thread(target=watch, name="hookpool-parent-watch", daemon=True).start()
+
+
+class _ForwardLogging:
+    """Installs log forwarding (``_logs.install``) when the worker first uses logging or
+    shows a warning, not at start: ``logging`` is not free to import, and most tasks never
+    log. Nothing is missed: it is installed as ``logging`` is imported (before the code
+    that imported it runs on), or on the first warning, before that warning is shown.
+    """
+
+    def __init__(self, send: Callable[[wire.Message], None], level: int) -> None:
+        self._send = send
+        self._level = level
+        self._installed = False
+        self._showwarning = warnings.showwarning
+
+    def when_used(self) -> None:
+        if "logging" in sys.modules:  # imported already (by __main__, say): now
+            self.install()
+            return
+        sys.meta_path.insert(0, self)
+        warnings.showwarning = self._first_warning
+
+    def install(self) -> None:
+        if self._installed:
+            return
+        self._installed = True
+        with contextlib.suppress(ValueError):
+            sys.meta_path.remove(self)
+        if warnings.showwarning == self._first_warning:
+            warnings.showwarning = self._showwarning
+        from . import _logs
+
+        _logs.install(self._send, self._level)
+
+    def _first_warning(self, *args: Any, **kwargs: Any) -> None:
+        self.install()  # makes logging show warnings, as py.warnings records
+        warnings.showwarning(*args, **kwargs)
+
+    # A meta path finder, for ``import logging`` only.
+    def find_spec(self, name: str, path: Any, target: Any = None) -> Any:
+        if name != "logging":
+            return None
+        with contextlib.suppress(ValueError):
+            sys.meta_path.remove(self)
+        for finder in sys.meta_path:  # what the import system would find without us
+            find = getattr(finder, "find_spec", None)
+            spec = find(name, path, target) if find is not None else None
+            if spec is not None:
+                if spec.loader is not None:
+                    spec.loader = _ThenCall(spec.loader, self.install)
+                return spec
+        return None
+
+
+class _ThenCall:
+    """A module loader that calls ``then`` once the module has been executed."""
+
+    def __init__(self, loader: Any, then: Callable[[], None]) -> None:
+        self._loader = loader
+        self._then = then
+
+    def create_module(self, spec: Any) -> Any:
+        return self._loader.create_module(spec)
+
+    def exec_module(self, module: Any) -> None:
+        self._loader.exec_module(module)
+        self._then()
+
+    def __getattr__(self, name: str) -> Any:  # get_source, is_package...: the real loader's
+        return getattr(self._loader, name)
 
 
 def _in_main_thread() -> bool:

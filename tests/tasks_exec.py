@@ -84,6 +84,26 @@ def loaded(names: list[str]) -> list[str]:
     return [name for name in names if name in sys.modules]
 
 
+# -- logging first used in the middle of a hook or a task (this module does not import it)
+
+
+def log_after_importing(text: str) -> None:
+    """Task or initializer: import logging only now, and log at once."""
+    import logging
+
+    logging.getLogger("tasks_exec.late").warning(text)
+
+
+def warn_before_logging(text: str) -> list[str]:
+    """Task: a warning in a worker that has not imported logging; returns which of the
+    logging modules were imported before it."""
+    import warnings
+
+    before = loaded(["logging", "hookpool._logs"])
+    warnings.warn(text, UserWarning, stacklevel=1)
+    return before
+
+
 # -- parent side: teardown ------------------------------------------------------------------
 
 

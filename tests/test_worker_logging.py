@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import tasks_exec
 import tasks_logging
 from conftest import run_script
 from faces import Face, MakeFace
@@ -353,10 +354,35 @@ def test_handlers_run_on_the_manager_thread(facade: MakeFace) -> None:
     assert len(seen) == 2 and all(name.endswith("-manager") for name in seen)
 
 
-def test_opting_out_keeps_logging_out_of_the_worker(facade: MakeFace) -> None:
-    """Forwarding imports ``logging`` in the worker; without it the worker stays as light
-    as before."""
+def test_logging_is_imported_only_once_used(facade: MakeFace) -> None:
+    """A worker imports ``logging`` (and the forwarding) only when its code does, or on
+    its first warning; opted out, never by hookpool."""
     off = facade(1, forward_logging=False)
+    off.apply(tasks_exec.warn_before_logging, "not forwarded")
     assert off.apply(loaded, ["logging", "hookpool._logs"]) == []
     on = facade(1)
+    assert on.apply(loaded, ["logging", "hookpool._logs"]) == []
+    on.apply(tasks_exec.log_after_importing, "late")
     assert on.apply(loaded, ["logging", "hookpool._logs"]) == ["logging", "hookpool._logs"]
+
+
+def test_records_right_after_the_first_import_of_logging_arrive(
+    facade: MakeFace, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Forwarding is installed as ``logging`` is imported: a record logged at once, from
+    the initializer or a task, is not lost."""
+    face = facade(1, initializer=tasks_exec.log_after_importing, initargs=("from init",))
+    face.apply(tasks_exec.log_after_importing, "from a task")
+    assert messages(caplog, "tasks_exec.late") == ["from init", "from a task"]
+    assert face.apply(tasks_logging.root_handlers) == ["ForwardHandler"]
+
+
+def test_a_warning_before_logging_is_imported_arrives(
+    facade: MakeFace, caplog: pytest.LogCaptureFixture
+) -> None:
+    face = facade(1)
+    assert face.apply(tasks_exec.warn_before_logging, "early") == []
+    (record,) = from_workers(caplog, "py.warnings")
+    assert "UserWarning: early" in record.getMessage()
+    face.apply(tasks_exec.warn_before_logging, "again")  # shown by logging from now on
+    assert len(from_workers(caplog, "py.warnings")) == 2
