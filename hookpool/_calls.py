@@ -6,23 +6,23 @@ error is raised at the call site and never reaches the manager thread.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future
 from typing import Any, TypeVar
 
 from . import _protocol as wire
 from ._manager import Engine, Outcome, Task
 from ._progress import ProgressOption, report_map, start
-from ._results import IMapIterator, MapGather, chunked
+from ._results import ChunkSlot, IMapIterator, MapGather, chunked
 from ._serialize import callable_name, dumps_callable, dumps_data
 
 __all__ = [
     "IMAP_CHUNKS_PER_WORKER",
     "IMAP_ITEMS_PER_WORKER",
     "check_timeout",
-    "chunk_tasks",
     "feed_in_background",
     "imap_window",
     "lazy_map",
@@ -68,64 +68,69 @@ def submit_call(
     manager.submit(task)
 
 
-def chunk_tasks(
+def submit_map(
+    manager: Engine,
     fn: Callable[..., Any],
     kind: wire.CallKind,
     method: str,
-    chunks: Iterable[list[Any]],
+    chunks: list[list[Any]],
+    wrap: Callable[[Future[list[Any]], list[ChunkSlot]], R],
     *,
     timeout: float | None = None,
-) -> tuple[list[Task], MapGather]:
-    """One Task per chunk, all settling one MapGather; ``fn`` is pickled once for all."""
-    fn_data = dumps_callable(fn)
-    name = callable_name(fn)
-    chunks = list(chunks)
-    gather = MapGather(len(chunks))
-    tasks = []
-    first = 0
-    for chunk, slot in zip(chunks, gather.slots, strict=True):
-        items = (first, len(chunk), method)
-        args, buffers = dumps_data(chunk)
-        tasks.append(Task(kind, fn_data, args, slot, name, items, timeout, buffers))
-        first += len(chunk)
-    return tasks, gather
-
-
-def submit_map(
-    manager: Engine,
-    tasks: list[Task],
-    gather: MapGather,
-    wrap: Callable[[Future[list[Any]]], R],
-    *,
     progress: ProgressOption = None,
     total: int = 0,
 ) -> R:
-    """Queue a map's chunk tasks (``total`` items). ``wrap`` gets the future of the whole
-    map before any chunk is queued (so callbacks it attaches can never miss the end);
-    its return value is returned. With ``progress``, that future settles after the
-    progress's final report."""
+    """Queue a map: one Task per chunk, all settling one MapGather, ``fn`` pickled once
+    for all. ``wrap`` gets the future of the whole map, and the chunks' slots, before it
+    can end (so callbacks it attaches never miss the end); its return value is returned.
+    With ``progress``, that future settles after the progress's final report.
+
+    With more chunks than workers, the first ones, one per worker, are queued as soon as
+    they are pickled: the workers start on them while the rest is pickled, as the
+    standard library's task handler overlaps the two. The map cannot end before the rest
+    is queued, after ``wrap``. A chunk that will not pickle still raises here, and the
+    map's other chunks are cancelled (one a worker has started runs on, unseen).
+    """
+    gather = MapGather(len(chunks))
+    tasks = _chunk_tasks(fn, kind, method, chunks, gather, timeout)
     tracker = start(progress, total)
-    if tracker is None:
-        outcome = gather.future
-    else:
-        events = gather.watch()
-        outcome = report_map(tracker, events, [_items(task) for task in tasks], gather.future)
-    result = wrap(outcome)
+    watched = None if tracker is None else (tracker, gather.watch())
     try:
-        if tasks:
-            manager.submit_many(tasks)
+        if len(chunks) > manager.size:
+            manager.submit_many(list(itertools.islice(tasks, manager.size)))
+        rest = list(tasks)
+        if watched is None:
+            outcome = gather.future
+        else:
+            outcome = report_map(*watched, [len(chunk) for chunk in chunks], gather.future)
+        result = wrap(outcome, gather.slots)
+        if rest:
+            manager.submit_many(rest)
     except BaseException:
-        for slot in gather.slots:  # nothing was queued: settle every chunk, so that a
-            slot.cancel()  # progress thread waiting on them ends
+        for slot in gather.slots:  # settle every chunk not started, so that a progress
+            slot.cancel()  # thread waiting on them ends
         if tracker is not None:
             tracker.end()
         raise
     return result
 
 
-def _items(task: Task) -> int:
-    assert task.items is not None, "not a chunk of a map"
-    return task.items[1]
+def _chunk_tasks(
+    fn: Callable[..., Any],
+    kind: wire.CallKind,
+    method: str,
+    chunks: list[list[Any]],
+    gather: MapGather,
+    timeout: float | None,
+) -> Iterator[Task]:
+    """The Tasks of a map's chunks, each pickled as it is taken."""
+    fn_data = dumps_callable(fn)
+    name = callable_name(fn)
+    first = 0
+    for chunk, slot in zip(chunks, gather.slots, strict=True):
+        args, buffers = dumps_data(chunk)
+        yield Task(kind, fn_data, args, slot, name, (first, len(chunk), method), timeout, buffers)
+        first += len(chunk)
 
 
 def lazy_map(

@@ -408,14 +408,25 @@ class Manager:
         self._wake()
 
     def submit_many(self, tasks: list[Task], *, while_closing: bool = False) -> None:
-        """Queue several tasks at once (one lock, one wake-up)."""
+        """Queue several tasks at once (one lock, one wake-up); the first ones go straight
+        to the parked workers, as with ``submit``."""
         with self._lock:
             state = self._state
             if not state.accepts(while_closing=while_closing):
                 raise self._refusal(state)
             for task in tasks:
                 task.task_id = next(self._task_ids)
-            self._queue.extend(tasks)
+            sent = 0
+            while (
+                sent < len(tasks)
+                and self._parked
+                and not self._queue
+                and self._send_directly(tasks[sent])
+            ):
+                sent += 1
+            if sent == len(tasks):
+                return
+            self._queue.extend(tasks[sent:] if sent else tasks)
         self._wake()
 
     def check_running(self) -> None:

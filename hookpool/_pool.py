@@ -10,7 +10,6 @@ from typing import Any, ParamSpec, TypeVar
 from . import _protocol as wire
 from ._calls import (
     check_timeout,
-    chunk_tasks,
     feed_in_background,
     lazy_map,
     submit_call,
@@ -268,15 +267,16 @@ class Pool:
             raise ValueError(f"Chunksize must be 1+, not {chunksize:n}")
         method = "map" if kind is wire.CallKind.MAP else "starmap"
         timeout = self._timeout(task_timeout)
-        chunks = chunked(items, chunksize)
-        tasks, gather = chunk_tasks(func, kind, method, chunks, timeout=timeout)
         return submit_map(
             self._manager,
-            tasks,
-            gather,
-            lambda outcome: MapResult(
-                outcome, callback, error_callback, tasks=gather.slots, owner=self
+            func,
+            kind,
+            method,
+            list(chunked(items, chunksize)),
+            lambda outcome, chunks: MapResult(
+                outcome, callback, error_callback, tasks=chunks, owner=self
             ),
+            timeout=timeout,
             progress=progress,
             total=len(items),
         )

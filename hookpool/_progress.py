@@ -4,7 +4,7 @@
 without this module. Otherwise ``start`` builds a ``Progress`` at the call site (so a
 missing tqdm raises there, before any work is submitted), and the map reports to it:
 
-    Pool.map / map_async / starmap / starmap_async            (every chunk submitted at once)
+    Pool.map / map_async / starmap / starmap_async       (every chunk submitted up front)
       chunk settlements (MapGather.watch) ──> report_map's thread ("hookpool-progress"):
                           Progress.advance(k) per chunk that succeeded, then Progress.end()
                           then it settles the map's result, so the final report comes first

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import tasks_exec
 from tasks import (
     append_to,
     exit_with,
@@ -34,6 +35,7 @@ from tasks import (
     square,
 )
 from tasks_crash import exit_abruptly
+from test_facades import wait_for
 
 import hookpool
 
@@ -441,6 +443,59 @@ def test_a_signal_handler_may_terminate_the_pool_in_the_middle_of_a_submit(
         assert result.get(timeout=30) == 9
     pool.join()
     assert pool._manager.state is hookpool._manager.PoolState.STOPPED
+
+
+def test_a_maps_first_chunks_go_straight_to_the_idle_workers(
+    make_pool: MakePool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One chunk per parked worker is written from the caller's thread, while the rest
+    is still being pickled; the rest goes through the manager."""
+    from hookpool import _protocol as wire
+
+    pool = make_pool(2)
+    pool.map(square, range(4), 1)  # both workers up, then idle: parked
+    wait_for(lambda: len(pool._manager._parked) == 2, what="both workers parked")
+    real_send = wire.send
+    writers: list[tuple[str, int]] = []
+
+    def send(conn: Any, messages: list[Any]) -> None:
+        calls = sum(isinstance(m, wire.Call) for m in messages)
+        if calls:
+            writers.append((threading.current_thread().name, calls))
+        real_send(conn, messages)
+
+    monkeypatch.setattr(wire, "send", send)
+    assert pool.map(square, range(40), 1) == [i * i for i in range(40)]
+    from_caller = [calls for name, calls in writers if name == "MainThread"]
+    assert from_caller == [1, 1]
+    assert sum(calls for _, calls in writers) == 40
+
+
+def test_ctrl_c_while_a_map_writes_its_first_chunk(
+    make_pool: MakePool, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Interrupted while writing a map's first chunk to a parked worker: the map raises
+    and queues nothing more (no chunk of it runs later), and the pool keeps working."""
+    from hookpool import _protocol as wire
+
+    pool = make_pool(2)
+    pool.map(square, range(4), 1)
+    wait_for(lambda: len(pool._manager._parked) == 2, what="both workers parked")
+    real_send = wire.send
+
+    def interrupted(conn: Any, messages: list[Any]) -> None:
+        if threading.current_thread() is threading.main_thread():
+            raise KeyboardInterrupt
+        real_send(conn, messages)
+
+    monkeypatch.setattr(wire, "send", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        pool.map(tasks_exec.write_marker, [str(tmp_path / f"m{i}") for i in range(10)], 1)
+    monkeypatch.setattr(wire, "send", real_send)
+    assert pool.map(square, range(6), 1) == [i * i for i in range(6)]
+    pool.close()
+    pool.join()
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_many_threads_submitting_to_an_idle_pool(make_pool: MakePool) -> None:

@@ -143,6 +143,29 @@ def test_unpicklable_argument_raises_at_call_site(
     assert pool.apply(tasks.square, (3,)) == 9
 
 
+def test_a_late_chunk_that_will_not_pickle_raises_at_call_site(
+    make_pool: Callable[..., hookpool.Pool],
+) -> None:
+    """The first chunks are queued while the rest is pickled: one that will not pickle
+    still raises at the call site, with no callback run and the progress closed."""
+    pool = make_pool(2)
+    items = [1, 2, 3, 4, 5, tasks_crash.ErrorAtPickle()]
+    called: list[object] = []
+    reports: list[tuple[int, int | None]] = []
+    with pytest.raises(TypeError, match="refuses to be pickled"):
+        pool.map_async(
+            tasks_crash.take,
+            items,
+            1,
+            callback=called.append,
+            error_callback=called.append,
+            progress=lambda done, total: reports.append((done, total)),
+        )
+    assert pool.apply(tasks.square, (3,)) == 9  # the early chunks are out of the way
+    assert called == []
+    assert reports[-1][1] == len(items)
+
+
 def test_imap_chunk_that_fails_to_pickle_fails_only_that_chunk(
     make_pool: Callable[..., hookpool.Pool],
 ) -> None:
