@@ -19,6 +19,14 @@ def exit_abruptly(_: object = None) -> None:
     os._exit(7)
 
 
+def exit_abruptly_once(gate: str, timeout: float = 30.0) -> None:
+    """Exit with os._exit as soon as the file ``gate`` exists (the test is ready)."""
+    deadline = time.monotonic() + timeout
+    while not Path(gate).exists() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    os._exit(7)
+
+
 def segfault(_: object = None) -> None:
     ctypes.string_at(0)
 

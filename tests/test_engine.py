@@ -34,7 +34,7 @@ from tasks import (
     sleep_then_pid,
     square,
 )
-from tasks_crash import exit_abruptly
+from tasks_crash import exit_abruptly_once
 from test_facades import wait_for
 
 import hookpool
@@ -273,14 +273,22 @@ def test_close_with_an_endless_imap_open_returns(make_pool: MakePool) -> None:
     pool.join()
 
 
-def test_cancel_a_task_put_back_after_its_worker_died(make_pool: MakePool, tmp_path: Path) -> None:
+def test_cancel_a_task_put_back_after_its_worker_died(
+    make_pool: MakePool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Tasks queued at a worker that died go back to the queue; cancelling one of them
     before a worker takes it means it never runs."""
+    # Queue tasks behind a running one however long it has run (it waits for the test).
+    monkeypatch.setattr(hookpool._manager, "PREFETCH_SECONDS", 60.0)
     pool = make_pool(1)
     pool.map(square, range(300), chunksize=1)  # measured fast: tasks queue at the worker
     log = tmp_path / "ran"
-    killer = pool.submit(exit_abruptly)
+    gate = tmp_path / "gate"
+    killer = pool.submit(exit_abruptly_once, str(gate))
     behind = [pool.submit(append_to, str(log), i) for i in range(10)]
+    (worker,) = pool._manager._workers
+    wait_for(lambda: len(worker.inflight) == 11, what="the tasks queued at the worker")
+    gate.touch()
     with pytest.raises(hookpool.WorkerLostError):
         killer.result(timeout=20)
     cancelled = {i for i, f in enumerate(behind) if pool.cancel(f)}
