@@ -345,13 +345,20 @@ class _ForwardLogging:
     shows a warning, not at start: ``logging`` is not free to import, and most tasks never
     log. Nothing is missed: it is installed as ``logging`` is imported (before the code
     that imported it runs on), or on the first warning, before that warning is shown.
+
+    The finder stays in ``sys.meta_path`` (removing it could make an import running in
+    another thread skip the next finder); once installed, it finds nothing. A spec found
+    for ``logging`` but never loaded (``importlib.util.find_spec``) installs nothing: the
+    import that follows is found again.
     """
 
     def __init__(self, send: Callable[[wire.Message], None], level: int) -> None:
         self._send = send
         self._level = level
         self._installed = False
+        self._lock = threading.Lock()
         self._showwarning = warnings.showwarning
+        self._logging_showwarning: Callable[..., Any] | None = None
 
     def when_used(self) -> None:
         if "logging" in sys.modules:  # imported already (by __main__, say): now
@@ -361,28 +368,34 @@ class _ForwardLogging:
         warnings.showwarning = self._first_warning
 
     def install(self) -> None:
-        if self._installed:
-            return
-        self._installed = True
-        with contextlib.suppress(ValueError):
-            sys.meta_path.remove(self)
-        if warnings.showwarning == self._first_warning:
-            warnings.showwarning = self._showwarning
-        from . import _logs
+        with self._lock:
+            if self._installed:
+                return
+            self._installed = True
+            if warnings.showwarning == self._first_warning:
+                warnings.showwarning = self._showwarning
+            from . import _logs
 
-        _logs.install(self._send, self._level)
+            _logs.install(self._send, self._level)
+            self._logging_showwarning = warnings.showwarning  # logging's, from now on
 
     def _first_warning(self, *args: Any, **kwargs: Any) -> None:
-        self.install()  # makes logging show warnings, as py.warnings records
-        warnings.showwarning(*args, **kwargs)
+        self.install()
+        # Normally no longer called once installed; but ``warnings.catch_warnings()``
+        # entered before and left after the install puts this hook back: show through
+        # logging's, as captureWarnings would have.
+        show = self._logging_showwarning
+        if show is None or show == self._first_warning:  # pragma: no cover - defensive
+            show = self._showwarning
+        show(*args, **kwargs)
 
     # A meta path finder, for ``import logging`` only.
     def find_spec(self, name: str, path: Any, target: Any = None) -> Any:
-        if name != "logging":
+        if name != "logging" or self._installed:
             return None
-        with contextlib.suppress(ValueError):
-            sys.meta_path.remove(self)
         for finder in sys.meta_path:  # what the import system would find without us
+            if finder is self:
+                continue
             find = getattr(finder, "find_spec", None)
             spec = find(name, path, target) if find is not None else None
             if spec is not None:

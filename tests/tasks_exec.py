@@ -104,6 +104,28 @@ def warn_before_logging(text: str) -> list[str]:
     return before
 
 
+def warn_after_catch_warnings(text: str) -> str:
+    """Task: logging first imported inside ``warnings.catch_warnings()`` (which restores
+    the warning hook it found on the way out), then a warning."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        import logging  # noqa: F401
+    warnings.warn(text, UserWarning, stacklevel=1)
+    return "ok"
+
+
+def find_spec_then_log(text: str) -> None:
+    """Task: look up logging's spec without loading it, then import it and log."""
+    import importlib.util
+
+    importlib.util.find_spec("logging")
+    import logging
+
+    logging.getLogger("tasks_exec.late").warning(text)
+
+
 # -- parent side: teardown ------------------------------------------------------------------
 
 

@@ -377,6 +377,27 @@ def test_records_right_after_the_first_import_of_logging_arrive(
     assert face.apply(tasks_logging.root_handlers) == ["ForwardHandler"]
 
 
+def test_a_warning_after_catch_warnings_arrives(
+    facade: MakeFace, caplog: pytest.LogCaptureFixture
+) -> None:
+    """``catch_warnings()`` puts back the warning hook it found: one that was still
+    waiting for logging to be used must then show warnings through logging's."""
+    face = facade(1)
+    assert face.apply(tasks_exec.warn_after_catch_warnings, "after") == "ok"
+    assert face.apply(tasks_exec.warn_after_catch_warnings, "again") == "ok"
+    records = from_workers(caplog, "py.warnings")
+    assert [("UserWarning: after" in r.getMessage()) for r in records] == [True, False]
+
+
+def test_finding_loggings_spec_does_not_stop_forwarding(
+    facade: MakeFace, caplog: pytest.LogCaptureFixture
+) -> None:
+    face = facade(1)
+    face.apply(tasks_exec.find_spec_then_log, "found")
+    assert messages(caplog, "tasks_exec.late") == ["found"]
+    assert face.apply(tasks_logging.root_handlers) == ["ForwardHandler"]
+
+
 def test_a_warning_before_logging_is_imported_arrives(
     facade: MakeFace, caplog: pytest.LogCaptureFixture
 ) -> None:
