@@ -297,23 +297,22 @@ class ApplyOutcome(Generic[T]):
 
     A ``Future`` per task costs more than the rest of a small task: a Condition, an
     RLock, three lists, the garbage collector's time for them, and the same again for
-    a second Future when there are callbacks. This has a lock for its state and a
-    latch: a second lock, held from the start and released once the result is ready
-    (after the callbacks), that waiters pass through. A real Future (``future()``,
-    ``AsyncResult.future``) is made only when asked for, and mirrors the task from then
-    on: cancelling it cancels the task.
+    a second Future when there are callbacks. This has a lock for its state, and a
+    ``threading.Event`` only once a thread waits before the result is ready (after the
+    callbacks). A real Future (``future()``, ``AsyncResult.future``) is made only when
+    asked for, and mirrors the task from then on: cancelling it cancels the task.
     """
 
     __slots__ = (
         "_callback",
         "_error",
         "_error_callback",
-        "_latch",
         "_lock",
         "_mirror",
         "_ready",
         "_state",
         "_value",
+        "_waiters",
     )
 
     def __init__(
@@ -326,8 +325,7 @@ class ApplyOutcome(Generic[T]):
         self._error: BaseException | None = None
         self._ready = False
         self._lock = threading.Lock()
-        self._latch = threading.Lock()
-        self._latch.acquire()
+        self._waiters: threading.Event | None = None  # made by the first early waiter
         self._callback = callback
         self._error_callback = error_callback
         self._mirror: Future[T] | None = None
@@ -393,7 +391,10 @@ class ApplyOutcome(Generic[T]):
                 _run_callback(self._state == _CANCELLED, self, callback, error_callback)
         finally:
             self._ready = True
-            self._latch.release()
+            with self._lock:
+                waiters = self._waiters
+            if waiters is not None:
+                waiters.set()
 
     def done(self) -> bool:
         return self._state == _FINISHED or self._state == _CANCELLED
@@ -410,10 +411,14 @@ class ApplyOutcome(Generic[T]):
         """Wait until ready (True) or ``timeout`` seconds pass (False)."""
         if self._ready:
             return True
-        if self._latch.acquire(timeout=-1 if timeout is None else max(0.0, timeout)):
-            self._latch.release()  # let the next waiter through
-            return True
-        return self._ready  # another waiter may hold the latch for a moment
+        with self._lock:
+            if self._ready:
+                return True
+            if self._waiters is None:
+                self._waiters = threading.Event()
+            waiters = self._waiters
+        waiters.wait(timeout)
+        return self._ready
 
     def exception(self) -> BaseException | None:
         return self._error
@@ -450,7 +455,7 @@ class ApplyOutcome(Generic[T]):
                             mirror.set_exception(self._error)
                     else:
                         mirror.add_done_callback(self._mirror_done)
-                _outcomes[mirror] = self
+                mirror._hookpool_outcome = self  # type: ignore[attr-defined]  # outcome_of
                 self._mirror = mirror
             return self._mirror
 
@@ -459,13 +464,10 @@ class ApplyOutcome(Generic[T]):
             self.cancel()
 
 
-#: The ApplyOutcome behind each Future made by ``ApplyOutcome.future()``.
-_outcomes: weakref.WeakKeyDictionary[Future[Any], ApplyOutcome[Any]] = weakref.WeakKeyDictionary()
-
-
 def outcome_of(future: Future[Any]) -> Future[Any] | ApplyOutcome[Any]:
     """What the manager settles for ``future``: the ApplyOutcome it mirrors, or itself."""
-    return _outcomes.get(future, future)
+    outcome: ApplyOutcome[Any] | None = getattr(future, "_hookpool_outcome", None)
+    return future if outcome is None else outcome
 
 
 _NO_ITEM: Any = object()

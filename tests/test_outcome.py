@@ -4,7 +4,9 @@ Future that mirrors it on request. Threads only: the pool's side is in test_pool
 from __future__ import annotations
 
 import concurrent.futures
+import gc
 import threading
+import weakref
 from concurrent.futures import CancelledError, InvalidStateError
 from typing import Any
 
@@ -157,3 +159,26 @@ def test_mirror_cancel_racing_the_start_agrees_with_the_outcome(
     else:
         assert mirror.cancelled() and outcome.cancelled() and outcome.ready()
         assert len(errors) == (1 if with_callback else 0)
+
+
+def test_a_mirror_does_not_keep_its_task_alive() -> None:
+    outcome: ApplyOutcome[list[int]] = ApplyOutcome()
+    mirror = outcome.future()
+    outcome.set_running_or_notify_cancel()
+    outcome.set_result([1, 2])
+    gone = weakref.ref(mirror)
+    del outcome, mirror
+    gc.collect()
+    assert gone() is None
+
+
+def test_a_waiter_that_gives_up_does_not_hold_up_the_others() -> None:
+    outcome: ApplyOutcome[str] = ApplyOutcome()
+    assert not outcome.wait(0.01)  # gave up: nothing of it stays in the others' way
+    got: list[bool] = []
+    waiter = threading.Thread(target=lambda: got.append(outcome.wait(30)))
+    waiter.start()
+    outcome.set_running_or_notify_cancel()
+    outcome.set_result("x")
+    waiter.join(30)
+    assert got == [True]
