@@ -95,8 +95,14 @@ def submit_map(
     tasks = _chunk_tasks(fn, kind, method, chunks, gather, timeout)
     tracker = start(progress, total)
     watched = None if tracker is None else (tracker, gather.watch())
+    early = len(chunks) > manager.size
+    held = False
     try:
-        if len(chunks) > manager.size:
+        if early:
+            # The pool keeps its workers, and takes the rest, if close() comes meanwhile
+            # (the map was accepted: it runs whole, as the standard library's would).
+            manager.hold()
+            held = True
             manager.submit_many(list(itertools.islice(tasks, manager.size)))
         rest = list(tasks)
         if watched is None:
@@ -105,13 +111,16 @@ def submit_map(
             outcome = report_map(*watched, [len(chunk) for chunk in chunks], gather.future)
         result = wrap(outcome, gather.slots)
         if rest:
-            manager.submit_many(rest)
+            manager.submit_many(rest, while_closing=early)
     except BaseException:
         for slot in gather.slots:  # settle every chunk not started, so that a progress
             slot.cancel()  # thread waiting on them ends
         if tracker is not None:
             tracker.end()
         raise
+    finally:
+        if held:
+            manager.release()
     return result
 
 

@@ -192,6 +192,16 @@ class LostWakeupWatchdog:
             return False
         return not select.select([manager._wake_r], [], [], 0)[0]
 
+    def _stays_stuck(self) -> bool:
+        """The flag stays set with the pipe empty. (For a moment that is normal: while
+        ``_wake()`` is between setting the flag and writing the byte, or the manager
+        between emptying the pipe and clearing the flag.)"""
+        for _ in range(self.PATIENCE):
+            if not self._flag_stuck():
+                return False
+            time.sleep(0.05)
+        return True
+
     def _wedged(self) -> bool:
         try:
             if not self._flag_stuck() or not self.manager._queue:
@@ -224,7 +234,7 @@ class LostWakeupWatchdog:
         if self._thread.is_alive():
             self._thread.join(10)
         try:
-            if self._flag_stuck():
+            if self._stays_stuck():
                 self._poke()
         except (OSError, ValueError):
             pass
