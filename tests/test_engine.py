@@ -7,6 +7,7 @@ import concurrent.futures
 import contextlib
 import gc
 import itertools
+import logging
 import multiprocessing
 import os
 import select
@@ -538,5 +539,129 @@ def test_many_threads_submitting_to_an_idle_pool(make_pool: MakePool) -> None:
     for thread in threads:
         thread.join(60)
     assert results == {n: [(n * 1000 + i) ** 2 for i in range(100)] for n in range(6)}
+    pool.close()
+    pool.join()
+
+
+# -- a caller waiting for a task it sent straight to a worker reads the answer itself ------
+
+
+def _borrows(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, bool]]:
+    """Record each borrow: the borrowing thread, and whether it read the answer."""
+    seen: list[tuple[str, bool]] = []
+    real = hookpool._manager.Manager._borrow
+
+    def borrow(self: Any, worker: Any, task: Any, seconds: float) -> Any:
+        answer = real(self, worker, task, seconds)
+        seen.append((threading.current_thread().name, answer is not None))
+        return answer
+
+    monkeypatch.setattr(hookpool._manager.Manager, "_borrow", borrow)
+    return seen
+
+
+def test_a_waiting_caller_reads_its_answer_itself(
+    make_pool: MakePool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pool = make_pool(2)
+    pool.map(square, range(4), 1)
+    wait_for(lambda: len(pool._manager._parked) == 2, what="both workers parked")
+    seen = _borrows(monkeypatch)
+    assert [pool.apply(square, (i,)) for i in range(20)] == [i * i for i in range(20)]
+    assert seen and all(read for _, read in seen)
+    assert {name for name, _ in seen} == {"MainThread"}
+    # The manager watches the workers again, and runs what comes through the queue.
+    assert pool.map(square, range(50), 1) == [i * i for i in range(50)]
+    assert all(not w.borrowed and not w.unwatched for w in pool._manager._workers)
+
+
+def test_callbacks_still_run_in_the_manager_thread(make_pool: MakePool) -> None:
+    pool = make_pool(1)
+    pool.apply(square, (1,))
+    threads: list[str] = []
+    result = pool.apply_async(
+        square, (3,), callback=lambda _: threads.append(threading.current_thread().name)
+    )
+    assert result.get(timeout=30) == 9
+    assert len(threads) == 1 and threads[0].endswith("-manager")
+
+
+def test_a_borrow_ends_when_the_wait_times_out(
+    make_pool: MakePool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A wait shorter than the task gives the worker's pipe back to the manager, which
+    then delivers the answer; so does a task longer than BORROW_SECONDS."""
+    monkeypatch.setattr(hookpool._manager, "BORROW_SECONDS", 0.05)
+    pool = make_pool(1)
+    pool.apply(square, (1,))
+    slow = pool.apply_async(sleep_then, (0.5, "slow"))
+    with pytest.raises(multiprocessing.TimeoutError):
+        slow.get(timeout=0.01)
+    assert slow.get(timeout=30) == "slow"  # borrowed 0.05 s, then left to the manager
+    (worker,) = pool._manager._workers
+    wait_for(lambda: not worker.unwatched, what="the manager to watch the worker again")
+    assert pool.apply(square, (4,)) == 16
+
+
+def test_a_worker_lost_while_borrowed_fails_its_task(make_pool: MakePool, tmp_path: Path) -> None:
+    pool = make_pool(1)
+    pool.apply(square, (1,))
+    gate = tmp_path / "gate"
+    gate.touch()
+    with pytest.raises(hookpool.WorkerLostError):
+        pool.apply(exit_abruptly_once, (str(gate),))
+    assert pool.apply(square, (5,)) == 25
+
+
+def test_log_records_before_the_answer_are_handled_first(
+    make_pool: MakePool, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A record and the answer after it, read together by the borrowing caller: the
+    manager hands the record to the handlers before the result is settled."""
+    import tasks_logging
+
+    caplog.set_level(logging.INFO)  # before the pool: workers send INFO records
+    pool = make_pool(1)
+    pool.apply(square, (1,))
+    for _ in range(20):
+        caplog.clear()
+        pool.apply(tasks_logging.log_many, (3,))
+        assert len([r for r in caplog.records if r.name.startswith("tasks_logging")]) == 3
+
+
+def test_terminate_while_a_caller_reads_the_worker(make_pool: MakePool) -> None:
+    pool = make_pool(1)
+    pool.apply(square, (1,))
+    result = pool.apply_async(sleep_then, (30, "never"))
+    threading.Timer(0.2, pool.terminate).start()
+    with pytest.raises(hookpool.PoolTerminatedError):
+        result.get(timeout=20)
+
+
+def test_a_signal_handler_raising_while_a_caller_reads(
+    make_pool: MakePool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ctrl-C in the middle of the caller's read of the answer: the read may be lost, so
+    the worker is replaced and its task fails as a lost worker's; the pool works on."""
+    from hookpool import _protocol as wire
+
+    pool = make_pool(1)
+    pool.apply(square, (1,))
+    real_read = wire.FrameReader.read
+
+    def interrupted(self: Any, scratch: Any = None) -> Any:
+        if threading.current_thread() is threading.main_thread():
+            real_read(self, scratch)
+            raise KeyboardInterrupt
+        return real_read(self, scratch)
+
+    monkeypatch.setattr(wire.FrameReader, "read", interrupted)
+    result = pool.apply_async(square, (3,))
+    with pytest.raises(KeyboardInterrupt):
+        result.get(timeout=30)
+    monkeypatch.setattr(wire.FrameReader, "read", real_read)
+    with pytest.raises(hookpool.WorkerLostError, match="interrupted by a signal handler"):
+        result.get(timeout=30)
+    assert pool.apply(square, (4,)) == 16
     pool.close()
     pool.join()
