@@ -40,20 +40,8 @@ Actors:
     *parked*, and ``submit`` sends a task straight to a parked worker from the caller's
     thread, under the manager's lock, instead of waking the manager to do it (that
     thread hop is a third of an idle pool's latency). The manager unparks every worker,
-    under the same lock, as soon as it wakes: a worker is only ever written to by one
-    thread at a time, and the manager sees the task in ``inflight`` like any other.
-
-    And the way back: a caller that then waits for that task (``AsyncResult.get``)
-    *borrows* the worker (``_read_answer``): it reads the answer from the worker's pipe
-    itself and settles the task, instead of waiting for the manager thread to wake
-    (often on an idle CPU), read it, and wake the caller in turn. Reading a pipe, by
-    either thread, happens under the worker's ``read_lock``; what a borrower read is
-    handed over to the manager, in order, for everything else it does with a worker's
-    messages; while borrowed, the manager does not read the pipe, nor watch it.
-
-        caller: submit ──> (parked worker) Call ──────────> worker runs fn
-        caller: get() ──> borrow: select on its pipe <──── Done ──┘
-                          settle the task here; hand the messages to the manager
+    under the same lock, as soon as it wakes: a worker is only ever touched by one thread
+    at a time, and the manager sees the task in ``inflight`` like any other.
 
 ``WorkerHandle``
     The manager's view of one worker: its process, its Connection, and the tasks sent to
@@ -87,11 +75,9 @@ from __future__ import annotations
 import atexit
 import collections
 import contextlib
-import functools
 import itertools
 import logging
 import os
-import select
 import selectors
 import signal
 import threading
@@ -135,11 +121,6 @@ PREFETCH_TASKS = 256
 #: Functions a worker keeps (sent once each, then referred to by id) before it is told to
 #: forget them all and start again.
 FUNCTIONS_PER_WORKER = 64
-#: How long a caller waiting for a task it sent straight to a worker reads that worker's
-#: pipe itself (``Manager._read_answer``) before it leaves that to the manager again; and
-#: how often it looks up from the pipe meanwhile (was the task settled otherwise?).
-BORROW_SECONDS = 1.0
-BORROW_SLICE_SECONDS = 0.01
 #: Workers in a row that die while starting before the pool gives up (PoolBrokenError).
 STARTUP_FAILURES_TO_BREAK = 3
 #: How long to wait for a worker's exit status once its sentinel has fired.
@@ -233,15 +214,6 @@ class WorkerHandle:
     lost_reason: str | None = None
     #: The pickled functions sent to it, and the id it knows each by.
     functions: dict[bytes, int] = field(default_factory=dict)
-    #: Held to read its pipe or close it: by the manager, or by a caller that borrowed it.
-    read_lock: threading.RLock = field(default_factory=threading.RLock)
-    #: A caller waiting for its answer reads its pipe (Manager._read_answer); the manager
-    #: does not read it meanwhile, nor watch it (``unwatched``) once it noticed.
-    borrowed: bool = False
-    unwatched: bool = False
-    #: A borrower read from its pipe since the manager last did: a readiness the
-    #: manager's selector reported may be gone.
-    recheck: bool = False
 
     def cost(self, task: Task) -> int:
         """Bytes sending ``task`` to this worker takes: with its function, the first time."""
@@ -343,10 +315,6 @@ class Manager:
         self._workers: list[WorkerHandle] = []
         self._commands: collections.deque[Callable[[], None]] = collections.deque()
         self._parked: list[WorkerHandle] = []  # guarded by _lock, see _park_idle
-        # What borrowers read from workers' pipes (_read_answer), for the manager to handle.
-        self._handed_over: collections.deque[tuple[WorkerHandle, list[wire.Message]]] = (
-            collections.deque()
-        )
         self._startup_failures = 0  # workers in a row that died before reporting Ready
         self._holds = 0  # lazy maps still submitting while closing (see hold())
         self._winding_down = False
@@ -416,9 +384,6 @@ class Manager:
         try:
             self._assign(worker, task)
             wire.send(worker.conn, [self._call(worker, task)])
-            offer_help = getattr(task.future, "offer_help", None)
-            if offer_help is not None:
-                offer_help(functools.partial(self._read_answer, worker, task))
         except OSError:  # it is dying: the task goes to the queue, for another worker
             worker.pop_tail()
             self._give_up_on(worker, None)
@@ -433,94 +398,6 @@ class Manager:
             _resolve(task.future, error=CancelledError())
             raise
         return True
-
-    def _read_answer(self, worker: WorkerHandle, task: Task, timeout: float | None) -> None:
-        """In a caller's thread, before it waits for ``task``, which it sent straight to
-        ``worker``: read the answer from the worker's pipe here, and settle the task.
-
-        The manager thread would otherwise wake up (often on an idle CPU), read, settle,
-        and then wake this thread: two wake-ups instead of one, the most part of a short
-        task's round trip. Meanwhile the worker is borrowed: the manager neither reads
-        nor watches its pipe. Whatever is read goes to the manager, in order (under
-        ``read_lock``), for everything else it does with a worker's messages; the task
-        is settled here only when its answer came alone with other answers (a log record
-        must reach the handlers before the result that follows it: then the manager
-        settles it). Returns after at most BORROW_SECONDS (or ``timeout``), or when the
-        task was settled, here or otherwise (terminate, cancel, the worker lost).
-        """
-        with worker.read_lock:
-            if (
-                worker.borrowed
-                or worker.conn_closed
-                or not worker.inflight
-                or worker.inflight[0] is not task
-            ):
-                return
-            worker.borrowed = True
-        answer: wire.Done | None = None
-        try:
-            answer = self._borrow(worker, task, BORROW_SECONDS if timeout is None else timeout)
-        finally:
-            with worker.read_lock:
-                worker.borrowed = False
-            self._commands.append(lambda: self._rewatch(worker))
-            self._wake()
-        if answer is not None:
-            value, error = _unpickled(answer, task)
-            _resolve(task.future, value=value, error=error)
-
-    def _borrow(self, worker: WorkerHandle, task: Task, seconds: float) -> wire.Done | None:
-        """Read ``worker``'s pipe until ``task``'s answer came; return it if this thread
-        may settle the task itself: nothing read before it (in this borrow) is something
-        the manager must handle first, such as a log record."""
-        deadline = time.monotonic() + min(seconds, BORROW_SECONDS)
-        scratch = _borrower_scratch()
-        only_answers = True
-        while not task.future.done():
-            left = deadline - time.monotonic()
-            if left <= 0:
-                return None
-            try:
-                readable = select.select([worker.conn], [], [], min(left, BORROW_SLICE_SECONDS))
-            except (OSError, ValueError):  # the manager closed it: the worker is gone
-                return None
-            if not readable[0]:
-                continue
-            with worker.read_lock:
-                if worker.conn_closed:
-                    return None
-                # Before reading: what the manager's selector saw may be gone after it.
-                worker.recheck = True
-                try:
-                    messages = worker.reader.read(scratch)
-                    self._handed_over.append((worker, messages))
-                except (EOFError, OSError):
-                    return None  # the manager sees the end of the pipe too, and takes over
-                except BaseException:
-                    # A signal handler raised in the middle of the read (Ctrl-C): what was
-                    # read may be lost, the frame reader's state cannot be trusted. The
-                    # worker is replaced; its tasks fail as a lost worker's do.
-                    self._give_up_on(worker, "a read from it was interrupted by a signal handler")
-                    raise
-            answer: wire.Done | None = None
-            answered = False
-            for message in messages:
-                kind = type(message)
-                if kind is wire.Done or kind is wire.Failed or kind is wire.Skipped:
-                    if message.task_id == task.task_id:  # type: ignore[union-attr]
-                        answered = True
-                        if kind is wire.Done and only_answers:
-                            answer = message  # type: ignore[assignment]
-                        break
-                else:
-                    only_answers = False
-            if answer is not None:
-                return answer
-            if messages:
-                self._wake()  # other answers, or a log record: the manager takes them now
-            if answered:
-                return None  # for the manager to settle, after what came before it
-        return None
 
     def _give_up_on(self, worker: WorkerHandle, reason: str | None) -> None:
         """From any thread: send ``worker`` nothing more and have the manager stop it
@@ -670,7 +547,6 @@ class Manager:
             for key, _ in events:
                 if key.data is None:
                     self._drain_wakeups()
-                    self._take_handed_over()
                     while self._commands:
                         self._commands.popleft()()
                     continue
@@ -817,52 +693,21 @@ class Manager:
 
     # -- messages from a worker ------------------------------------------------------------
 
-    def _on_readable(self, worker: WorkerHandle, *, even_if_borrowed: bool = False) -> None:
-        with worker.read_lock:
-            if worker.borrowed and not even_if_borrowed:
-                self._unwatch(worker)  # a caller reads it now (_read_answer)
-                return
-            self._take_handed_over()  # what a borrower read comes first
-            if worker.recheck:  # a borrower read since the selector looked
-                worker.recheck = False
-                if not _poll(worker.conn):
-                    return
-            try:
-                messages = worker.reader.read()
-            except (EOFError, OSError):
-                self._forget_conn(worker)
-                return
-            except Exception:  # garbage on the pipe (a process the task forked wrote to it?)
-                logger.exception("hookpool: unreadable message from %s; killing it", worker.name)
-                worker.lost_reason = "its pipe to the pool carried an unreadable message"
-                with contextlib.suppress(OSError):
-                    worker.process.kill()
-                self._forget_conn(worker)
-                return
+    def _on_readable(self, worker: WorkerHandle) -> None:
+        try:
+            messages = worker.reader.read()
+        except (EOFError, OSError):
+            self._forget_conn(worker)
+            return
+        except Exception:  # garbage on the pipe (a process the task forked wrote to it?)
+            logger.exception("hookpool: unreadable message from %s; killing it", worker.name)
+            worker.lost_reason = "its pipe to the pool carried an unreadable message"
+            with contextlib.suppress(OSError):
+                worker.process.kill()
+            self._forget_conn(worker)
+            return
         for message in messages:
             self._handle(worker, message)
-
-    def _take_handed_over(self) -> None:
-        """Handle what borrowers read from workers' pipes, in the order they read it."""
-        handed_over = self._handed_over
-        while handed_over:
-            worker, messages = handed_over.popleft()
-            for message in messages:
-                self._handle(worker, message)
-
-    def _unwatch(self, worker: WorkerHandle) -> None:
-        if not worker.unwatched and not worker.conn_closed:
-            worker.unwatched = True
-            self._selector.unregister(worker.conn.fileno())
-
-    def _rewatch(self, worker: WorkerHandle) -> None:
-        """After a borrow: the manager reads the worker's pipe again."""
-        with worker.read_lock:
-            if worker.unwatched and not worker.borrowed and not worker.conn_closed:
-                worker.unwatched = False
-                self._selector.register(
-                    worker.conn.fileno(), selectors.EVENT_READ, (self._on_readable, worker)
-                )
 
     def _handle(self, worker: WorkerHandle, message: wire.Message) -> None:
         kind = type(message)
@@ -915,9 +760,17 @@ class Manager:
         if type(message) is wire.Skipped:
             pass  # cancelled before it started; its future is settled already
         elif type(message) is wire.Done:
-            if not task.future.done():  # (a borrower settles it itself: _read_answer)
-                value, error = _unpickled(message, task)
-                _resolve(task.future, value=value, error=error)
+            try:
+                value = loads_data(message.value, message.buffers)
+            except BaseException as exc:
+                error = ResultEncodingError(
+                    f"the result could not be unpickled in the caller: {exc!r}",
+                    f"<result of {task.describe()}>",
+                )
+                error.__cause__ = exc
+                _resolve(task.future, error=error)
+            else:
+                _resolve(task.future, value=value)
         else:
             assert isinstance(message, wire.Failed)
             _resolve(task.future, error=rebuild(message.error))
@@ -988,8 +841,7 @@ class Manager:
         # Results it sent before leaving still count. (poll: a process it forked may hold
         # the other end open, so do not wait for EOF.)
         while not worker.conn_closed and _poll(worker.conn):
-            self._on_readable(worker, even_if_borrowed=True)
-        self._take_handed_over()
+            self._on_readable(worker)
         self._forget_conn(worker)
         worker.exited = True
         self._selector.unregister(worker.process.sentinel)
@@ -1073,13 +925,11 @@ class Manager:
                 self._queue.appendleft(task)
 
     def _forget_conn(self, worker: WorkerHandle) -> None:
-        with worker.read_lock:  # not while a borrower reads it
-            if not worker.conn_closed:
-                worker.conn_closed = True
-                if not worker.unwatched:
-                    with contextlib.suppress(KeyError, ValueError):
-                        self._selector.unregister(worker.conn.fileno())
-                worker.conn.close()
+        if not worker.conn_closed:
+            worker.conn_closed = True
+            with contextlib.suppress(KeyError, ValueError):
+                self._selector.unregister(worker.conn.fileno())
+            worker.conn.close()
 
     # -- deadlines -----------------------------------------------------------------------
 
@@ -1193,30 +1043,6 @@ def _poll(conn: Connection) -> bool:
         return conn.poll()
     except (EOFError, OSError):
         return False
-
-
-def _unpickled(answer: wire.Done, task: Task) -> tuple[Any, BaseException | None]:
-    """A task's result, or the error that it could not be unpickled."""
-    try:
-        return loads_data(answer.value, answer.buffers), None
-    except BaseException as exc:
-        error = ResultEncodingError(
-            f"the result could not be unpickled in the caller: {exc!r}",
-            f"<result of {task.describe()}>",
-        )
-        error.__cause__ = exc
-        return None, error
-
-
-_borrowers = threading.local()
-
-
-def _borrower_scratch() -> bytearray:
-    """The read buffer of this (borrowing) thread's frame reads."""
-    scratch: bytearray | None = getattr(_borrowers, "scratch", None)
-    if scratch is None:
-        scratch = _borrowers.scratch = wire.scratch_buffer()
-    return scratch
 
 
 def _task_deadline(worker: WorkerHandle) -> float | None:

@@ -330,25 +330,23 @@ class FrameReader:
         self._big_filled = 0
         self._frames: list[bytes | bytearray] = []  # complete frames of a partial batch
 
-    def read(self, scratch: bytearray | None = None) -> list[Message]:
-        """Call when the connection is readable. Raises EOFError when it is closed.
-        ``scratch``: read into this buffer instead (from another thread)."""
+    def read(self) -> list[Message]:
+        """Call when the connection is readable. Raises EOFError when it is closed."""
         if self._big is not None:
             self._fill_big()
             return self._complete_batch() if self._big is None else []
-        buffer = self._scratch if scratch is None else memoryview(scratch)
-        count = os.readv(self._fd, [buffer])
+        count = os.readv(self._fd, [self._scratch])
         if not count:
             raise EOFError
         messages: list[Message] = []
         if self._buffer:
-            self._buffer += buffer[:count]
+            self._buffer += self._scratch[:count]
             with memoryview(self._buffer) as view:
                 used = self._parse(view, messages)
             del self._buffer[:used]
         else:
-            used = self._parse(buffer[:count], messages)
-            self._buffer += buffer[used:count]
+            used = self._parse(self._scratch[:count], messages)
+            self._buffer += self._scratch[used:count]
         return messages
 
     def _parse(self, data: memoryview, messages: list[Message]) -> int:

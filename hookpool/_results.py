@@ -15,7 +15,6 @@ import logging
 import multiprocessing
 import queue
 import threading
-import time
 import weakref
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import CancelledError, Future, InvalidStateError
@@ -308,7 +307,6 @@ class ApplyOutcome(Generic[T]):
         "_callback",
         "_error",
         "_error_callback",
-        "_helper",
         "_lock",
         "_mirror",
         "_ready",
@@ -331,7 +329,6 @@ class ApplyOutcome(Generic[T]):
         self._callback = callback
         self._error_callback = error_callback
         self._mirror: Future[T] | None = None
-        self._helper: Callable[[float | None], None] | None = None
 
     # -- the manager's side (``_manager.Outcome``) -----------------------------------------
 
@@ -405,13 +402,6 @@ class ApplyOutcome(Generic[T]):
     def cancelled(self) -> bool:
         return self._state == _CANCELLED
 
-    def offer_help(self, helper: Callable[[float | None], None]) -> None:
-        """Have the first ``wait`` call ``helper(timeout)`` before it blocks: something
-        that may settle this outcome sooner in the waiting thread itself (the manager's
-        ``_read_answer``). Not with callbacks: they run in the manager's thread."""
-        if self._callback is None and self._error_callback is None:
-            self._helper = helper
-
     # -- the caller's side (what AsyncResult uses) -----------------------------------------
 
     def ready(self) -> bool:
@@ -421,14 +411,6 @@ class ApplyOutcome(Generic[T]):
         """Wait until ready (True) or ``timeout`` seconds pass (False)."""
         if self._ready:
             return True
-        helper, self._helper = self._helper, None
-        if helper is not None and (timeout is None or timeout > 0):
-            deadline = None if timeout is None else time.monotonic() + timeout
-            helper(timeout)
-            if self._ready:
-                return True
-            if deadline is not None:
-                timeout = max(0.0, deadline - time.monotonic())
         with self._lock:
             if self._ready:
                 return True
