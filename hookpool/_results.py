@@ -41,7 +41,8 @@ logger = logging.getLogger("hookpool")
 
 
 class AsyncResult(Generic[T]):
-    """The result of ``apply_async``: the standard library's interface over a Future.
+    """The result of ``apply_async`` (over its ``ApplyOutcome``) and of ``map_async`` (over
+    the map's Future): the standard library's interface.
 
     Callbacks run in hookpool's manager thread, as the standard library runs them in its
     result-handler thread: keep them short, and do not wait on the pool from them. As in
@@ -60,13 +61,12 @@ class AsyncResult(Generic[T]):
     ) -> None:
         self._owner = owner  # the pool: kept alive while its results are, as in the stdlib
         self._tasks = tasks
+        self._future = future
         self._settled: ApplyOutcome[T] | _AfterCallbacks[T]
         if isinstance(future, ApplyOutcome):
             assert callback is None and error_callback is None, "the outcome runs them"
-            self._future: Future[T] | ApplyOutcome[T] = future
             self._settled = future
         else:
-            self._future = future
             self._settled = _AfterCallbacks(future, callback, error_callback)
 
     @property
