@@ -395,17 +395,11 @@ def test_a_task_sent_straight_to_an_idle_worker_that_just_died_runs_elsewhere(
     assert victim not in pool.worker_pids
 
 
-def test_a_signal_handler_raising_mid_submit_leaves_the_pool_working(
-    make_pool: MakePool, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Ctrl-C (or any handler that raises) while submit() writes to a parked worker: the
-    exception reaches the caller; that worker, whose pipe may hold half a frame, is
-    replaced; later tasks run, and close() + join() finish."""
+def _interrupt_writes_from_the_main_thread(monkeypatch: pytest.MonkeyPatch) -> Callable[[], None]:
+    """Make every write to a worker from the main thread raise KeyboardInterrupt, as a
+    Ctrl-C arriving mid-write would; returns what puts the real write back."""
     from hookpool import _protocol as wire
 
-    pool = make_pool(1)
-    assert pool.apply(square, (2,)) == 4
-    (victim,) = pool.worker_pids
     real_send = wire.send
 
     def interrupted(conn: Any, messages: list[Any]) -> None:
@@ -414,9 +408,23 @@ def test_a_signal_handler_raising_mid_submit_leaves_the_pool_working(
         real_send(conn, messages)
 
     monkeypatch.setattr(wire, "send", interrupted)
+    return lambda: monkeypatch.setattr(wire, "send", real_send)
+
+
+def test_a_signal_handler_raising_mid_submit_leaves_the_pool_working(
+    make_pool: MakePool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ctrl-C (or any handler that raises) while submit() writes to a parked worker: the
+    exception reaches the caller; that worker, whose pipe may hold half a frame, is
+    replaced; later tasks run, and close() + join() finish."""
+
+    pool = make_pool(1)
+    assert pool.apply(square, (2,)) == 4
+    (victim,) = pool.worker_pids
+    restore = _interrupt_writes_from_the_main_thread(monkeypatch)
     with pytest.raises(KeyboardInterrupt):
         pool.apply_async(square, (3,))
-    monkeypatch.setattr(wire, "send", real_send)
+    restore()
     assert pool.apply(square, (4,), task_timeout=30) == 16  # through the queue
     assert pool.apply(square, (5,)) == 25
     assert victim not in pool.worker_pids
@@ -501,22 +509,14 @@ def test_ctrl_c_while_a_map_writes_its_first_chunk(
 ) -> None:
     """Interrupted while writing a map's first chunk to a parked worker: the map raises
     and queues nothing more (no chunk of it runs later), and the pool keeps working."""
-    from hookpool import _protocol as wire
 
     pool = make_pool(2)
     pool.map(square, range(4), 1)
     wait_for(lambda: len(pool._manager._parked) == 2, what="both workers parked")
-    real_send = wire.send
-
-    def interrupted(conn: Any, messages: list[Any]) -> None:
-        if threading.current_thread() is threading.main_thread():
-            raise KeyboardInterrupt
-        real_send(conn, messages)
-
-    monkeypatch.setattr(wire, "send", interrupted)
+    restore = _interrupt_writes_from_the_main_thread(monkeypatch)
     with pytest.raises(KeyboardInterrupt):
         pool.map(tasks_exec.write_marker, [str(tmp_path / f"m{i}") for i in range(10)], 1)
-    monkeypatch.setattr(wire, "send", real_send)
+    restore()
     assert pool.map(square, range(6), 1) == [i * i for i in range(6)]
     pool.close()
     pool.join()
