@@ -43,6 +43,11 @@ Actors:
     under the same lock, as soon as it wakes: a worker is only ever touched by one thread
     at a time, and the manager sees the task in ``inflight`` like any other.
 
+    And its mirror image on the way back: a thread that waits for a task sent that way
+    may borrow the worker and read the answer from its pipe itself, while the manager
+    sleeps on (``_read_directly``). The manager takes every lent worker back as soon as
+    it wakes, for whatever reason, and handles what the borrower read, in order.
+
 ``WorkerHandle``
     The manager's view of one worker: its process, its Connection, and the tasks sent to
     it, in the order it runs them. Because a worker runs its tasks one at a time, in
@@ -75,9 +80,12 @@ from __future__ import annotations
 import atexit
 import collections
 import contextlib
+import functools
 import itertools
 import logging
+import math
 import os
+import select
 import selectors
 import signal
 import threading
@@ -125,6 +133,9 @@ FUNCTIONS_PER_WORKER = 64
 STARTUP_FAILURES_TO_BREAK = 3
 #: How long to wait for a worker's exit status once its sentinel has fired.
 REAP_SECONDS = 5.0
+#: A caller reading its answer from a lent worker checks this often that the worker is
+#: still lent to it (see Manager._read_directly).
+LENT_CHECK_SECONDS = 0.5
 
 
 class Outcome(Protocol):
@@ -214,6 +225,18 @@ class WorkerHandle:
     lost_reason: str | None = None
     #: The pickled functions sent to it, and the id it knows each by.
     functions: dict[bytes, int] = field(default_factory=dict)
+    #: Lent to a caller waiting for its one task (``Manager._read_directly``): the
+    #: manager thread does not watch its Connection until it takes it back.
+    lent: bool = False
+    #: The borrower is reading it. Still set when the manager takes it back, the read
+    #: was cut short (a signal handler raised): what it read may be lost.
+    reading: bool = False
+    #: What the borrower read, for the manager to handle, in order, on taking it back.
+    handoff: collections.deque[wire.Message] = field(default_factory=collections.deque)
+    #: Held by the borrower while it reads, and by the manager while it takes it back.
+    read_lock: threading.Lock = field(default_factory=threading.Lock)
+    #: Taken back in this turn of the loop: its Connection may have been read empty.
+    reclaimed: bool = False
 
     def cost(self, task: Task) -> int:
         """Bytes sending ``task`` to this worker takes: with its function, the first time."""
@@ -315,6 +338,8 @@ class Manager:
         self._workers: list[WorkerHandle] = []
         self._commands: collections.deque[Callable[[], None]] = collections.deque()
         self._parked: list[WorkerHandle] = []  # guarded by _lock, see _park_idle
+        self._sleeping = False  # workers are parked: the manager sleeps until unparked
+        self._lent: list[WorkerHandle] = []  # guarded by _lock, see _read_directly
         self._startup_failures = 0  # workers in a row that died before reporting Ready
         self._holds = 0  # lazy maps still submitting while closing (see hold())
         self._winding_down = False
@@ -325,6 +350,7 @@ class Manager:
         self._wake_pending = False
         self._wake_lock = threading.RLock()  # _close_fds vs a late _wake
         self._selector = selectors.DefaultSelector()
+        self._epoll = _epoll_of(self._selector)
         self._scratch = wire.scratch_buffer()  # every worker's FrameReader reads into it
         self._selector.register(self._wake_r, selectors.EVENT_READ, None)
 
@@ -397,7 +423,93 @@ class Manager:
             self._give_up_on(worker, "a write to it was interrupted by a signal handler")
             _resolve(task.future, error=CancelledError())
             raise
+        offer = getattr(task.future, "offer_direct_read", None)
+        if offer is not None and self._epoll is not None:
+            offer(functools.partial(self._read_directly, worker, task))
         return True
+
+    def _read_directly(self, worker: WorkerHandle, task: Task, timeout: float | None) -> None:
+        """In a thread waiting for ``task``, sent straight to ``worker`` while the manager
+        slept: read the answer from the worker's pipe here. Otherwise the manager thread
+        wakes, reads it, settles the outcome and wakes this thread, which then waits for
+        the GIL the manager holds: two thread wake-ups where one does, on an idle pool's
+        critical path. Returns when the task is settled, or when reading here ends (the
+        timeout, or the manager took the worker back): the caller then waits as usual.
+
+        The manager *lends* the worker: while it sleeps, it stops watching the worker's
+        Connection (one system call, which a signal handler cannot cut in half), and it
+        takes back every lent worker first thing when it wakes (``_take_back``), for
+        whatever reason it wakes; this thread wakes it when done. What is read here goes
+        to the worker's ``handoff`` for the manager to handle in order; this thread
+        settles the task itself only if its answer is the first thing read, so a log
+        record the task sent before its answer still reaches the handlers first.
+        """
+        with self._lock:
+            fd = self._lend(worker, task)
+        if fd is None:
+            return
+        try:
+            self._read_lent(worker, task, fd, timeout)
+        finally:
+            self._wake()  # to take the worker back
+
+    def _lend(self, worker: WorkerHandle, task: Task) -> int | None:
+        """Under ``_lock``: lend ``worker`` to a thread waiting for ``task``, its only
+        task, if the manager sleeps (it takes the worker back on waking; until then it
+        changes nothing about the worker). Already lent for it (a thread that waited
+        before was interrupted): this one carries on. Returns its Connection's fd."""
+        if not self._sleeping or not worker.inflight or worker.inflight[0] is not task:
+            return None
+        if not worker.lent:
+            if len(worker.inflight) > 1 or worker.stopping or worker.conn_closed:
+                return None
+            assert self._epoll is not None
+            self._lent.append(worker)  # first: the manager takes back whatever is listed
+            worker.lent = True
+            with contextlib.suppress(OSError):
+                self._epoll.unregister(worker.conn.fileno())
+        return worker.conn.fileno()
+
+    def _read_lent(self, worker: WorkerHandle, task: Task, fd: int, timeout: float | None) -> None:
+        # The fd is only read while the worker is lent (then its Connection is open);
+        # once it was taken back, the number may even be another file's: polling it
+        # then ends at the next check.
+        poller = select.poll()
+        poller.register(fd, select.POLLIN)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        scratch = _thread_scratch()
+        while True:
+            wait = LENT_CHECK_SECONDS
+            if deadline is not None:
+                wait = min(wait, deadline - time.monotonic())
+                if wait <= 0:
+                    return
+            readable = poller.poll(math.ceil(wait * 1000))
+            with worker.read_lock:
+                if not worker.lent:
+                    return  # taken back: the manager reads it from here on
+                if worker.handoff or task.future.done():
+                    return  # another thread waiting for it read the answer
+                if not readable or not poller.poll(0):  # (read by that thread meanwhile)
+                    continue
+                worker.reading = True
+                try:
+                    messages = worker.reader.read(scratch)
+                except (EOFError, OSError):  # it is leaving; the manager sees to it
+                    worker.reading = False
+                    return
+                except Exception:  # unreadable: still "reading", so it gets replaced
+                    return
+                worker.handoff.extend(messages)
+                worker.reading = False
+                if not worker.handoff:
+                    continue  # part of a frame so far
+                first = worker.handoff[0]
+                if type(first) in _ANSWERS and first.task_id == task.task_id:  # type: ignore[union-attr]
+                    value, error = _answer(task, first)  # type: ignore[arg-type]
+                    outcome: Any = task.future  # it offered this read: an ApplyOutcome
+                    outcome.settle_here(value, error)
+                return
 
     def _give_up_on(self, worker: WorkerHandle, reason: str | None) -> None:
         """From any thread: send ``worker`` nothing more and have the manager stop it
@@ -528,6 +640,7 @@ class Manager:
             self._break(error)
             self._kill_all()
         finally:
+            self._end_lends()
             with self._lock:
                 if self._state is not PoolState.BROKEN:
                     self._state = PoolState.STOPPED
@@ -608,13 +721,49 @@ class Manager:
                 and not worker.stopping
                 and not worker.conn_closed
             ]
-            return bool(self._parked)
+            self._sleeping = bool(self._parked)
+            return self._sleeping
 
     def _unpark_all(self) -> None:
         """On waking: the manager thread owns every worker again. Taking the lock also
         waits for a ``submit`` still writing to a worker it took from the parked ones."""
         with self._lock:
             self._parked = []
+            self._sleeping = False
+            lent, self._lent = self._lent, []
+        for worker in lent:
+            self._take_back(worker)
+
+    def _take_back(self, worker: WorkerHandle) -> None:
+        """Watch a lent worker again and handle what its borrower read (see
+        ``_read_directly``). If the borrower was cut short mid-read, an answer may be
+        lost: the worker is stopped, and a task it still owes fails with a clear error
+        (it ran, so it is not run again)."""
+        assert self._epoll is not None
+        with worker.read_lock:  # waits for a borrower in the middle of a read
+            worker.lent = False
+            cut_short, worker.reading = worker.reading, False
+            with contextlib.suppress(FileExistsError):  # lent, but not unregistered yet
+                self._epoll.register(worker.conn.fileno(), select.EPOLLIN)
+            worker.reclaimed = True
+        while worker.handoff:
+            self._handle(worker, worker.handoff.popleft())
+        if cut_short:  # what is left in its pipe may start mid-message: not read again
+            worker.lost_reason = worker.lost_reason or (
+                "a thread reading its answer was interrupted by a signal handler, or read "
+                "an unreadable message, so the answer may be lost"
+            )
+            self._forget_conn(worker)
+            self._stop_worker(worker, signal_it=True)
+
+    def _end_lends(self) -> None:
+        """As the manager thread ends: no thread reads a worker whose pipe it closes."""
+        with self._lock:
+            self._sleeping = False
+            lent, self._lent = self._lent, []
+        for worker in lent:
+            with worker.read_lock:
+                worker.lent = False
 
     def _assign(self, worker: WorkerHandle, task: Task) -> None:
         """Record ``task`` as sent to ``worker`` (before it is written: its answer may
@@ -694,6 +843,10 @@ class Manager:
     # -- messages from a worker ------------------------------------------------------------
 
     def _on_readable(self, worker: WorkerHandle) -> None:
+        if worker.reclaimed:
+            worker.reclaimed = False
+            if not _poll(worker.conn):
+                return  # its borrower read it all (the selector had reported it before)
         try:
             messages = worker.reader.read()
         except (EOFError, OSError):
@@ -757,27 +910,16 @@ class Manager:
             worker.avg_seconds = 0.8 * worker.avg_seconds + 0.2 * (now - worker.head_started)
             worker.tasks_done += 1
         worker.head_started = now
-        if type(message) is wire.Skipped:
-            pass  # cancelled before it started; its future is settled already
-        elif type(message) is wire.Done:
-            try:
-                value = loads_data(message.value, message.buffers)
-            except BaseException as exc:
-                error = ResultEncodingError(
-                    f"the result could not be unpickled in the caller: {exc!r}",
-                    f"<result of {task.describe()}>",
-                )
-                error.__cause__ = exc
-                _resolve(task.future, error=error)
-            else:
-                _resolve(task.future, value=value)
-        else:
-            assert isinstance(message, wire.Failed)
-            _resolve(task.future, error=rebuild(message.error))
-            if message.leaving:  # SystemExit: it is on its way out; send it nothing more
-                worker.stopping = True
-                self._requeue_unstarted(worker)
-                return
+        # Skipped: cancelled before it started, settled then. Settled already otherwise:
+        # by the thread the worker was lent to (_read_directly), or cancelled, or failed.
+        if type(message) is not wire.Skipped and not task.future.done():
+            value, error = _answer(task, message)  # type: ignore[arg-type]
+            _resolve(task.future, value=value, error=error)
+        if type(message) is wire.Failed and message.leaving:
+            # SystemExit: it is on its way out; send it nothing more.
+            worker.stopping = True
+            self._requeue_unstarted(worker)
+            return
         if worker.inflight and worker.inflight[0].cancel_requested:
             self._stop_running_task(worker)
         elif self._maxtasks is not None and worker.tasks_done >= self._maxtasks:
@@ -1051,6 +1193,46 @@ def _task_deadline(worker: WorkerHandle) -> float | None:
         if timeout is not None:
             return worker.head_started + timeout
     return None
+
+
+_ANSWERS = (wire.Done, wire.Failed)
+
+
+def _answer(task: Task, message: wire.Done | wire.Failed) -> tuple[Any, BaseException | None]:
+    """The value or the error a worker's answer to ``task`` settles it with."""
+    if type(message) is wire.Failed:
+        return None, rebuild(message.error)
+    assert isinstance(message, wire.Done)
+    try:
+        return loads_data(message.value, message.buffers), None
+    except BaseException as exc:
+        error = ResultEncodingError(
+            f"the result could not be unpickled in the caller: {exc!r}",
+            f"<result of {task.describe()}>",
+        )
+        error.__cause__ = exc
+        return None, error
+
+
+def _epoll_of(selector: selectors.BaseSelector) -> Any:
+    """The ``select.epoll`` under an ``EpollSelector``, whose register and unregister
+    are single calls into C, safe from another thread and from a signal handler raising
+    half-way (``selectors`` keeps a table beside it, updated in Python). None on
+    platforms without epoll: there, workers are not lent (``_read_directly``)."""
+    poller = getattr(selector, "_selector", None)
+    epoll = getattr(select, "epoll", None)
+    return poller if epoll is not None and isinstance(poller, epoll) else None
+
+
+_scratch = threading.local()
+
+
+def _thread_scratch() -> memoryview:
+    """A read buffer for the lent workers this thread reads (see FrameReader)."""
+    buffer: memoryview | None = getattr(_scratch, "buffer", None)
+    if buffer is None:
+        buffer = _scratch.buffer = memoryview(bytearray(64 * 1024))
+    return buffer
 
 
 def _resolve(future: Outcome, *, value: Any = None, error: BaseException | None = None) -> None:

@@ -330,23 +330,29 @@ class FrameReader:
         self._big_filled = 0
         self._frames: list[bytes | bytearray] = []  # complete frames of a partial batch
 
-    def read(self) -> list[Message]:
-        """Call when the connection is readable. Raises EOFError when it is closed."""
+    def read(self, scratch: memoryview | None = None) -> list[Message]:
+        """Call when the connection is readable. Raises EOFError when it is closed.
+
+        ``scratch``: read into this instead (a thread other than the one that owns the
+        shared buffer; see ``Manager._read_directly``).
+        """
         if self._big is not None:
             self._fill_big()
             return self._complete_batch() if self._big is None else []
-        count = os.readv(self._fd, [self._scratch])
+        if scratch is None:
+            scratch = self._scratch
+        count = os.readv(self._fd, [scratch])
         if not count:
             raise EOFError
         messages: list[Message] = []
         if self._buffer:
-            self._buffer += self._scratch[:count]
+            self._buffer += scratch[:count]
             with memoryview(self._buffer) as view:
                 used = self._parse(view, messages)
             del self._buffer[:used]
         else:
-            used = self._parse(self._scratch[:count], messages)
-            self._buffer += self._scratch[used:count]
+            used = self._parse(scratch[:count], messages)
+            self._buffer += scratch[used:count]
         return messages
 
     def _parse(self, data: memoryview, messages: list[Message]) -> int:

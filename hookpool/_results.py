@@ -15,6 +15,7 @@ import logging
 import multiprocessing
 import queue
 import threading
+import time
 import weakref
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import CancelledError, Future, InvalidStateError
@@ -305,6 +306,7 @@ class ApplyOutcome(Generic[T]):
 
     __slots__ = (
         "_callback",
+        "_direct_read",
         "_error",
         "_error_callback",
         "_lock",
@@ -329,8 +331,28 @@ class ApplyOutcome(Generic[T]):
         self._callback = callback
         self._error_callback = error_callback
         self._mirror: Future[T] | None = None
+        self._direct_read: Callable[[float | None], None] | None = None
 
     # -- the manager's side (``_manager.Outcome``) -----------------------------------------
+
+    def offer_direct_read(self, read: Callable[[float | None], None]) -> None:
+        """The task went straight to an idle worker: ``read(timeout)`` lets a thread that
+        waits for it read the answer from that worker itself (``Manager._read_directly``).
+        Not with callbacks: they run in the manager's thread, as the standard library
+        runs them in its result thread, never in the thread that waits."""
+        if self._callback is None and self._error_callback is None:
+            self._direct_read = read
+
+    def settle_here(self, value: T | None, error: BaseException | None) -> bool:
+        """Settle from the waiting thread that read the answer (see above). False if a
+        mirror Future exists (its callbacks must not run here): the manager settles."""
+        with self._lock:
+            if self._mirror is not None or self._state != _RUNNING:
+                return False
+            self._state = _FINISHED
+            self._value, self._error = value, error
+        self._finish()
+        return True
 
     def set_running_or_notify_cancel(self) -> bool:
         with self._lock:
@@ -386,6 +408,7 @@ class ApplyOutcome(Generic[T]):
         """Once settled: run the callback, then let the waiters through."""
         callback, error_callback = self._callback, self._error_callback
         self._callback = self._error_callback = None
+        self._direct_read = None
         try:
             if callback is not None or error_callback is not None:
                 _run_callback(self._state == _CANCELLED, self, callback, error_callback)
@@ -411,6 +434,14 @@ class ApplyOutcome(Generic[T]):
         """Wait until ready (True) or ``timeout`` seconds pass (False)."""
         if self._ready:
             return True
+        read = self._direct_read
+        if read is not None:
+            started = time.monotonic()
+            read(timeout)  # returns once settled, or once it may not read any more
+            if self._ready:
+                return True
+            if timeout is not None:
+                timeout = max(0.0, timeout - (time.monotonic() - started))
         with self._lock:
             if self._ready:
                 return True

@@ -40,6 +40,11 @@ def raise_value_error(message: str = "boom") -> None:
     raise ValueError(message)
 
 
+def sleep_then_raise(seconds: float, message: str) -> None:
+    time.sleep(seconds)
+    raise_value_error(message)
+
+
 # -- hooks that count in files, so a test can see every worker's lifecycle ---------------
 
 _state: dict[str, Any] = {}

@@ -32,6 +32,12 @@ def log_many(count: int) -> int:
     return os.getpid()
 
 
+def sleep_then_log(seconds: float, count: int) -> int:
+    """Task: sleep, then ``log_many(count)``."""
+    time.sleep(seconds)
+    return log_many(count)
+
+
 def log_at_every_level() -> dict[str, Any]:
     """Task: one record per level; returns what the worker's logging would let through."""
     for level in (logging.DEBUG, logging.INFO, logging.WARNING, logging.ERROR):

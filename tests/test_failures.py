@@ -485,7 +485,8 @@ def test_resource_tracker_stays_quiet(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("broken", "task_timeout"),
     [
-        # A task sent straight to the idle worker: the bug is met when its answer arrives.
+        # A task sent straight to the idle worker: the bug is met when its answer arrives
+        # (a Future: an AsyncResult's waiter could read that answer itself).
         ("_on_result", None),
         # A task with a timeout goes through the queue, and so through _dispatch.
         ("_dispatch", 30.0),
@@ -506,9 +507,12 @@ def test_manager_internal_error_breaks_pool_loudly(
 
     monkeypatch.setattr(hookpool._manager.Manager, broken, bug)
     with caplog.at_level(logging.ERROR, logger="hookpool"):
-        result = pool.apply_async(tasks.square, (3,), task_timeout=task_timeout)
+        if task_timeout is None:
+            pending = pool.submit(tasks.square, 3)
+        else:
+            pending = pool.apply_async(tasks.square, (3,), task_timeout=task_timeout).future
         with pytest.raises(hookpool.PoolBrokenError) as info:
-            result.get(timeout=30)
+            pending.result(timeout=30)
         assert isinstance(info.value.__cause__, RuntimeError)
         with pytest.raises(hookpool.PoolBrokenError):
             pool.submit(tasks.square, 4)

@@ -1,0 +1,252 @@
+"""A thread waiting for a task sent straight to an idle worker reads the answer from that
+worker itself (``Manager._read_directly``): the manager lends it the worker while it
+sleeps and takes it back when it wakes. These tests check that nothing is lost, run
+twice, reordered or left unwatched, whatever interrupts the waiting thread."""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+import tasks
+import tasks_logging
+from tasks_hooks import wait_for
+
+import hookpool
+from hookpool import _manager, _protocol, _results
+
+MakePool = Callable[..., hookpool.Pool]
+
+
+def _idle_pool(make_pool: MakePool, processes: int = 1, **kwargs: Any) -> hookpool.Pool:
+    """A pool whose workers are all up, idle and parked (so a task goes straight to one)."""
+    pool = make_pool(processes, **kwargs)
+    assert pool.map(tasks.square, range(2 * processes), 1) == [i * i for i in range(2 * processes)]
+    wait_for(lambda: len(pool._manager._parked) == processes, what="the workers parked")
+    return pool
+
+
+def _settled_here(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, bool]]:
+    """Record each ``settle_here`` call: (thread name, whether it settled)."""
+    calls: list[tuple[str, bool]] = []
+    real = _results.ApplyOutcome.settle_here
+
+    def settle_here(self: Any, value: Any, error: BaseException | None) -> bool:
+        settled = real(self, value, error)
+        calls.append((threading.current_thread().name, settled))
+        return settled
+
+    monkeypatch.setattr(_results.ApplyOutcome, "settle_here", settle_here)
+    return calls
+
+
+def _taken_back(pool: hookpool.Pool) -> bool:
+    manager = pool._manager
+    return not manager._lent and not any(w.lent for w in manager._workers)
+
+
+def test_the_waiting_thread_reads_its_answer_and_the_worker_returns(
+    make_pool: MakePool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pool = _idle_pool(make_pool)
+    calls = _settled_here(monkeypatch)
+    for i in range(20):
+        # (A task that answers before get() waits is read by the manager, as before.)
+        assert pool.apply_async(tasks.sleep_then, (0.03, i)).get(timeout=30) == i
+        # The manager takes the worker back and parks it again: the next one goes straight.
+        wait_for(lambda: len(pool._manager._parked) == 1, what="the worker parked again")
+    assert calls == [("MainThread", True)] * 20
+    assert _taken_back(pool)
+    assert pool.apply(tasks.square, (5,), task_timeout=30) == 25  # through the queue too
+
+
+def test_an_error_read_directly_keeps_the_workers_frames(
+    make_pool: MakePool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pool = _idle_pool(make_pool)
+    calls = _settled_here(monkeypatch)
+    with pytest.raises(ValueError, match="boom") as info:
+        pool.apply_async(tasks.sleep_then_raise, (0.2, "boom")).get(timeout=30)
+    assert calls == [("MainThread", True)]
+    frames = [entry.name for entry in info.traceback]
+    assert frames[-2:] == ["sleep_then_raise", "raise_value_error"]
+
+
+def test_log_records_sent_before_the_answer_are_handled_before_it(
+    make_pool: MakePool, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The waiting thread settles the task itself only if its answer is the first thing
+    it reads; else the manager replays the records, then settles the task."""
+    caplog.set_level(logging.INFO)  # before the pool: its workers log at INFO too
+    pool = _idle_pool(make_pool)
+    calls = _settled_here(monkeypatch)
+    for round_ in range(10):
+        caplog.clear()
+        pool.apply_async(tasks_logging.sleep_then_log, (0.05, 3)).get(timeout=30)
+        seen = [r.getMessage() for r in caplog.records if r.name == tasks_logging.log.name]
+        assert seen == ["record 0", "record 1", "record 2"], round_
+    assert calls == []  # the records came first: never settled by the waiting thread
+
+
+def test_callbacks_still_run_in_the_managers_thread(make_pool: MakePool) -> None:
+    """As the standard library runs them in its result thread: never in the thread that
+    waits (it may hold a lock the callback takes)."""
+    pool = _idle_pool(make_pool)
+    threads: list[str] = []
+    result = pool.apply_async(
+        tasks.square, (3,), callback=lambda _: threads.append(threading.current_thread().name)
+    )
+    assert result.get(timeout=30) == 9
+    assert threads and threads[0] != "MainThread"
+
+
+def test_a_future_asked_for_early_is_settled_by_the_manager(
+    make_pool: MakePool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its done-callbacks must not run in the waiting thread either."""
+    pool = _idle_pool(make_pool)
+    calls = _settled_here(monkeypatch)
+    result = pool.apply_async(tasks.sleep_then, (0.2, "v"))
+    threads: list[str] = []
+    result.future.add_done_callback(lambda _: threads.append(threading.current_thread().name))
+    assert result.get(timeout=30) == "v"
+    assert calls == [("MainThread", False)]
+    wait_for(lambda: bool(threads), what="the done-callback")
+    assert threads[0] != "MainThread"
+
+
+def test_a_timeout_while_reading_then_the_answer(make_pool: MakePool) -> None:
+    pool = _idle_pool(make_pool)
+    result = pool.apply_async(tasks.sleep_then, (0.5, "late"))
+    with pytest.raises(multiprocessing.TimeoutError):
+        result.get(timeout=0.05)
+    assert result.get(timeout=30) == "late"
+    wait_for(lambda: _taken_back(pool), what="the worker taken back")
+    assert pool.apply(tasks.square, (4,)) == 16
+
+
+def test_a_worker_killed_while_lent_fails_its_task_at_once(make_pool: MakePool) -> None:
+    pool = _idle_pool(make_pool)
+    (victim,) = pool.worker_pids
+    result = pool.apply_async(tasks.sleep_then, (60,))
+    threading.Timer(0.3, os.kill, (victim, signal.SIGKILL)).start()
+    started = time.monotonic()
+    with pytest.raises(hookpool.WorkerLostError, match="SIGKILL"):
+        result.get(timeout=30)
+    assert time.monotonic() - started < 10
+    assert pool.apply(tasks.square, (3,), task_timeout=30) == 9
+    assert victim not in pool.worker_pids
+
+
+def test_ctrl_c_while_waiting_then_waiting_again(make_pool: MakePool) -> None:
+    """A real SIGINT while the main thread waits in the worker's pipe: KeyboardInterrupt,
+    and the task goes on; waiting for it again gives its answer, once."""
+    pool = _idle_pool(make_pool)
+    result = pool.apply_async(tasks.sleep_then, (0.6, "done"))
+    threading.Timer(0.2, os.kill, (os.getpid(), signal.SIGINT)).start()
+    with pytest.raises(KeyboardInterrupt):
+        result.get(timeout=30)
+    assert result.get(timeout=30) == "done"
+    assert pool.apply(tasks.square, (6,)) == 36
+
+
+def test_a_read_cut_short_fails_the_task_clearly_and_replaces_the_worker(
+    make_pool: MakePool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A signal handler raising just after the waiting thread read the answer (it is
+    gone from the pipe, not yet handed over): the task fails with WorkerLostError saying
+    so, it is not run again, and the worker is replaced."""
+    pool = _idle_pool(make_pool)
+    (victim,) = pool.worker_pids
+    real_read = _protocol.FrameReader.read
+
+    def read_then_interrupted(self: Any, scratch: Any = None) -> list[Any]:
+        messages = real_read(self, scratch)
+        if scratch is not None and messages:  # the waiting thread's read
+            raise KeyboardInterrupt
+        return messages
+
+    monkeypatch.setattr(_protocol.FrameReader, "read", read_then_interrupted)
+    result = pool.apply_async(tasks.sleep_then, (0.3, 7))  # answers once get() waits
+    with pytest.raises(KeyboardInterrupt):
+        result.get(timeout=30)
+    monkeypatch.setattr(_protocol.FrameReader, "read", real_read)
+    with pytest.raises(hookpool.WorkerLostError, match="interrupted by a signal handler"):
+        result.get(timeout=30)
+    assert pool.apply(tasks.square, (8,)) == 64
+    wait_for(lambda: victim not in pool.worker_pids, what="the worker replaced")
+
+
+def test_an_interrupted_reader_that_never_woke_the_manager(
+    make_pool: MakePool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A second signal in the waiting thread's clean-up: the manager sleeps on, not
+    watching the lent worker. The next thread to wait for that task reads it instead
+    (nothing hangs), and the manager takes the worker back when it wakes."""
+    pool = _idle_pool(make_pool)
+    manager = pool._manager
+    real_read_lent, real_wake = manager._read_lent, manager._wake
+    monkeypatch.setattr(manager, "_read_lent", lambda *args: _raise(KeyboardInterrupt))
+    monkeypatch.setattr(manager, "_wake", lambda: _raise(KeyboardInterrupt))
+    result = pool.apply_async(tasks.sleep_then, (0.2, "answer"))
+    with pytest.raises(KeyboardInterrupt):
+        result.get(timeout=30)
+    monkeypatch.setattr(manager, "_read_lent", real_read_lent)
+    monkeypatch.setattr(manager, "_wake", real_wake)
+    assert manager._lent  # still lent, the manager asleep
+    assert result.get(timeout=30) == "answer"
+    wait_for(lambda: _taken_back(pool), what="the worker taken back")
+    assert pool.apply(tasks.square, (9,)) == 81
+
+
+def _raise(error: type[BaseException]) -> None:
+    raise error
+
+
+def test_many_threads_waiting_at_once(make_pool: MakePool) -> None:
+    """Threads racing for two idle workers, each waiting for its own task, some from
+    two threads at once: every task runs once and every waiter gets its own answer."""
+    pool = _idle_pool(make_pool, 2)
+    results: dict[int, list[Any]] = {}
+
+    def caller(n: int) -> None:
+        got = []
+        for i in range(60):
+            value = n * 1000 + i
+            result = pool.apply_async(tasks.sleep_then, (0.001 * (i % 3), value))
+            if i % 7 == 0:  # a second thread waits for the same task
+                other: list[Any] = []
+                helper = threading.Thread(
+                    target=lambda r=result, o=other: o.append(r.get(timeout=30))
+                )
+                helper.start()
+                got.append(result.get(timeout=30))
+                helper.join(30)
+                assert other == [value]
+            else:
+                got.append(result.get(timeout=30))
+        results[n] = got
+
+    threads = [threading.Thread(target=caller, args=(n,)) for n in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    assert results == {n: [n * 1000 + i for i in range(60)] for n in range(4)}
+    wait_for(lambda: _taken_back(pool), what="every worker taken back")
+
+
+def test_no_lending_without_epoll(make_pool: MakePool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where the selector is not epoll-based, waiting threads wait for the manager."""
+    monkeypatch.setattr(_manager, "_epoll_of", lambda selector: None)
+    pool = _idle_pool(make_pool)
+    calls = _settled_here(monkeypatch)
+    assert pool.apply_async(tasks.square, (3,)).get(timeout=30) == 9
+    assert calls == []
