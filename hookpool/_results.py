@@ -435,7 +435,7 @@ class ApplyOutcome(Generic[T]):
         if self._ready:
             return True
         read = self._direct_read
-        if read is not None:
+        if read is not None and (timeout is None or timeout > 0):
             started = time.monotonic()
             read(timeout)  # returns once settled, or once it may not read any more
             if self._ready:
