@@ -134,8 +134,11 @@ STARTUP_FAILURES_TO_BREAK = 3
 #: How long to wait for a worker's exit status once its sentinel has fired.
 REAP_SECONDS = 5.0
 #: A caller reading its answer from a lent worker checks this often that the worker is
-#: still lent to it (see Manager._read_directly).
+#: still lent to it (see Manager._read_directly)...
 LENT_CHECK_SECONDS = 0.5
+#: ...and the manager thread, while workers are parked (and so may be lent), sleeps at
+#: most this long before taking them back.
+TAKE_BACK_SECONDS = 1.0
 
 
 class Outcome(Protocol):
@@ -444,14 +447,13 @@ class Manager:
         settles the task itself only if its answer is the first thing read, so a log
         record the task sent before its answer still reaches the handlers first.
         """
-        with self._lock:
-            fd = self._lend(worker, task)
-        if fd is None:
-            return
         try:
-            self._read_lent(worker, task, fd, timeout)
+            with self._lock:
+                fd = self._lend(worker, task)
+            if fd is not None:
+                self._read_lent(worker, task, fd, timeout)
         finally:
-            self._wake()  # to take the worker back
+            self._wake()  # to take the worker back (else it does within TAKE_BACK_SECONDS)
 
     def _lend(self, worker: WorkerHandle, task: Task) -> int | None:
         """Under ``_lock``: lend ``worker`` to a thread waiting for ``task``, its only
@@ -505,9 +507,16 @@ class Manager:
                 if not worker.handoff:
                     continue  # part of a frame so far
                 first = worker.handoff[0]
-                if type(first) in _ANSWERS and first.task_id == task.task_id:  # type: ignore[union-attr]
-                    value, error = _answer(task, first)  # type: ignore[arg-type]
-                    outcome: Any = task.future  # it offered this read: an ApplyOutcome
+                outcome: Any = task.future  # it offered this read: an ApplyOutcome
+                if (
+                    type(first) in _ANSWERS
+                    and first.task_id == task.task_id  # type: ignore[union-attr]
+                    and outcome.may_settle_here()
+                ):
+                    # Interrupted from here on, the answer is still in the handoff: the
+                    # manager settles the task (or completes the settling) on taking
+                    # the worker back.
+                    value, error = _answer(task, first, catch=Exception)  # type: ignore[arg-type]
                     outcome.settle_here(value, error)
                 return
 
@@ -638,6 +647,7 @@ class Manager:
             )
             error.__cause__ = exc
             self._break(error)
+            self._end_lends()  # before any Connection is closed
             self._kill_all()
         finally:
             self._end_lends()
@@ -654,6 +664,11 @@ class Manager:
                 return
             timeout = self._seconds_to_next_deadline()
             parked = self._park_idle()
+            if parked and self._epoll is not None:
+                # A worker may be lent while this thread sleeps; its borrower wakes this
+                # thread when done, unless a signal handler raised at the wrong moment:
+                # then the worker is taken back by this time anyway.
+                timeout = TAKE_BACK_SECONDS if timeout is None else min(timeout, TAKE_BACK_SECONDS)
             events = self._selector.select(timeout)
             if parked:
                 self._unpark_all()
@@ -729,16 +744,17 @@ class Manager:
         waits for a ``submit`` still writing to a worker it took from the parked ones."""
         with self._lock:
             self._parked = []
-            self._sleeping = False
-            lent, self._lent = self._lent, []
-        for worker in lent:
-            self._take_back(worker)
+            self._sleeping = False  # nothing more is lent until it sleeps again
+            lent = list(self._lent)
+        cut_short = [self._take_back(worker) for worker in lent]  # all, before any handling
+        with self._lock:
+            self._lent = []  # (only now: if a take-back raised, _end_lends sees the rest)
+        for worker, cut in zip(lent, cut_short, strict=True):
+            self._handle_handoff(worker, cut_short=cut)
 
-    def _take_back(self, worker: WorkerHandle) -> None:
-        """Watch a lent worker again and handle what its borrower read (see
-        ``_read_directly``). If the borrower was cut short mid-read, an answer may be
-        lost: the worker is stopped, and a task it still owes fails with a clear error
-        (it ran, so it is not run again)."""
+    def _take_back(self, worker: WorkerHandle) -> bool:
+        """Watch a lent worker again (see ``_read_directly``). True if its borrower was
+        cut short in the middle of a read."""
         assert self._epoll is not None
         with worker.read_lock:  # waits for a borrower in the middle of a read
             worker.lent = False
@@ -746,6 +762,16 @@ class Manager:
             with contextlib.suppress(FileExistsError):  # lent, but not unregistered yet
                 self._epoll.register(worker.conn.fileno(), select.EPOLLIN)
             worker.reclaimed = True
+        return cut_short
+
+    def _handle_handoff(self, worker: WorkerHandle, *, cut_short: bool) -> None:
+        """Handle what a lent worker's borrower read, in order. If it was cut short
+        mid-read, an answer may be lost: the worker is stopped, and a task it still owes
+        fails with a clear error (it ran, so it is not run again)."""
+        if worker.inflight:  # the borrower may have been interrupted while settling it
+            complete = getattr(worker.inflight[0].future, "complete_settling", None)
+            if complete is not None:
+                complete()
         while worker.handoff:
             self._handle(worker, worker.handoff.popleft())
         if cut_short:  # what is left in its pipe may start mid-message: not read again
@@ -1198,14 +1224,21 @@ def _task_deadline(worker: WorkerHandle) -> float | None:
 _ANSWERS = (wire.Done, wire.Failed)
 
 
-def _answer(task: Task, message: wire.Done | wire.Failed) -> tuple[Any, BaseException | None]:
-    """The value or the error a worker's answer to ``task`` settles it with."""
+def _answer(
+    task: Task,
+    message: wire.Done | wire.Failed,
+    *,
+    catch: type[BaseException] = BaseException,
+) -> tuple[Any, BaseException | None]:
+    """The value or the error a worker's answer to ``task`` settles it with. ``catch``:
+    what unpickling may raise that becomes the task's error (in a caller's thread, not a
+    KeyboardInterrupt: that is the caller's, and the manager decodes the answer later)."""
     if type(message) is wire.Failed:
         return None, rebuild(message.error)
     assert isinstance(message, wire.Done)
     try:
         return loads_data(message.value, message.buffers), None
-    except BaseException as exc:
+    except catch as exc:
         error = ResultEncodingError(
             f"the result could not be unpickled in the caller: {exc!r}",
             f"<result of {task.describe()}>",

@@ -343,6 +343,10 @@ class ApplyOutcome(Generic[T]):
         if self._callback is None and self._error_callback is None:
             self._direct_read = read
 
+    def may_settle_here(self) -> bool:
+        """Whether ``settle_here`` would (checked first, to decode the answer only once)."""
+        return self._mirror is None and self._state == _RUNNING
+
     def settle_here(self, value: T | None, error: BaseException | None) -> bool:
         """Settle from the waiting thread that read the answer (see above). False if a
         mirror Future exists (its callbacks must not run here): the manager settles."""
@@ -353,6 +357,13 @@ class ApplyOutcome(Generic[T]):
             self._value, self._error = value, error
         self._finish()
         return True
+
+    def complete_settling(self) -> None:
+        """From the manager, once no thread can be settling this any more: finish what a
+        ``settle_here`` that a signal handler interrupted in the main thread left half
+        done (settled, but not ready: its waiters would wait forever)."""
+        if self.done() and not self._ready:
+            self._finish()
 
     def set_running_or_notify_cancel(self) -> bool:
         with self._lock:

@@ -110,14 +110,24 @@ def test_callbacks_still_run_in_the_managers_thread(make_pool: MakePool) -> None
 def test_a_future_asked_for_early_is_settled_by_the_manager(
     make_pool: MakePool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Its done-callbacks must not run in the waiting thread either."""
+    """Its done-callbacks must not run in the waiting thread either; the answer is
+    unpickled once, by the manager."""
     pool = _idle_pool(make_pool)
     calls = _settled_here(monkeypatch)
+    real_loads = _manager.loads_data
+    decoded: list[str] = []
+
+    def loads(*args: Any) -> Any:
+        decoded.append(threading.current_thread().name)
+        return real_loads(*args)
+
+    monkeypatch.setattr(_manager, "loads_data", loads)
     result = pool.apply_async(tasks.sleep_then, (0.2, "v"))
     threads: list[str] = []
     result.future.add_done_callback(lambda _: threads.append(threading.current_thread().name))
     assert result.get(timeout=30) == "v"
-    assert calls == [("MainThread", False)]
+    assert calls == []
+    assert len(decoded) == 1 and decoded[0] != "MainThread"
     wait_for(lambda: bool(threads), what="the done-callback")
     assert threads[0] != "MainThread"
 
@@ -201,9 +211,99 @@ def test_an_interrupted_reader_that_never_woke_the_manager(
     monkeypatch.setattr(manager, "_read_lent", real_read_lent)
     monkeypatch.setattr(manager, "_wake", real_wake)
     assert manager._lent  # still lent, the manager asleep
+    # Nobody waits: the manager takes the worker back on its own, and settles the task.
+    wait_for(result.ready, timeout=3 * _manager.TAKE_BACK_SECONDS, what="the task settled")
+    assert _taken_back(pool)
+    assert result.get(timeout=30) == "answer"
+    assert pool.apply(tasks.square, (9,)) == 81
+
+
+def test_a_waiter_interrupted_again_reads_on(
+    make_pool: MakePool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same, but the task is waited for again before the manager wakes: that thread
+    carries on with the lent worker (nothing hangs)."""
+    monkeypatch.setattr(_manager, "TAKE_BACK_SECONDS", 60.0)
+    pool = _idle_pool(make_pool)
+    manager = pool._manager
+    real_read_lent, real_wake = manager._read_lent, manager._wake
+    monkeypatch.setattr(manager, "_read_lent", lambda *args: _raise(KeyboardInterrupt))
+    monkeypatch.setattr(manager, "_wake", lambda: _raise(KeyboardInterrupt))
+    result = pool.apply_async(tasks.sleep_then, (0.2, "answer"))
+    with pytest.raises(KeyboardInterrupt):
+        result.get(timeout=30)
+    monkeypatch.setattr(manager, "_read_lent", real_read_lent)
+    monkeypatch.setattr(manager, "_wake", real_wake)
+    assert manager._lent
     assert result.get(timeout=30) == "answer"
     wait_for(lambda: _taken_back(pool), what="the worker taken back")
-    assert pool.apply(tasks.square, (9,)) == 81
+
+
+def test_ctrl_c_while_the_waiting_thread_unpickles_the_answer(
+    make_pool: MakePool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """KeyboardInterrupt is the caller's, not the task's: it is not turned into the
+    task's error; the manager decodes the answer instead, and a second get() has it."""
+    pool = _idle_pool(make_pool)
+    real_loads = _manager.loads_data
+    interrupted: list[bool] = []
+
+    def loads_interrupted(*args: Any) -> Any:
+        if threading.current_thread() is threading.main_thread() and not interrupted:
+            interrupted.append(True)
+            raise KeyboardInterrupt
+        return real_loads(*args)
+
+    monkeypatch.setattr(_manager, "loads_data", loads_interrupted)
+    result = pool.apply_async(tasks.sleep_then, (0.2, "value"))
+    with pytest.raises(KeyboardInterrupt):
+        result.get(timeout=30)
+    assert interrupted
+    assert result.get(timeout=30) == "value"
+
+
+def test_ctrl_c_half_way_through_settling_the_task(
+    make_pool: MakePool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Settled but not yet marked ready when the signal handler raised: the manager
+    completes it on taking the worker back, so waiting and polling both end."""
+    pool = _idle_pool(make_pool)
+    real_finish = _results.ApplyOutcome._finish
+    interrupted: list[bool] = []
+
+    def finish(self: Any) -> None:
+        if threading.current_thread() is threading.main_thread() and not interrupted:
+            interrupted.append(True)
+            raise KeyboardInterrupt
+        real_finish(self)
+
+    monkeypatch.setattr(_results.ApplyOutcome, "_finish", finish)
+    result = pool.apply_async(tasks.sleep_then, (0.2, "value"))
+    with pytest.raises(KeyboardInterrupt):
+        result.get(timeout=30)
+    assert interrupted
+    wait_for(result.ready, what="the task marked ready")
+    assert result.get(timeout=30) == "value"
+
+
+def test_a_manager_bug_after_an_answer_read_directly_still_breaks_the_pool(
+    make_pool: MakePool, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The waiting thread has its answer; the manager meets the bug as it handles that
+    answer (taking the worker back), and the pool breaks loudly from then on."""
+    pool = _idle_pool(make_pool)
+
+    def bug(*args: Any) -> None:
+        raise RuntimeError("simulated manager bug")
+
+    monkeypatch.setattr(_manager.Manager, "_on_result", bug)
+    with caplog.at_level(logging.ERROR, logger="hookpool"):
+        assert pool.apply_async(tasks.sleep_then, (0.2, "read here")).get(timeout=30) == (
+            "read here"
+        )
+        wait_for(lambda: "simulated manager bug" in caplog.text, what="the error logged")
+    with pytest.raises(hookpool.PoolBrokenError):
+        pool.submit(tasks.square, 4)
 
 
 def _raise(error: type[BaseException]) -> None:
