@@ -34,7 +34,8 @@ Actors:
     or change the state, then write one byte to the wake-up pipe. Everything else happens
     on the manager thread, which waits on one selector: the wake-up pipe, every worker's
     duplex Connection, and every worker's process sentinel. Deadlines (task timeouts, the
-    terminate grace period) become the selector's timeout. Nothing polls.
+    terminate grace period) become the selector's timeout. Nothing polls (an idle pool's
+    manager wakes once a second, see ``TAKE_BACK_SECONDS``).
 
     One shortcut: while the manager thread sleeps, the workers with nothing to do are
     *parked*, and ``submit`` sends a task straight to a parked worker from the caller's
@@ -341,7 +342,7 @@ class Manager:
         self._workers: list[WorkerHandle] = []
         self._commands: collections.deque[Callable[[], None]] = collections.deque()
         self._parked: list[WorkerHandle] = []  # guarded by _lock, see _park_idle
-        self._sleeping = False  # workers are parked: the manager sleeps until unparked
+        self._sleeping = False  # workers are parked while the manager sleeps (_park_idle)
         self._lent: list[WorkerHandle] = []  # guarded by _lock, see _read_directly
         self._startup_failures = 0  # workers in a row that died before reporting Ready
         self._holds = 0  # lazy maps still submitting while closing (see hold())
