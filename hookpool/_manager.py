@@ -726,19 +726,23 @@ class Manager:
         any was parked: then ``_unpark_all`` must run on waking."""
         if self._state is not PoolState.RUNNING or self._queue:
             return False
+        # (Read without the lock: while this thread is awake, only it changes these.)
+        idle = [
+            worker
+            for worker in self._workers
+            if worker.ready
+            and not worker.inflight
+            and not worker.stopping
+            and not worker.conn_closed
+        ]
+        if not idle:  # every worker busy, as through a long map: no lock to take
+            return False
         with self._lock:
             if self._queue:  # a submit came in since: dispatch it first
                 return False
-            self._parked = [
-                worker
-                for worker in self._workers
-                if worker.ready
-                and not worker.inflight
-                and not worker.stopping
-                and not worker.conn_closed
-            ]
-            self._sleeping = bool(self._parked)
-            return self._sleeping
+            self._parked = idle
+            self._sleeping = True
+            return True
 
     def _unpark_all(self) -> None:
         """On waking: the manager thread owns every worker again. Taking the lock also

@@ -606,9 +606,10 @@ class IMapIterator(Iterator[T]):
     def _take(self, timeout: float | None) -> Future[list[Any]]:
         if self._ordered:
             future = self._pending[0]
-            concurrent.futures.wait([future], timeout)
-            if not future.done():
-                raise multiprocessing.TimeoutError
+            if not future.done():  # (wait() costs more than the check, even when done)
+                concurrent.futures.wait([future], timeout)
+                if not future.done():
+                    raise multiprocessing.TimeoutError
             return self._pending.popleft()
         try:
             future = self._done.get(timeout=timeout)
