@@ -273,7 +273,7 @@ def test_closure_initializer(make_pool: MakePool, tmp_path: Path) -> None:
 
     def setup() -> None:
         tasks_hooks._g["factor"] = settings["factor"]
-        Path(directory, f"init-{os.getpid()}").write_text("1")
+        init_record(directory)  # (the marker is written whole: the test reads it meanwhile)
 
     pool = make_pool(2, initializer=setup)
     assert pool.map(get_global, ["factor"] * 4) == [6] * 4
