@@ -194,13 +194,10 @@ def test_a_read_cut_short_fails_the_task_clearly_and_replaces_the_worker(
     wait_for(lambda: victim not in pool.worker_pids, what="the worker replaced")
 
 
-def test_an_interrupted_reader_that_never_woke_the_manager(
-    make_pool: MakePool, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """A second signal in the waiting thread's clean-up: the manager sleeps on, not
-    watching the lent worker. The next thread to wait for that task reads it instead
-    (nothing hangs), and the manager takes the worker back when it wakes."""
-    pool = _idle_pool(make_pool)
+def _interrupted_twice(pool: hookpool.Pool, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """Wait for a new task, interrupted as the wait starts and again in its clean-up
+    (which then never wakes the manager); returns the task's AsyncResult. The manager
+    sleeps on, not watching the lent worker."""
     manager = pool._manager
     real_read_lent, real_wake = manager._read_lent, manager._wake
     monkeypatch.setattr(manager, "_read_lent", lambda *args: _raise(KeyboardInterrupt))
@@ -211,7 +208,16 @@ def test_an_interrupted_reader_that_never_woke_the_manager(
     monkeypatch.setattr(manager, "_read_lent", real_read_lent)
     monkeypatch.setattr(manager, "_wake", real_wake)
     assert manager._lent  # still lent, the manager asleep
-    # Nobody waits: the manager takes the worker back on its own, and settles the task.
+    return result
+
+
+def test_an_interrupted_reader_that_never_woke_the_manager(
+    make_pool: MakePool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Nobody waits for the task again: the manager takes the worker back on its own
+    (within TAKE_BACK_SECONDS) and settles the task, so polling ready() ends."""
+    pool = _idle_pool(make_pool)
+    result = _interrupted_twice(pool, monkeypatch)
     wait_for(result.ready, timeout=3 * _manager.TAKE_BACK_SECONDS, what="the task settled")
     assert _taken_back(pool)
     assert result.get(timeout=30) == "answer"
@@ -221,20 +227,11 @@ def test_an_interrupted_reader_that_never_woke_the_manager(
 def test_a_waiter_interrupted_again_reads_on(
     make_pool: MakePool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The same, but the task is waited for again before the manager wakes: that thread
-    carries on with the lent worker (nothing hangs)."""
+    """The task is waited for again before the manager wakes: that thread carries on
+    with the lent worker (nothing hangs)."""
     monkeypatch.setattr(_manager, "TAKE_BACK_SECONDS", 60.0)
     pool = _idle_pool(make_pool)
-    manager = pool._manager
-    real_read_lent, real_wake = manager._read_lent, manager._wake
-    monkeypatch.setattr(manager, "_read_lent", lambda *args: _raise(KeyboardInterrupt))
-    monkeypatch.setattr(manager, "_wake", lambda: _raise(KeyboardInterrupt))
-    result = pool.apply_async(tasks.sleep_then, (0.2, "answer"))
-    with pytest.raises(KeyboardInterrupt):
-        result.get(timeout=30)
-    monkeypatch.setattr(manager, "_read_lent", real_read_lent)
-    monkeypatch.setattr(manager, "_wake", real_wake)
-    assert manager._lent
+    result = _interrupted_twice(pool, monkeypatch)
     assert result.get(timeout=30) == "answer"
     wait_for(lambda: _taken_back(pool), what="the worker taken back")
 
