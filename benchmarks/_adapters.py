@@ -207,17 +207,42 @@ class Library:
     """Distribution/module whose presence decides whether an optional library runs."""
     optional: bool
     make: Callable[[], Adapter]
+    entry: str
+    """The import a user's script starts with, as ``module:name`` (see ``_main.py``)."""
 
 
 LIBRARIES: dict[str, Library] = {
     lib.key: lib
     for lib in (
-        Library("pool", "stdlib Pool", "multiprocessing", False, _make_stdlib_pool),
-        Library("ppe", "stdlib PPE", "concurrent.futures", False, _make_stdlib_ppe),
-        Library("hookpool", "hookpool Pool", "hookpool", False, _make_hookpool_pool),
-        Library("hookpool-ppe", "hookpool PPE", "hookpool", True, _make_hookpool_ppe),
-        Library("loky", "loky", "loky", True, _make_loky),
-        Library("pebble", "pebble", "pebble", True, PebbleAdapter),
-        Library("mpire", "mpire", "mpire", True, MpireAdapter),
+        Library(
+            "pool",
+            "stdlib Pool",
+            "multiprocessing",
+            False,
+            _make_stdlib_pool,
+            "multiprocessing:get_context",
+        ),
+        Library(
+            "ppe",
+            "stdlib PPE",
+            "concurrent.futures",
+            False,
+            _make_stdlib_ppe,
+            "concurrent.futures:ProcessPoolExecutor",
+        ),
+        Library(
+            "hookpool", "hookpool Pool", "hookpool", False, _make_hookpool_pool, "hookpool:Pool"
+        ),
+        Library(
+            "hookpool-ppe",
+            "hookpool PPE",
+            "hookpool",
+            True,
+            _make_hookpool_ppe,
+            "hookpool:ProcessPoolExecutor",
+        ),
+        Library("loky", "loky", "loky", True, _make_loky, "loky:ProcessPoolExecutor"),
+        Library("pebble", "pebble", "pebble", True, PebbleAdapter, "pebble:ProcessPool"),
+        Library("mpire", "mpire", "mpire", True, MpireAdapter, "mpire:WorkerPool"),
     )
 }

@@ -1,9 +1,10 @@
 """Measure one benchmark case for one library in a fresh process (internal).
 
-Usage: ``python _child.py SPEC.json`` where the spec names the case, the library,
-the case parameters, a deadline in seconds and the path of the result file.
-``run.py`` starts one of these per sample, in its own process group, and kills
-the group if it overruns, so a hung library fails its cell instead of the run.
+Run as ``python _main.py SPEC.json MODULE:NAME`` (``_main.py`` is the main module and
+calls ``main()`` here), where the spec names the case, the library, the case parameters,
+a deadline in seconds and the path of the result file. ``run.py`` starts one of these
+per sample, in its own process group, and kills the group if it overruns, so a hung
+library fails its cell instead of the run.
 
 The result file holds ``{"ok": true, "metrics": {...}}`` with raw SI values
 (seconds, items, bytes), or ``{"ok": false, "error": ..., "detail": ...}``.

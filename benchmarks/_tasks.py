@@ -10,12 +10,9 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import TypeVar
-
-T = TypeVar("T")
 
 
-def identity(x: T) -> T:
+def identity(x: object) -> object:
     """Return the argument unchanged (startup, latency and round-trip workloads)."""
     return x
 

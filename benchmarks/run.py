@@ -7,7 +7,7 @@ Run from anywhere:
     python benchmarks/run.py --quick         # smaller sizes, 3 repeats, ~2 min
     python benchmarks/run.py --only map,imap --json out.json --markdown out.md
 
-Every sample runs in a fresh child process (``_child.py``) in its own process
+Every sample runs in a fresh child process (``_main.py``, then ``_child.py``) in its own process
 group, so each library starts from the same cold state, a hung library is killed
 after its time limit and reported as ``FAILED/timeout``, and leftover worker
 processes are detected and cleaned up. Libraries are interleaved within each
@@ -383,7 +383,7 @@ def run_child(case: Case, lib: str, repeat: int, timeout_s: float, workdir: Path
     start = time.monotonic()
     with log_path.open("wb") as log:
         proc = subprocess.Popen(
-            [sys.executable, str(HERE / "_child.py"), str(spec_path)],
+            [sys.executable, str(HERE / "_main.py"), str(spec_path), LIBRARIES[lib].entry],
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,
