@@ -22,7 +22,6 @@ from ._serialize import callable_name, dumps_callable, dumps_data
 __all__ = [
     "IMAP_CHUNKS_PER_WORKER",
     "IMAP_ITEMS_PER_WORKER",
-    "check_timeout",
     "feed_in_background",
     "imap_window",
     "lazy_map",
@@ -222,10 +221,3 @@ def _feed(manager: Engine, iterator: IMapIterator[Any]) -> None:
         iterator.cancel()
     finally:
         manager.release()
-
-
-def check_timeout(timeout: float | None) -> float | None:
-    """Validate a ``task_timeout``: None, or a positive number of seconds."""
-    if timeout is not None and not timeout > 0:
-        raise ValueError(f"task_timeout must be a positive number of seconds, not {timeout!r}")
-    return timeout

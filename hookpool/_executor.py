@@ -8,17 +8,18 @@ import time
 import weakref
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future
-from typing import Any, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 from . import _protocol as wire
-from ._calls import check_timeout, feed_in_background, lazy_map, submit_call
-from ._errors import TaskTimeoutError
 from ._hooks import Hooks
-from ._inline import start_engine
-from ._manager import Engine
-from ._progress import ProgressOption, total_of
-from ._results import IMapIterator
-from ._spawn import available_cpus, check_not_bootstrapping, resolve
+from ._spawn import available_cpus, check_not_bootstrapping, check_timeout, resolve, start_engine
+
+if TYPE_CHECKING:  # at run time, imported with the first executor: see _import_engine
+    from ._calls import feed_in_background, lazy_map, submit_call
+    from ._errors import TaskTimeoutError
+    from ._manager import Engine
+    from ._progress import ProgressOption, total_of
+    from ._results import IMapIterator
 
 __all__ = ["ProcessPoolExecutor"]
 
@@ -89,6 +90,7 @@ class ProcessPoolExecutor(concurrent.futures.Executor):
         # (each runs its finalizer), as shutdown(wait=False) would.
         weakref.finalize(self, self._manager.close)
         self._maps: weakref.WeakSet[IMapIterator[Any]] = weakref.WeakSet()
+        _import_engine()  # the facade's part of it; the manager's came with start_engine
 
     def submit(self, fn: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs) -> Future[R]:
         """Schedule ``fn(*args, **kwargs)``; return a ``concurrent.futures.Future``.
@@ -188,3 +190,13 @@ def _yield_until(results: IMapIterator[R], deadline: float | None) -> Iterator[R
                 raise concurrent.futures.TimeoutError from None
     finally:
         results.cancel()
+
+
+def _import_engine() -> None:
+    """Import what the methods run on when an executor is made, not with this module: as
+    ``_pool._import_engine``, for the workers that re-import the user's main script."""
+    global feed_in_background, lazy_map, submit_call, TaskTimeoutError, total_of, IMapIterator
+    from ._calls import feed_in_background, lazy_map, submit_call
+    from ._errors import TaskTimeoutError
+    from ._progress import total_of
+    from ._results import IMapIterator

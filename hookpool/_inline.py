@@ -49,70 +49,16 @@ from typing import Any
 from . import _worker
 from ._errors import InitializerError, ResultEncodingError
 from ._hooks import Hooks
-from ._manager import Engine, Manager, Outcome, Task, _resolve, refusal
+from ._manager import Outcome, Task, _resolve, refusal
 from ._serialize import describe, dumps, loads, loads_data
-from ._spawn import SpawnContext
 from ._state import PoolState
 
-__all__ = ["ENV_VAR", "InlineManager", "inline_requested"]
+__all__ = ["InlineManager"]
 
 logger = logging.getLogger("hookpool")
 
-#: The environment variable that runs pools inline when they do not pass ``inline=``.
-ENV_VAR = "HOOKPOOL_INLINE"
-_TRUE = frozenset({"1", "true", "yes", "on"})
-_FALSE = frozenset({"", "0", "false", "no", "off"})
-
 #: Modules whose frames are dropped from the head of a task's traceback.
 _OWN_MODULES = frozenset({__name__, _worker.__name__})
-
-
-def inline_requested(inline: bool | None) -> bool:
-    """The constructor's ``inline=`` if given, else what ``HOOKPOOL_INLINE`` says.
-
-    Raises:
-        ValueError: ``HOOKPOOL_INLINE`` is set to something that is not a yes or a no
-            (a typo should not silently spawn processes, or silently not).
-    """
-    if inline is not None:
-        return bool(inline)
-    value = os.environ.get(ENV_VAR, "").strip().lower()
-    if value in _TRUE:
-        return True
-    if value in _FALSE:
-        return False
-    raise ValueError(
-        f"{ENV_VAR}={os.environ[ENV_VAR]!r}: use 1 (run pools inline, in the calling "
-        f"thread) or 0 (use worker processes)"
-    )
-
-
-def start_engine(
-    *,
-    inline: bool | None,
-    processes: int,
-    hooks: Hooks,
-    context: SpawnContext,
-    maxtasksperchild: int | None,
-    exit_mode: str,
-    closed_error: Callable[[], Exception],
-    name: str,
-    forward_logging: bool,
-) -> Engine:
-    """The engine behind a facade: an ``InlineManager`` if inline mode is on (see
-    ``inline_requested``), else a ``Manager`` with its worker processes."""
-    if inline_requested(inline):
-        return InlineManager(processes=processes, hooks=hooks, closed_error=closed_error, name=name)
-    return Manager(
-        processes=processes,
-        hooks=hooks,
-        context=context,
-        maxtasksperchild=maxtasksperchild,
-        exit_mode=exit_mode,
-        closed_error=closed_error,
-        name=name,
-        forward_logging=forward_logging,
-    )
 
 
 class InlineManager:

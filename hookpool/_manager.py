@@ -94,7 +94,6 @@ import time
 import weakref
 from collections.abc import Callable
 from concurrent.futures import CancelledError, InvalidStateError
-from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from typing import Any, Protocol
@@ -109,9 +108,8 @@ from ._errors import (
     TaskTimeoutError,
     WorkerLostError,
 )
-from ._hooks import Hooks
-from ._serialize import SpawnedHooks, loads_data, rebuild
-from ._spawn import SpawnContext
+from ._serialize import loads_data, rebuild
+from ._spawn import Spawner, StartedWorker
 from ._state import PoolState
 
 __all__ = ["Engine", "Manager", "Task"]
@@ -153,36 +151,66 @@ class Outcome(Protocol):
     def done(self) -> bool: ...
 
 
-@dataclass(eq=False, slots=True)
 class Task:
-    """One unit of work, parent side: owns the Future and the pickled call."""
+    """One unit of work, parent side: owns the Future and the pickled call.
 
-    kind: wire.CallKind
-    fn: bytes
-    args: bytes
-    future: Outcome
-    fn_name: str
-    #: For a chunk of a map: (index of its first item, number of items, method name).
-    items: tuple[int, int, str] | None = None
-    #: Seconds the task may run before its worker is stopped (None: no limit).
-    timeout: float | None = None
-    #: The large buffers ``args`` refers to, sent out of band (``_serialize.dumps_data``).
-    buffers: tuple[Any, ...] = ()
-    task_id: int = 0
-    #: set_running_or_notify_cancel() has been called (the task cannot be cancelled).
-    claimed: bool = False
-    #: Cancelled on request while in flight: stop its worker as soon as it starts.
-    cancel_requested: bool = False
-    #: Bytes its arguments take on the way to a worker (its function goes to each
-    #: worker once: see WorkerHandle.cost).
-    wire_size: int = field(init=False)
-    #: What ``WorkerHandle.push`` counted in ``inflight_bytes`` for it.
-    charged: int = 0
+    A plain class (as ``WorkerHandle``), not a dataclass: a user's script that imports
+    hookpool is re-imported by every spawned worker, and dataclasses imports inspect.
+    """
 
-    def __post_init__(self) -> None:
-        self.wire_size = len(self.args)
-        if self.buffers:
-            self.wire_size += sum(buffer.raw().nbytes for buffer in self.buffers)
+    __slots__ = (
+        "args",
+        "buffers",
+        "cancel_requested",
+        "charged",
+        "claimed",
+        "fn",
+        "fn_name",
+        "future",
+        "items",
+        "kind",
+        "task_id",
+        "timeout",
+        "wire_size",
+    )
+
+    def __init__(
+        self,
+        kind: wire.CallKind,
+        fn: bytes,
+        args: bytes,
+        future: Outcome,
+        fn_name: str,
+        items: tuple[int, int, str] | None = None,
+        timeout: float | None = None,
+        buffers: tuple[Any, ...] = (),
+    ) -> None:
+        self.kind = kind
+        self.fn = fn
+        self.args = args
+        self.future = future
+        self.fn_name = fn_name
+        #: For a chunk of a map: (index of its first item, number of items, method name).
+        self.items = items
+        #: Seconds the task may run before its worker is stopped (None: no limit).
+        self.timeout = timeout
+        #: The large buffers ``args`` refers to, sent out of band (``_serialize.dumps_data``).
+        self.buffers = buffers
+        self.task_id = 0
+        #: set_running_or_notify_cancel() has been called (the task cannot be cancelled).
+        self.claimed = False
+        #: Cancelled on request while in flight: stop its worker as soon as it starts.
+        self.cancel_requested = False
+        #: Bytes its arguments take on the way to a worker (its function goes to each
+        #: worker once: see WorkerHandle.cost).
+        self.wire_size = len(args)
+        if buffers:
+            self.wire_size += sum(buffer.raw().nbytes for buffer in buffers)
+        #: What ``WorkerHandle.push`` counted in ``inflight_bytes`` for it.
+        self.charged = 0
+
+    def __repr__(self) -> str:
+        return f"<Task {self.task_id}: {self.describe()}>"
 
     def describe(self) -> str:
         if self.items is None:
@@ -192,55 +220,66 @@ class Task:
         return f"{where} of {method}({self.fn_name}, ...)"
 
 
-@dataclass(eq=False)
 class WorkerHandle:
     """The manager's view of one worker process."""
 
-    name: str
-    process: BaseProcess
-    conn: Connection
-    pid: int
-    reader: wire.FrameReader
-    #: Reported Ready: the initializer ran, the finalizer is registered.
-    ready: bool = False
-    #: Asked to leave (Stop sent or SIGTERM): gets no more tasks.
-    stopping: bool = False
-    #: The Connection hit EOF; only the sentinel is watched from then on.
-    conn_closed: bool = False
-    #: Tasks sent to this worker, in the order it runs them; [0] is running.
-    inflight: collections.deque[Task] = field(default_factory=collections.deque)
-    #: Pickled bytes of the tasks in ``inflight``, and how many of them have a timeout.
-    inflight_bytes: int = 0
-    timeouts: int = 0
-    #: When inflight[0] started (approximately: when it was sent or its predecessor ended).
-    head_started: float = 0.0
-    tasks_done: int = 0
-    #: Moving average of task duration, to decide how many tasks to queue behind the
-    #: running one. Until a task was measured, nothing is queued behind the first.
-    avg_seconds: float = PREFETCH_SECONDS
-    #: SIGKILL at this monotonic time if still alive (after a stop request).
-    kill_at: float | None = None
-    #: Its sentinel fired and it was reaped.
-    exited: bool = False
-    #: Stopped on purpose in the middle of a task (cancel, timeout): the tasks still in
-    #: ``inflight`` when it exits are not at fault, and go back to the queue.
-    interrupted: bool = False
-    #: Why it was killed, when hookpool killed it for something other than a stop.
-    lost_reason: str | None = None
-    #: The pickled functions sent to it, and the id it knows each by.
-    functions: dict[bytes, int] = field(default_factory=dict)
-    #: Lent to a caller waiting for its one task (``Manager._read_directly``): the
-    #: manager thread does not watch its Connection until it takes it back.
-    lent: bool = False
-    #: The borrower is reading it. Still set when the manager takes it back, the read
-    #: was cut short (a signal handler raised): what it read may be lost.
-    reading: bool = False
-    #: What the borrower read, for the manager to handle, in order, on taking it back.
-    handoff: collections.deque[wire.Message] = field(default_factory=collections.deque)
-    #: Held by the borrower while it reads, and by the manager while it takes it back.
-    read_lock: threading.Lock = field(default_factory=threading.Lock)
-    #: Taken back in this turn of the loop: its Connection may have been read empty.
-    reclaimed: bool = False
+    def __init__(
+        self,
+        name: str,
+        process: BaseProcess,
+        conn: Connection,
+        pid: int,
+        reader: wire.FrameReader,
+    ) -> None:
+        self.name = name
+        self.process = process
+        self.conn = conn
+        self.pid = pid
+        self.reader = reader
+        #: Reported Ready: the initializer ran, the finalizer is registered.
+        self.ready = False
+        #: Asked to leave (Stop sent or SIGTERM): gets no more tasks.
+        self.stopping = False
+        #: The Connection hit EOF; only the sentinel is watched from then on.
+        self.conn_closed = False
+        #: Tasks sent to this worker, in the order it runs them; [0] is running.
+        self.inflight: collections.deque[Task] = collections.deque()
+        #: Pickled bytes of the tasks in ``inflight``, and how many of them have a timeout.
+        self.inflight_bytes = 0
+        self.timeouts = 0
+        #: When inflight[0] started (approximately: when it was sent or its predecessor
+        #: ended).
+        self.head_started = 0.0
+        self.tasks_done = 0
+        #: Moving average of task duration, to decide how many tasks to queue behind the
+        #: running one. Until a task was measured, nothing is queued behind the first.
+        self.avg_seconds = PREFETCH_SECONDS
+        #: SIGKILL at this monotonic time if still alive (after a stop request).
+        self.kill_at: float | None = None
+        #: Its sentinel fired and it was reaped.
+        self.exited = False
+        #: Stopped on purpose in the middle of a task (cancel, timeout): the tasks still in
+        #: ``inflight`` when it exits are not at fault, and go back to the queue.
+        self.interrupted = False
+        #: Why it was killed, when hookpool killed it for something other than a stop.
+        self.lost_reason: str | None = None
+        #: The pickled functions sent to it, and the id it knows each by.
+        self.functions: dict[bytes, int] = {}
+        #: Lent to a caller waiting for its one task (``Manager._read_directly``): the
+        #: manager thread does not watch its Connection until it takes it back.
+        self.lent = False
+        #: The borrower is reading it. Still set when the manager takes it back, the read
+        #: was cut short (a signal handler raised): what it read may be lost.
+        self.reading = False
+        #: What the borrower read, for the manager to handle, in order, on taking it back.
+        self.handoff: collections.deque[wire.Message] = collections.deque()
+        #: Held by the borrower while it reads, and by the manager while it takes it back.
+        self.read_lock = threading.Lock()
+        #: Taken back in this turn of the loop: its Connection may have been read empty.
+        self.reclaimed = False
+
+    def __repr__(self) -> str:
+        return f"<WorkerHandle {self.name} pid={self.pid}>"
 
     def cost(self, task: Task) -> int:
         """Bytes sending ``task`` to this worker takes: with its function, the first time."""
@@ -313,22 +352,18 @@ class Manager:
         self,
         *,
         processes: int,
-        hooks: Hooks,
-        context: SpawnContext,
+        spawner: Spawner,
+        started: list[StartedWorker],
         maxtasksperchild: int | None,
         exit_mode: str,
         closed_error: Callable[[], Exception],
-        name: str = "hookpool",
-        forward_logging: bool = True,
     ) -> None:
         self._size = processes
-        self._context = context
-        self._hooks = SpawnedHooks(hooks)
+        self._spawner = spawner
         self._maxtasks = maxtasksperchild
         self._exit_mode = exit_mode  # "terminate" (Pool) or "drain" (executor) at exit
         self._closed_error = closed_error  # what submitting to a closed pool raises
-        self._name = name
-        self._forward_logging = forward_logging
+        self._name = spawner.pool_name
 
         # Re-entrant: a signal handler in the main thread may call close() or terminate()
         # while that thread is inside submit() (both locks are held across a write).
@@ -337,7 +372,6 @@ class Manager:
         self._broken_error: BaseException | None = None
         self._queue: collections.deque[Task] = collections.deque()
         self._task_ids = itertools.count(1)
-        self._worker_ids = itertools.count(1)
         self._function_ids = itertools.count(1)
         self._workers: list[WorkerHandle] = []
         self._commands: collections.deque[Callable[[], None]] = collections.deque()
@@ -358,16 +392,18 @@ class Manager:
         self._scratch = wire.scratch_buffer()  # every worker's FrameReader reads into it
         self._selector.register(self._wake_r, selectors.EVENT_READ, None)
 
-        # Start the first workers in the caller's thread: a pickling error in initargs
-        # (say, a Lock made for a fork context) raises here, at Pool creation.
+        # The first workers, started by start_engine; any missing are started here, in
+        # the caller's thread.
         try:
-            for _ in range(processes):
+            for worker in started:
+                self._adopt(worker)
+            for _ in range(processes - len(started)):
                 self._start_worker()
         except BaseException:
             self._kill_all()
             self._close_fds()
             raise
-        self._thread = threading.Thread(target=self._run, name=f"{name}-manager", daemon=True)
+        self._thread = threading.Thread(target=self._run, name=f"{self._name}-manager", daemon=True)
         self._thread.start()
         _live.add(self)
 
@@ -959,35 +995,20 @@ class Manager:
     # -- worker processes ------------------------------------------------------------------
 
     def _start_worker(self) -> WorkerHandle:
-        index = next(self._worker_ids)
-        name = f"{self._name}-worker-{index}"
-        # Read at each spawn: a worker's records at levels the parent's root logger would
-        # drop are not even sent.
-        level = logging.getLogger().getEffectiveLevel() if self._forward_logging else None
-        config = _worker.WorkerConfig(number=index, name=name, log_level=level)
-        parent_end, child_end = self._context.Pipe(duplex=True)
-        process = self._context.Process(
-            target=_worker.main, args=(child_end, self._hooks, config), name=name, daemon=False
-        )
-        try:
-            process.start()
-        except BaseException:
-            parent_end.close()
-            raise
-        finally:
-            child_end.close()
+        return self._adopt(self._spawner.start())
+
+    def _adopt(self, started: StartedWorker) -> WorkerHandle:
+        name, process, conn = started
         assert process.pid is not None
         worker = WorkerHandle(
             name=name,
             process=process,
-            conn=parent_end,
+            conn=conn,
             pid=process.pid,
-            reader=wire.FrameReader(parent_end, self._scratch),
+            reader=wire.FrameReader(conn, self._scratch),
         )
         self._workers.append(worker)
-        self._selector.register(
-            parent_end.fileno(), selectors.EVENT_READ, (self._on_readable, worker)
-        )
+        self._selector.register(conn.fileno(), selectors.EVENT_READ, (self._on_readable, worker))
         self._selector.register(process.sentinel, selectors.EVENT_READ, (self._on_exit, worker))
         return worker
 

@@ -4,23 +4,26 @@ from __future__ import annotations
 
 import weakref
 from collections.abc import Callable, Iterable, Mapping
-from concurrent.futures import Future
-from typing import Any, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 from . import _protocol as wire
-from ._calls import (
-    check_timeout,
-    feed_in_background,
-    lazy_map,
-    submit_call,
-    submit_map,
-)
 from ._hooks import Hooks
-from ._inline import start_engine
-from ._manager import Engine
-from ._progress import ProgressOption, total_of
-from ._results import ApplyOutcome, AsyncResult, IMapIterator, MapResult, chunked, outcome_of
-from ._spawn import available_cpus, check_not_bootstrapping, resolve
+from ._spawn import available_cpus, check_not_bootstrapping, check_timeout, resolve, start_engine
+
+if TYPE_CHECKING:  # at run time, imported with the first pool: see _import_engine
+    from concurrent.futures import Future
+
+    from ._calls import feed_in_background, lazy_map, submit_call, submit_map
+    from ._manager import Engine
+    from ._progress import ProgressOption, total_of
+    from ._results import (
+        ApplyOutcome,
+        AsyncResult,
+        IMapIterator,
+        MapResult,
+        chunked,
+        outcome_of,
+    )
 
 __all__ = ["Pool"]
 
@@ -114,6 +117,7 @@ class Pool:
         # Garbage collection of the pool terminates it (with the finalizer grace period),
         # as the standard library's does.
         weakref.finalize(self, self._manager.terminate)
+        _import_engine()  # the facade's part of it; the manager's came with start_engine
 
     # -- single calls ----------------------------------------------------------------------
 
@@ -403,6 +407,24 @@ class Pool:
         """Process ids of the current workers (inline: this process, until the finalizer
         has run)."""
         return self._manager.worker_pids()
+
+
+def _import_engine() -> None:
+    """Import what the methods run on (the results, ``concurrent.futures``) when a pool
+    is made, not with this module.
+
+    Under spawn every worker re-imports the parent's main script, and with it the
+    script's ``from hookpool import Pool``: the engine imported there (``logging`` comes
+    with ``concurrent.futures``) would cost each worker some 10 ms of start-up, for code
+    that only ever runs in the parent. See ``_spawn`` for the manager's part.
+    """
+    global Future, feed_in_background, lazy_map, submit_call, submit_map, total_of
+    global ApplyOutcome, AsyncResult, IMapIterator, MapResult, chunked, outcome_of
+    from concurrent.futures import Future
+
+    from ._calls import feed_in_background, lazy_map, submit_call, submit_map
+    from ._progress import total_of
+    from ._results import ApplyOutcome, AsyncResult, IMapIterator, MapResult, chunked, outcome_of
 
 
 def _not_running() -> Exception:

@@ -1,24 +1,175 @@
-"""The one place where hookpool chooses how worker processes are started.
+"""The one place where hookpool chooses how, and whether, worker processes are started.
 
 Workers always start from an explicit spawn (or, on request, forkserver) context, never
 from the global default start method: a fresh interpreter per worker behaves the same on
 every OS, inherits no threads or locks held mid-operation, and receives only what it is
 handed (see the seeds: fork + threads deadlocks, fork-made primitives segfault in spawn
-children).
+children). In inline mode there are none (``_inline``).
+
+This module is light on purpose, as are the facade modules that import it: under spawn
+every worker re-imports the user's main script, and with it ``from hookpool import
+Pool``. The engine (the manager, ``concurrent.futures``, ``logging``) is imported by
+``start_engine`` once a pool's first workers are on their way, not before.
 """
 
 from __future__ import annotations
 
+import itertools
 import multiprocessing
 import multiprocessing.context
 import multiprocessing.process
 import os
+import sys
+from collections.abc import Callable
+from multiprocessing.connection import Connection
+from typing import TYPE_CHECKING, NamedTuple
 
-__all__ = ["ALLOWED_START_METHODS", "available_cpus", "check_not_bootstrapping", "resolve"]
+from . import _worker
+from ._hooks import Hooks
+from ._serialize import SpawnedHooks
+
+if TYPE_CHECKING:
+    from ._manager import Engine
+
+__all__ = [
+    "ALLOWED_START_METHODS",
+    "ENV_VAR",
+    "Spawner",
+    "StartedWorker",
+    "available_cpus",
+    "check_not_bootstrapping",
+    "check_timeout",
+    "inline_requested",
+    "resolve",
+    "start_engine",
+]
 
 ALLOWED_START_METHODS = ("spawn", "forkserver")
 
+#: The environment variable that runs pools inline when they do not pass ``inline=``.
+ENV_VAR = "HOOKPOOL_INLINE"
+_TRUE = frozenset({"1", "true", "yes", "on"})
+_FALSE = frozenset({"", "0", "false", "no", "off"})
+_WARNING = 30  # logging.WARNING, the root logger's level until someone sets another
+
 SpawnContext = multiprocessing.context.SpawnContext | multiprocessing.context.ForkServerContext
+
+
+def start_engine(
+    *,
+    inline: bool | None,
+    processes: int,
+    hooks: Hooks,
+    context: SpawnContext,
+    maxtasksperchild: int | None,
+    exit_mode: str,
+    closed_error: Callable[[], Exception],
+    name: str,
+    forward_logging: bool,
+) -> Engine:
+    """The engine behind a facade: an ``InlineManager`` if inline mode is on (see
+    ``inline_requested``), else a ``Manager`` with its worker processes.
+
+    The workers are started first, the manager imported after: a worker takes tens of
+    milliseconds to boot, and the parent imports the engine meanwhile instead of before.
+    """
+    if inline_requested(inline):
+        from ._inline import InlineManager
+
+        return InlineManager(processes=processes, hooks=hooks, closed_error=closed_error, name=name)
+    spawner = Spawner(context, hooks, pool_name=name, forward_logging=forward_logging)
+    started = spawner.start_many(processes)
+    try:
+        from ._manager import Manager
+
+        return Manager(
+            processes=processes,
+            spawner=spawner,
+            started=started,
+            maxtasksperchild=maxtasksperchild,
+            exit_mode=exit_mode,
+            closed_error=closed_error,
+        )
+    except BaseException:
+        _kill(started)  # the Manager kills what it adopted; this is for an earlier failure
+        raise
+
+
+class StartedWorker(NamedTuple):
+    """A worker process just started, and the parent's end of its duplex pipe."""
+
+    name: str
+    process: multiprocessing.process.BaseProcess
+    conn: Connection
+
+
+class Spawner:
+    """Starts the worker processes of one pool: the first ones (``start_engine``) and,
+    through the manager, every one after.
+
+    The hooks are pickled once, here, in the thread that makes the pool: one that will not
+    pickle (say, a Lock made for a fork context in ``initargs``) raises at pool creation.
+    """
+
+    def __init__(
+        self, context: SpawnContext, hooks: Hooks, *, pool_name: str, forward_logging: bool
+    ) -> None:
+        self.context = context
+        self.hooks = SpawnedHooks(hooks)
+        self.pool_name = pool_name
+        self.forward_logging = forward_logging
+        self._numbers = itertools.count(1)
+
+    def start(self) -> StartedWorker:
+        number = next(self._numbers)
+        name = f"{self.pool_name}-worker-{number}"
+        # Read at each spawn: a worker's records at levels the parent's root logger would
+        # drop are not even sent.
+        level = _root_level() if self.forward_logging else None
+        config = _worker.WorkerConfig(number=number, name=name, log_level=level)
+        parent_end, child_end = self.context.Pipe(duplex=True)
+        process = self.context.Process(
+            target=_worker.main, args=(child_end, self.hooks, config), name=name, daemon=False
+        )
+        try:
+            process.start()
+        except BaseException:
+            parent_end.close()
+            raise
+        finally:
+            child_end.close()
+        return StartedWorker(name, process, parent_end)
+
+    def start_many(self, count: int) -> list[StartedWorker]:
+        """Start ``count`` workers; if one fails to start, kill those already started."""
+        started: list[StartedWorker] = []
+        try:
+            for _ in range(count):
+                started.append(self.start())
+        except BaseException:
+            _kill(started)
+            raise
+        return started
+
+
+def inline_requested(inline: bool | None) -> bool:
+    """The constructor's ``inline=`` if given, else what ``HOOKPOOL_INLINE`` says.
+
+    Raises:
+        ValueError: ``HOOKPOOL_INLINE`` is set to something that is not a yes or a no
+            (a typo should not silently spawn processes, or silently not).
+    """
+    if inline is not None:
+        return bool(inline)
+    value = os.environ.get(ENV_VAR, "").strip().lower()
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    raise ValueError(
+        f"{ENV_VAR}={os.environ[ENV_VAR]!r}: use 1 (run pools inline, in the calling "
+        f"thread) or 0 (use worker processes)"
+    )
 
 
 def resolve(context: object) -> SpawnContext:
@@ -77,3 +228,26 @@ def check_not_bootstrapping() -> None:
             "every worker imports your main script, so code that creates a pool must sit "
             'under `if __name__ == "__main__":`.'
         )
+
+
+def check_timeout(timeout: float | None) -> float | None:
+    """Validate a ``task_timeout``: None, or a positive number of seconds."""
+    if timeout is not None and not timeout > 0:
+        raise ValueError(f"task_timeout must be a positive number of seconds, not {timeout!r}")
+    return timeout
+
+
+def _root_level() -> int:
+    """The effective level of this process's root logger."""
+    if "logging" not in sys.modules:  # never imported: nobody set a level yet
+        return _WARNING
+    import logging
+
+    return logging.getLogger().getEffectiveLevel()
+
+
+def _kill(started: list[StartedWorker]) -> None:
+    for worker in started:
+        worker.conn.close()
+        worker.process.kill()
+        worker.process.join(5.0)

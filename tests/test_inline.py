@@ -23,7 +23,7 @@ from tasks import add, identity, pid, raise_value_error, square
 import hookpool
 import hookpool._inline
 import hookpool._worker
-from hookpool._inline import ENV_VAR
+from hookpool._spawn import ENV_VAR
 
 #: What the hooks and tasks of this module saw, in this process.
 EVENTS: list[Any] = []
