@@ -12,6 +12,7 @@ import types
 from collections.abc import Callable
 from pathlib import Path
 
+from conftest import run_script
 from tasks_exec import loaded
 
 import hookpool
@@ -48,6 +49,11 @@ NOT_IN_A_WORKER = [
     "cloudpickle",
     "tblib",
 ]
+
+#: What importing a facade must not import: the engine, made when a pool is. Under spawn
+#: every worker re-imports the user's main script, and with it its ``from hookpool import
+#: Pool``.
+ENGINE = ["hookpool._manager", "hookpool._calls", "hookpool._results", "hookpool._inline"]
 
 
 def test_all_lists_exactly_the_public_names() -> None:
@@ -108,13 +114,13 @@ def test_every_module_but_init_is_private() -> None:
     assert [p.name for p in package_dir.iterdir() if p.is_dir() and p.name != "__pycache__"] == []
 
 
-def _imported_by(code: str) -> list[str]:
+def _imported_by(code: str, modules: list[str] = NOT_IN_A_WORKER) -> list[str]:
     out = subprocess.run(
         [
             sys.executable,
             "-c",
             f"import json, sys\n{code}\n"
-            f"print(json.dumps([m for m in {NOT_IN_A_WORKER!r} if m in sys.modules]))",
+            f"print(json.dumps([m for m in {modules!r} if m in sys.modules]))",
         ],
         capture_output=True,
         text=True,
@@ -132,6 +138,29 @@ def test_importing_the_worker_module_imports_little() -> None:
 def test_importing_hookpool_imports_little() -> None:
     """The lazy public names (PEP 562) keep a plain ``import hookpool`` light too."""
     assert _imported_by("import hookpool") == []
+
+
+def test_importing_a_facade_imports_no_engine() -> None:
+    pool = _imported_by("from hookpool import Pool", [*ENGINE, "concurrent.futures", "logging"])
+    assert pool == []
+    # The executor subclasses concurrent.futures.Executor: that much it must import.
+    assert _imported_by("from hookpool import ProcessPoolExecutor", ENGINE) == []
+
+
+def test_a_worker_of_a_script_that_imports_hookpool_imports_no_engine(tmp_path: Path) -> None:
+    """A real script with ``from hookpool import Pool`` at the top: its workers re-import
+    it, and must still not import the engine (nor the parent-only dependencies)."""
+    script = (
+        "import json\n"
+        "from hookpool import Pool\n"
+        "from tasks_exec import loaded\n"
+        'if __name__ == "__main__":\n'
+        "    with Pool(1) as pool:\n"
+        f"        print(json.dumps(pool.apply(loaded, ({[*ENGINE, 'logging']!r},))))\n"
+    )
+    result = run_script(script, tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == []
 
 
 def test_the_check_can_see_an_import() -> None:
