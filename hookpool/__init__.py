@@ -12,9 +12,11 @@ from __future__ import annotations
 import importlib
 import multiprocessing
 import multiprocessing.context
-from typing import TYPE_CHECKING, Any
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing in every worker
 if TYPE_CHECKING:
+    from typing import Any
+
     from ._errors import (
         HookpoolError,
         InitializerError,

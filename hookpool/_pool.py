@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import weakref
 from collections.abc import Callable, Iterable, Mapping
-from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 from . import _protocol as wire
 from ._hooks import Hooks
+from ._records import TYPE_CHECKING
 from ._spawn import available_cpus, check_not_bootstrapping, check_timeout, resolve, start_engine
 
 if TYPE_CHECKING:  # at run time, imported with the first pool: see _import_engine
     from concurrent.futures import Future
+    from typing import Any, ParamSpec, TypeVar
 
     from ._calls import feed_in_background, lazy_map, submit_call, submit_map
     from ._manager import Engine
@@ -25,11 +26,11 @@ if TYPE_CHECKING:  # at run time, imported with the first pool: see _import_engi
         outcome_of,
     )
 
-__all__ = ["Pool"]
+    T = TypeVar("T")
+    R = TypeVar("R")
+    P = ParamSpec("P")
 
-T = TypeVar("T")
-R = TypeVar("R")
-P = ParamSpec("P")
+__all__ = ["Pool"]
 
 
 class Pool:

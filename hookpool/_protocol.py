@@ -32,7 +32,11 @@ import pickle
 import socket
 import struct
 from multiprocessing.connection import Connection
-from typing import Any, NamedTuple
+
+from ._records import TYPE_CHECKING, NamedTuple
+
+if TYPE_CHECKING:
+    from typing import Any
 
 __all__ = [
     "Blob",

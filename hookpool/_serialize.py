@@ -27,9 +27,12 @@ import threading
 import types
 from collections.abc import Callable
 from io import BytesIO
-from typing import Any, ClassVar
 
 from ._protocol import OUT_OF_BAND_MIN, ErrorReport
+from ._records import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from typing import Any, ClassVar
 
 __all__ = ["Pickled", "capture", "dumps", "dumps_data", "loads", "loads_data", "rebuild"]
 

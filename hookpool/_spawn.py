@@ -22,10 +22,10 @@ import os
 import sys
 from collections.abc import Callable
 from multiprocessing.connection import Connection
-from typing import TYPE_CHECKING, NamedTuple
 
 from . import _worker
 from ._hooks import Hooks
+from ._records import TYPE_CHECKING, NamedTuple
 from ._serialize import SpawnedHooks
 
 if TYPE_CHECKING:

@@ -56,12 +56,15 @@ import warnings
 from collections.abc import Callable
 from multiprocessing.connection import Connection
 from types import FrameType
-from typing import Any, NamedTuple
 
 from . import _identity
 from . import _protocol as wire
 from ._hooks import Hooks
+from ._records import TYPE_CHECKING, NamedTuple
 from ._serialize import SpawnedHooks, capture, describe, dumps_data, loads, loads_data
+
+if TYPE_CHECKING:
+    from typing import Any
 
 __all__ = ["SIGTERM_EXIT_CODE", "WorkerConfig", "main"]
 

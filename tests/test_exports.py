@@ -140,6 +140,12 @@ def test_importing_hookpool_imports_little() -> None:
     assert _imported_by("import hookpool") == []
 
 
+def test_a_worker_imports_no_typing() -> None:
+    """What a worker imports to start, and with a main script that imports the Pool,
+    does not import ``typing`` (some 2 ms of every worker's start)."""
+    assert _imported_by("from hookpool import Pool\nimport hookpool._worker", ["typing"]) == []
+
+
 def test_importing_a_facade_imports_no_engine() -> None:
     pool = _imported_by("from hookpool import Pool", [*ENGINE, "concurrent.futures", "logging"])
     assert pool == []
