@@ -520,15 +520,25 @@ def fmt_load(load: list[float] | None) -> str:
 
 
 def compile_bytecode(notes: list[str]) -> None:
-    """Compile hookpool's bytecode, as ``pip install`` does and as the standard library
-    ships it: an editable install under PYTHONDONTWRITEBYTECODE=1 would otherwise compile
-    every module from source in every worker, which no installed copy does."""
-    spec = importlib.util.find_spec("hookpool")
-    if spec is None or not spec.submodule_search_locations:
-        return
-    for location in spec.submodule_search_locations:
-        if not compileall.compile_dir(location, quiet=2, workers=1):
-            notes.append(f"could not compile the bytecode in {location}")
+    """Compile the bytecode of the hookpool that the samples import (this checkout's:
+    ``child_env`` puts it first on their path), as ``pip install`` does and as the
+    standard library ships it: under PYTHONDONTWRITEBYTECODE=1 every worker would
+    otherwise compile every module from source, which no installed copy does."""
+    if not compileall.compile_dir(REPO / "hookpool", quiet=2, workers=1):
+        notes.append(f"could not compile the bytecode in {REPO / 'hookpool'}")
+
+
+def note_editable_install(notes: list[str]) -> None:
+    """An editable install adds an import hook that ``site`` loads in every interpreter,
+    workers included (some 10 ms each here): the same for every library, but no user's
+    installed copy has it, and it makes every start-up look alike."""
+    for entry in map(Path, sys.path):
+        if entry.is_dir() and any(entry.glob("__editable__*hookpool*")):
+            notes.append(
+                f"hookpool is installed in editable mode in {entry}: its import hook runs "
+                "in every process the benchmark starts and adds the same to every "
+                "library's start-up (install with `pip install .` to measure without it)"
+            )
 
 
 def machine_info() -> dict[str, Any]:
@@ -1112,6 +1122,7 @@ def run(args: argparse.Namespace) -> int:
         log(line)
     notes: list[str] = []
     compile_bytecode(notes)
+    note_editable_install(notes)
     libs = select_libs(args.libs, notes)
     if not libs:
         log("No library to benchmark (see --libs).")
