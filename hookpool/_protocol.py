@@ -27,16 +27,27 @@ from __future__ import annotations
 
 import contextlib
 import enum
+import multiprocessing.reduction
 import os
 import pickle
 import socket
 import struct
-from multiprocessing.connection import Connection
 
 from ._records import TYPE_CHECKING, NamedTuple
 
 if TYPE_CHECKING:
-    from typing import Any
+    from multiprocessing.connection import Connection
+    from typing import Any, Protocol
+
+    from _typeshed import ReadableBuffer as Buffer  # bytes, bytearray, memoryview...
+
+    class Sender(Protocol):
+        """What ``send`` writes to: a ``Connection`` (the manager) or a ``WorkerEnd``."""
+
+        def send_bytes(self, buf: Buffer) -> None: ...
+
+        def fileno(self) -> int: ...
+
 
 __all__ = [
     "Blob",
@@ -56,6 +67,7 @@ __all__ = [
     "Skip",
     "Skipped",
     "Stop",
+    "WorkerEnd",
     "blob",
     "scratch_buffer",
     "send",
@@ -205,6 +217,8 @@ _COUNT = [bytes((n,)) for n in range(256)]
 _HEADER = struct.Struct("!i")  # multiprocessing.connection's frame header
 _LONG_HEADER = struct.Struct("!Q")  # after a -1 header, for frames of 2 GiB and more
 _READ_SIZE = 256 * 1024
+_MAX_SHORT_FRAME = 0x7FFFFFFF  # larger frames have the long header
+_JOIN_HEADER_UP_TO = 16384  # smaller frames go out in one write, header and all
 
 
 def scratch_buffer() -> bytearray:
@@ -212,7 +226,7 @@ def scratch_buffer() -> bytearray:
     return bytearray(_READ_SIZE)
 
 
-def send(conn: Connection, messages: list[Message]) -> None:
+def send(conn: Sender, messages: list[Message]) -> None:
     """Write a batch of messages as one frame (plus one frame per out-of-band buffer)."""
     buffers: list[pickle.PickleBuffer] = []
     tags = _TAGS
@@ -228,15 +242,63 @@ def send(conn: Connection, messages: list[Message]) -> None:
         conn.send_bytes(view)
 
 
+class WorkerEnd:
+    """The worker's end of its pipe to the manager: a ``Connection`` without the import.
+
+    A spawned worker that unpickles a ``multiprocessing.connection.Connection`` imports
+    that module, and with it ``tempfile``, ``shutil``, ``random``...: some 5 ms of every
+    worker's start here, for a file descriptor. This carries the same descriptor across
+    (``reduction.DupFd``, as a Connection's own pickling does) and writes frames in the
+    same format (a ``!i`` size header; -1 then a ``!Q`` size from 2 GiB up), which the
+    manager reads with its Connection's descriptor (``FrameReader``).
+    """
+
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+
+    def fileno(self) -> int:
+        return self._fd
+
+    def send_bytes(self, buf: Buffer) -> None:
+        with memoryview(buf) as view:
+            size = view.nbytes
+            if size > _MAX_SHORT_FRAME:
+                header = _HEADER.pack(-1) + _LONG_HEADER.pack(size)
+            else:
+                header = _HEADER.pack(size)
+            if size <= _JOIN_HEADER_UP_TO:
+                self._write(b"".join((header, view)))
+            else:  # large: straight from the caller's buffer, no copy
+                self._write(header)
+                self._write(view)
+
+    def _write(self, data: Buffer) -> None:
+        with memoryview(data) as view:
+            written = os.write(self._fd, view)
+            while written < len(view):
+                written += os.write(self._fd, view[written:])
+
+    def close(self) -> None:
+        os.close(self._fd)
+
+    def __reduce__(self) -> tuple[object, ...]:
+        # Only while a worker is spawned, like a Connection: the fd is handed to the child.
+        return WorkerEnd._rebuild, (multiprocessing.reduction.DupFd(self._fd),)
+
+    @staticmethod
+    def _rebuild(dup: Any) -> WorkerEnd:
+        return WorkerEnd(dup.detach())
+
+
 class Inbox:
-    """The worker's side of its Connection: blocking reads of whole batches.
+    """The worker's side of its pipe: blocking reads of whole batches.
 
     Each frame is read straight into an object of its size, never chunk by chunk into a
     growing buffer as ``Connection.recv_bytes`` does; a large read-only buffer with one
     ``recv(MSG_WAITALL)`` into the ``bytes`` object that the task will get.
     """
 
-    def __init__(self, conn: Connection) -> None:
+    def __init__(self, conn: Sender) -> None:
         self._fd = conn.fileno()
         self._socket: socket.socket | None = None
         with contextlib.suppress(OSError):  # a duplex Pipe is a socketpair; else os.read

@@ -21,14 +21,16 @@ import multiprocessing.process
 import os
 import sys
 from collections.abc import Callable
-from multiprocessing.connection import Connection
 
+from . import _protocol as wire
 from . import _worker
 from ._hooks import Hooks
 from ._records import TYPE_CHECKING, NamedTuple
 from ._serialize import SpawnedHooks
 
 if TYPE_CHECKING:
+    from multiprocessing.connection import Connection
+
     from ._manager import Engine
 
 __all__ = [
@@ -129,7 +131,10 @@ class Spawner:
         config = _worker.WorkerConfig(number=number, name=name, log_level=level)
         parent_end, child_end = self.context.Pipe(duplex=True)
         process = self.context.Process(
-            target=_worker.main, args=(child_end, self.hooks, config), name=name, daemon=False
+            target=_worker.main,
+            args=(wire.WorkerEnd(child_end.fileno()), self.hooks, config),
+            name=name,
+            daemon=False,
         )
         try:
             process.start()

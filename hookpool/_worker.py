@@ -44,7 +44,6 @@ import contextlib
 import enum
 import itertools
 import multiprocessing
-import multiprocessing.connection
 import multiprocessing.util
 import os
 import select
@@ -54,7 +53,6 @@ import threading
 import time
 import warnings
 from collections.abc import Callable
-from multiprocessing.connection import Connection
 from types import FrameType
 
 from . import _identity
@@ -101,13 +99,13 @@ class _Phase(enum.Enum):
     LEAVING = "leaving"  # finalizer: SIGTERM is ignored
 
 
-def main(conn: Connection, hooks: SpawnedHooks, config: WorkerConfig) -> None:
+def main(conn: wire.WorkerEnd, hooks: SpawnedHooks, config: WorkerConfig) -> None:
     """Entry point of a worker process (the target of its ``Process``)."""
     _Worker(conn, config).run(hooks)
 
 
 class _Worker:
-    def __init__(self, conn: Connection, config: WorkerConfig) -> None:
+    def __init__(self, conn: wire.WorkerEnd, config: WorkerConfig) -> None:
         self.conn = conn
         self.config = config
         self.phase = _Phase.STARTING
@@ -335,7 +333,10 @@ class _Worker:
             return
 
         def watch() -> None:
-            multiprocessing.connection.wait([sentinel])
+            gone = select.poll()  # not multiprocessing.connection.wait: see WorkerEnd
+            gone.register(sentinel, select.POLLIN)
+            while not gone.poll():  # blocks until the parent's end closes
+                pass
             os.kill(os.getpid(), signal.SIGTERM)
             time.sleep(ORPHAN_GRACE_SECONDS)
             os._exit(SIGTERM_EXIT_CODE)

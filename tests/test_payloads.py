@@ -4,6 +4,7 @@ and with the writability they left with; the caller's later changes do not leak 
 from __future__ import annotations
 
 import io
+import os
 import pathlib
 import pickle
 import signal
@@ -12,6 +13,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from tasks import Frame, frame_writable, identity, scribble, sleep_then_first_byte
@@ -181,5 +183,28 @@ def test_inbox_reads_flags_and_types_from_a_real_pipe() -> None:
             assert [len(b) for b in call.buffers] == [size, size]
     finally:
         inbox.close()
+        ours.close()
+        theirs.close()
+
+
+@pytest.mark.parametrize("size", [0, 1, 16383, 16384, 16385, 3 * 1024 * 1024 + 7])
+def test_a_worker_end_writes_frames_a_connection_reads(size: int) -> None:
+    """``WorkerEnd`` (the worker's pipe, without multiprocessing.connection) frames
+    exactly as ``Connection.send_bytes`` does, around the size where it stops joining
+    the header to the payload, and for large payloads."""
+    import multiprocessing
+
+    ours, theirs = multiprocessing.Pipe(duplex=True)
+    end = wire.WorkerEnd(os.dup(theirs.fileno()))
+    payload = bytes(range(256)) * (size // 256) + bytes(size % 256)
+    writer = threading.Thread(target=end.send_bytes, args=(memoryview(payload),))
+    try:
+        writer.start()
+        assert ours.recv_bytes() == payload
+        writer.join(10)
+        end.send_bytes(b"next")  # the stream is still in step
+        assert ours.recv_bytes() == b"next"
+    finally:
+        end.close()
         ours.close()
         theirs.close()
