@@ -90,7 +90,7 @@ def submit_map(
     is queued, after ``wrap``. A chunk that will not pickle still raises here, and the
     map's other chunks are cancelled (one a worker has started runs on, unseen).
     """
-    gather = MapGather(len(chunks))
+    gather = MapGather([len(chunk) for chunk in chunks])
     tasks = _chunk_tasks(fn, kind, method, chunks, gather, timeout)
     tracker = start(progress, total)
     watched = None if tracker is None else (tracker, gather.watch())

@@ -192,14 +192,18 @@ class MapGather:
     garbage collector. A slot has only what the manager uses of a Future.
 
     Like the standard library, the Future settles when every chunk has finished; if any
-    failed, it fails with the error of the first failed chunk (in input order).
+    failed, it fails with the error of the first failed chunk (in input order). Each
+    chunk's results go into their place in the map's list as the chunk finishes (as the
+    standard library's do), not all at once at the end.
     """
 
-    def __init__(self, count: int) -> None:
+    def __init__(self, sizes: list[int]) -> None:
+        count = len(sizes)
         self.future: Future[list[Any]] = Future()
         self.future.set_running_or_notify_cancel()
         self.slots = [ChunkSlot(self, index) for index in range(count)]
-        self._results: list[Any] = [None] * count
+        self._starts = list(itertools.accumulate(sizes, initial=0))  # chunk i: [i, i + 1)
+        self._results: list[Any] = [None] * self._starts[-1]
         self._errors: dict[int, BaseException] = {}
         self._remaining = count
         self._lock = threading.Lock()
@@ -216,8 +220,12 @@ class MapGather:
     def _record(self, index: int, value: Any, error: BaseException | None) -> bool:
         """Record one settled chunk (with the lock held); True if it was the last."""
         if error is None:
-            self._results[index] = value
-        else:
+            start, end = self._starts[index], self._starts[index + 1]
+            if len(value) == end - start:
+                self._results[start:end] = value
+            else:  # never, from a worker (one result per item); it would shift the rest
+                error = RuntimeError(f"chunk {index} of a map has {len(value)} results")
+        if error is not None:
             self._errors[index] = error
         if self._events is not None:
             self._events.put((index, error is None))
@@ -230,7 +238,7 @@ class MapGather:
         if self._errors:
             self.future.set_exception(self._errors[min(self._errors)])
         else:
-            self.future.set_result(list(itertools.chain.from_iterable(self._results)))
+            self.future.set_result(self._results)
 
 
 _PENDING, _RUNNING, _FINISHED, _CANCELLED = range(4)
