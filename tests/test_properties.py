@@ -110,6 +110,42 @@ def test_imap_equals_builtin_map(
 
 
 @SETTINGS
+@given(
+    items=int_lists,
+    chunksize=chunksizes,
+    takes=st.lists(st.tuples(st.sampled_from(["next", "loop", "islice"]), st.integers(1, 7))),
+)
+def test_imap_taken_every_which_way_equals_builtin_map(
+    pools: GetPool, items: list[int], chunksize: int, takes: list[tuple[str, int]]
+) -> None:
+    """``next()`` calls, ``for`` loops left with ``break`` and ``islice`` slices, mixed on
+    one imap iterator (loops run in a generator of their own that shares its position),
+    take every result once, in order."""
+    iterator = pools(2).imap(tasks.square, iter(items), chunksize)
+    taken: list[int] = []
+    for how, count in [*takes, ("loop", len(items) + 1)]:
+        if how == "next":
+            taken.extend(itertools.islice(_nexts(iterator), count))
+        elif how == "islice":
+            taken.extend(itertools.islice(iterator, count))
+        else:
+            for value in iterator:
+                taken.append(value)
+                if len(taken) % count == 0:
+                    break
+    assert taken == list(map(tasks.square, items))
+
+
+def _nexts(iterator: Iterator[int]) -> Iterator[int]:
+    """``next(iterator)`` until it is exhausted, one call per item."""
+    while True:
+        try:
+            yield next(iterator)
+        except StopIteration:
+            return
+
+
+@SETTINGS
 @given(items=int_lists, processes=workers, chunksize=chunksizes)
 def test_imap_unordered_yields_a_permutation(
     pools: GetPool, items: list[int], processes: int, chunksize: int
