@@ -11,13 +11,21 @@ import logging
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future
-from typing import Any, TypeVar
 
 from . import _protocol as wire
-from ._manager import Engine, Outcome, Task
-from ._progress import ProgressOption, report_map, start
+from ._manager import Task
+from ._progress import report_map, start
+from ._records import TYPE_CHECKING
 from ._results import ChunkSlot, IMapIterator, MapGather, chunked
 from ._serialize import callable_name, dumps_callable, dumps_data
+
+if TYPE_CHECKING:
+    from typing import Any, TypeVar
+
+    from ._manager import Engine, Outcome
+    from ._progress import ProgressOption
+
+    R = TypeVar("R")
 
 __all__ = [
     "IMAP_CHUNKS_PER_WORKER",
@@ -31,7 +39,6 @@ __all__ = [
 
 logger = logging.getLogger("hookpool")
 
-R = TypeVar("R")
 
 #: A lazy map keeps this many chunks per worker submitted ahead of its consumer...
 IMAP_CHUNKS_PER_WORKER = 4

@@ -8,23 +8,25 @@ import time
 import weakref
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future
-from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 from . import _protocol as wire
 from ._hooks import Hooks
+from ._records import TYPE_CHECKING
 from ._spawn import available_cpus, check_not_bootstrapping, check_timeout, resolve, start_engine
 
 if TYPE_CHECKING:  # at run time, imported with the first executor: see _import_engine
+    from typing import Any, ParamSpec, TypeVar
+
     from ._calls import feed_in_background, lazy_map, submit_call
     from ._errors import TaskTimeoutError
     from ._manager import Engine
     from ._progress import ProgressOption, total_of
     from ._results import IMapIterator
 
-__all__ = ["ProcessPoolExecutor"]
+    R = TypeVar("R")
+    P = ParamSpec("P")
 
-R = TypeVar("R")
-P = ParamSpec("P")
+__all__ = ["ProcessPoolExecutor"]
 
 
 class ProcessPoolExecutor(concurrent.futures.Executor):

@@ -26,9 +26,12 @@ import pickle
 import sys
 import traceback
 from collections.abc import Callable
-from typing import Any
 
 from . import _protocol as wire
+from ._records import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from typing import Any
 
 __all__ = ["ForwardHandler", "install", "replay"]
 

@@ -38,11 +38,23 @@ import queue
 import threading
 from collections.abc import Callable, Iterable, Sized
 from concurrent.futures import Future
-from typing import Any, Protocol
+
+from ._records import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from typing import Any, Protocol
+
+    class _Sink(Protocol):
+        """Where a Progress reports: a user's callable or a tqdm bar."""
+
+        def update(self, done: int, total: int | None) -> None: ...
+        def close(self, done: int, total: int | None) -> None: ...
+
 
 __all__ = ["Progress", "ProgressOption", "report_map", "start", "total_of"]
 
 logger = logging.getLogger("hookpool")
+
 
 #: What ``progress=`` accepts: off (None, False), a tqdm bar (True), or a callable that
 #: receives ``(done, total)``.
@@ -52,13 +64,6 @@ MISSING_TQDM = (
     'progress=True needs tqdm: pip install "hookpool[progress]", or pass a callable '
     "progress(done, total) instead"
 )
-
-
-class _Sink(Protocol):
-    """Where a Progress reports: a user's callable or a tqdm bar."""
-
-    def update(self, done: int, total: int | None) -> None: ...
-    def close(self, done: int, total: int | None) -> None: ...
 
 
 class _CallableSink:

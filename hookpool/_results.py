@@ -19,11 +19,13 @@ import time
 import weakref
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import CancelledError, Future, InvalidStateError
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from ._errors import PoolTerminatedError
+from ._records import TYPE_CHECKING, Generic, TypeVar
 
 if TYPE_CHECKING:
+    from typing import Any
+
     from ._progress import Progress
 
 __all__ = [

@@ -1,8 +1,9 @@
-"""``_records.NamedTuple``: the worker's ``typing.NamedTuple``, without ``typing``."""
+"""``_records``: ``typing.NamedTuple``, ``Generic`` and ``TypeVar`` without ``typing``."""
 
 from __future__ import annotations
 
 import pickle
+import types
 import typing
 
 import pytest
@@ -67,3 +68,27 @@ def test_a_field_without_default_may_not_follow_one_with() -> None:
 
 def test_type_checkers_see_typing() -> None:
     assert _records.TYPE_CHECKING is False
+
+
+def test_generic_classes_subscript_as_typings_do() -> None:
+    """The engine's generic classes are made with ``_records.Generic``: subscripting one
+    gives a ``types.GenericAlias`` of it (as for the standard library's AsyncResult), and
+    subclasses of a subscripted one are plain subclasses."""
+    from hookpool import AsyncResult, IMapIterator, MapResult
+
+    alias = AsyncResult[int]
+    assert isinstance(alias, types.GenericAlias)
+    assert alias.__origin__ is AsyncResult and alias.__args__ == (int,)
+    assert MapResult[str].__origin__ is MapResult
+    assert issubclass(MapResult, AsyncResult)
+    assert IMapIterator[bytes].__origin__ is IMapIterator
+    assert typing.get_origin(AsyncResult[int]) is AsyncResult
+
+
+def test_generic_adds_no_state() -> None:
+    class Box(_records.Generic[_records.TypeVar("T")]):
+        __slots__ = ("item",)
+
+    box = Box()
+    assert not hasattr(box, "__dict__")
+    assert Box[int]().__class__ is Box
