@@ -17,21 +17,18 @@ TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing in every
 if TYPE_CHECKING:
     from typing import Any
 
-    from ._errors import (
-        HookpoolError,
-        InitializerError,
-        PoolBrokenError,
-        PoolTerminatedError,
-        RemoteError,
-        RemoteTraceback,
-        ResultEncodingError,
-        TaskTimeoutError,
-        WorkerLostError,
-    )
+    from ._errors import HookpoolError, PoolTerminatedError, RemoteError, TaskTimeoutError
     from ._executor import ProcessPoolExecutor
     from ._identity import WorkerInfo, current_worker
     from ._pool import Pool
     from ._results import AsyncResult, IMapIterator, MapResult
+    from ._std_errors import (
+        InitializerError,
+        PoolBrokenError,
+        RemoteTraceback,
+        ResultEncodingError,
+        WorkerLostError,
+    )
 
 __all__ = [
     "AsyncResult",
@@ -64,18 +61,17 @@ _HOMES = {
     "WorkerInfo": "._identity",
     "current_worker": "._identity",
     **dict.fromkeys(
+        ["HookpoolError", "PoolTerminatedError", "RemoteError", "TaskTimeoutError"], "._errors"
+    ),
+    **dict.fromkeys(
         [
-            "HookpoolError",
             "InitializerError",
             "PoolBrokenError",
-            "PoolTerminatedError",
-            "RemoteError",
             "RemoteTraceback",
             "ResultEncodingError",
-            "TaskTimeoutError",
             "WorkerLostError",
         ],
-        "._errors",
+        "._std_errors",
     ),
 }
 

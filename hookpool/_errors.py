@@ -16,66 +16,24 @@
 
 An exception raised by the task itself is re-raised in the caller as itself (same type,
 same arguments), with the worker's frames in its traceback; see ``_serialize``.
+
+The ones whose standard-library base lives in ``multiprocessing.pool`` or
+``concurrent.futures.process`` (both import ``multiprocessing.connection``: some 7 ms)
+are defined in ``_std_errors``, imported when first raised or looked up: a parent that
+starts a pool and gets its results never needs them. The ones here are always importable,
+even as the interpreter exits, when ``concurrent.futures.process`` no longer is.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
 import multiprocessing
-from concurrent.futures.process import BrokenProcessPool
-from multiprocessing.pool import (  # type: ignore[attr-defined]  # missing from typeshed
-    MaybeEncodingError,
-)
-from multiprocessing.pool import (  # type: ignore[attr-defined]
-    RemoteTraceback as _StdRemoteTraceback,
-)
 
-__all__ = [
-    "HookpoolError",
-    "InitializerError",
-    "PoolBrokenError",
-    "PoolTerminatedError",
-    "RemoteError",
-    "RemoteTraceback",
-    "ResultEncodingError",
-    "TaskTimeoutError",
-    "WorkerLostError",
-]
+__all__ = ["HookpoolError", "PoolTerminatedError", "RemoteError", "TaskTimeoutError"]
 
 
 class HookpoolError(Exception):
     """Base class of every error hookpool itself raises."""
-
-
-class WorkerLostError(HookpoolError, BrokenProcessPool):
-    """The worker running this task died before it could report a result.
-
-    Only the task that worker was running fails; the worker is replaced and the pool keeps
-    serving other tasks. Code written against ``ProcessPoolExecutor`` that catches
-    ``BrokenProcessPool`` still catches it.
-    """
-
-    def __init__(
-        self, message: str, *, pid: int | None = None, exitcode: int | None = None
-    ) -> None:
-        super().__init__(message)
-        self.pid = pid
-        self.exitcode = exitcode
-
-
-class PoolBrokenError(HookpoolError, BrokenProcessPool):
-    """The pool cannot run tasks any more (a worker could not start, or an internal error).
-
-    Every pending task fails with this error, and so does every later submission.
-    """
-
-
-class InitializerError(PoolBrokenError):
-    """The initializer raised in a worker; its exception is the ``__cause__``.
-
-    hookpool does not respawn workers in a loop with an initializer that fails: the pool
-    is broken and the error reaches the callers of every pending task.
-    """
 
 
 class PoolTerminatedError(HookpoolError):
@@ -105,25 +63,6 @@ class RemoteError(HookpoolError):
         )
 
 
-class ResultEncodingError(HookpoolError, MaybeEncodingError):  # type: ignore[misc]
-    """The task's result could not be pickled in the worker or unpickled in the caller.
-
-    A subclass of ``multiprocessing.pool.MaybeEncodingError``, as the standard library's
-    pool raises for the same problem.
-    """
-
-    def __init__(self, reason: str, value_repr: str, detail: str = "") -> None:
-        # MaybeEncodingError.__init__ repr()s its arguments; keep the plain strings.
-        Exception.__init__(self, reason, value_repr, detail)
-        self.exc = reason
-        self.value = value_repr
-        self.detail = detail
-
-    def __str__(self) -> str:
-        text = f"Error sending result: {self.value}. Reason: {self.exc}"
-        return f"{text}\n\n{self.detail}" if self.detail else text
-
-
 class TaskTimeoutError(HookpoolError, multiprocessing.TimeoutError, TimeoutError):
     """A task ran longer than its timeout: its worker was stopped and replaced."""
 
@@ -137,15 +76,3 @@ if not issubclass(TaskTimeoutError, concurrent.futures.TimeoutError):  # pragma:
         concurrent.futures.TimeoutError,
     ):
         """A task ran longer than its timeout: its worker was stopped and replaced."""
-
-
-class RemoteTraceback(_StdRemoteTraceback):  # type: ignore[misc]
-    """The worker's formatted traceback, attached as ``__cause__`` like the standard library.
-
-    hookpool attaches it only where the worker's exception had no ``__cause__`` of its
-    own: a real ``raise ... from`` chain is kept as it was.
-    """
-
-    def __init__(self, tb: str) -> None:
-        super().__init__(tb)
-        self.tb = tb

@@ -44,14 +44,19 @@ import threading
 import warnings
 from collections.abc import Callable
 from types import FrameType
-from typing import Any
 
 from . import _worker
-from ._errors import InitializerError, ResultEncodingError
 from ._hooks import Hooks
-from ._manager import Outcome, Task, _resolve, refusal
+from ._manager import Task, _resolve, refusal
+from ._records import TYPE_CHECKING
 from ._serialize import describe, dumps, loads, loads_data
 from ._state import PoolState
+from ._std_errors import InitializerError, ResultEncodingError
+
+if TYPE_CHECKING:
+    from typing import Any
+
+    from ._manager import Outcome
 
 __all__ = ["InlineManager"]
 

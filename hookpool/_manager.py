@@ -10,7 +10,7 @@ Data flow::
       │                     (wake-up pipe) ─────────┤
       │                                             ▼
       │                                 selector over: wake-up pipe,
-      │                                 each worker's Connection and sentinel
+      │                                 each worker's pipe and sentinel
       │                                             │ _dispatch: Call ──────────> _Worker._serve
       │                                             │                               runs fn
       │                                             │ <──────────────────── Log ────┤ (logging)
@@ -33,7 +33,7 @@ Actors:
     Thread-safe entry points (``submit``, ``close``, ``terminate``) only append to the queue
     or change the state, then write one byte to the wake-up pipe. Everything else happens
     on the manager thread, which waits on one selector: the wake-up pipe, every worker's
-    duplex Connection, and every worker's process sentinel. Deadlines (task timeouts, the
+    duplex pipe, and every worker's process sentinel. Deadlines (task timeouts, the
     terminate grace period) become the selector's timeout. Nothing polls (an idle pool's
     manager wakes once a second, see ``TAKE_BACK_SECONDS``).
 
@@ -50,7 +50,7 @@ Actors:
     it wakes, for whatever reason, and handles what the borrower read, in order.
 
 ``WorkerHandle``
-    The manager's view of one worker: its process, its Connection, and the tasks sent to
+    The manager's view of one worker: its process, its pipe, and the tasks sent to
     it, in the order it runs them. Because a worker runs its tasks one at a time, in
     order, the first task in ``inflight`` is the one it is running: if the worker dies,
     that task fails with ``WorkerLostError`` and the ones queued behind it, which never
@@ -94,27 +94,72 @@ import time
 import weakref
 from collections.abc import Callable
 from concurrent.futures import CancelledError, InvalidStateError
-from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
-from typing import Any, Protocol
 
 from . import _logs, _worker
 from . import _protocol as wire
-from ._errors import (
-    InitializerError,
-    PoolBrokenError,
-    PoolTerminatedError,
-    ResultEncodingError,
-    TaskTimeoutError,
-    WorkerLostError,
-)
+from ._errors import PoolTerminatedError, TaskTimeoutError
+from ._records import TYPE_CHECKING
 from ._serialize import loads_data, rebuild
 from ._spawn import Spawner, StartedWorker
 from ._state import PoolState
 
-__all__ = ["Engine", "Manager", "Task"]
+if TYPE_CHECKING:  # for type checkers only: typing is not imported at run time
+    from typing import Any, Protocol
+
+    class Outcome(Protocol):
+        """What the manager needs of a task's future: a ``concurrent.futures.Future`` is one;
+        a map's chunks use a lighter ``_results.ChunkSlot``."""
+
+        def set_running_or_notify_cancel(self) -> bool: ...
+        def set_result(self, result: Any) -> None: ...
+        def set_exception(self, exception: BaseException | None) -> None: ...
+        def cancel(self) -> bool: ...
+        def done(self) -> bool: ...
+
+    class Engine(Protocol):
+        """What the facades and ``_calls`` may use: ``Manager`` or ``_inline.InlineManager``."""
+
+        @property
+        def state(self) -> PoolState: ...
+
+        @property
+        def size(self) -> int: ...
+
+        @property
+        def inline(self) -> bool:
+            """True for ``InlineManager``: tasks run in the caller's thread, in ``submit``."""
+            ...
+
+        def submit(self, task: Task, *, while_closing: bool = False) -> None: ...
+
+        def submit_many(self, tasks: list[Task], *, while_closing: bool = False) -> None: ...
+
+        def check_running(self) -> None: ...
+
+        def close(self) -> None: ...
+
+        def hold(self) -> None:
+            """While closing, keep serving until ``release()``: more tasks are coming."""
+            ...
+
+        def release(self) -> None: ...
+
+        def cancel(self, future: Outcome) -> bool: ...
+
+        def cancel_queued(self) -> None: ...
+
+        def terminate(self) -> None: ...
+
+        def join(self, timeout: float | None = None) -> bool: ...
+
+        def worker_pids(self) -> list[int]: ...
+
+
+__all__ = ["Manager", "Task"]
 
 logger = logging.getLogger("hookpool")
+
 
 #: Seconds a worker gets, after being asked to stop, to run its finalizer before SIGKILL.
 TERMINATE_GRACE_SECONDS = 5.0
@@ -138,17 +183,6 @@ LENT_CHECK_SECONDS = 0.5
 #: ...and the manager thread, while workers are parked (and so may be lent), sleeps at
 #: most this long before taking them back.
 TAKE_BACK_SECONDS = 1.0
-
-
-class Outcome(Protocol):
-    """What the manager needs of a task's future: a ``concurrent.futures.Future`` is one;
-    a map's chunks use a lighter ``_results.ChunkSlot``."""
-
-    def set_running_or_notify_cancel(self) -> bool: ...
-    def set_result(self, result: Any) -> None: ...
-    def set_exception(self, exception: BaseException | None) -> None: ...
-    def cancel(self) -> bool: ...
-    def done(self) -> bool: ...
 
 
 class Task:
@@ -227,7 +261,7 @@ class WorkerHandle:
         self,
         name: str,
         process: BaseProcess,
-        conn: Connection,
+        conn: wire.PipeEnd,
         pid: int,
         reader: wire.FrameReader,
     ) -> None:
@@ -240,7 +274,7 @@ class WorkerHandle:
         self.ready = False
         #: Asked to leave (Stop sent or SIGTERM): gets no more tasks.
         self.stopping = False
-        #: The Connection hit EOF; only the sentinel is watched from then on.
+        #: The pipe hit EOF; only the sentinel is watched from then on.
         self.conn_closed = False
         #: Tasks sent to this worker, in the order it runs them; [0] is running.
         self.inflight: collections.deque[Task] = collections.deque()
@@ -266,7 +300,7 @@ class WorkerHandle:
         #: The pickled functions sent to it, and the id it knows each by.
         self.functions: dict[bytes, int] = {}
         #: Lent to a caller waiting for its one task (``Manager._read_directly``): the
-        #: manager thread does not watch its Connection until it takes it back.
+        #: manager thread does not watch its pipe until it takes it back.
         self.lent = False
         #: The borrower is reading it. Still set when the manager takes it back, the read
         #: was cut short (a signal handler raised): what it read may be lost.
@@ -275,7 +309,7 @@ class WorkerHandle:
         self.handoff: collections.deque[wire.Message] = collections.deque()
         #: Held by the borrower while it reads, and by the manager while it takes it back.
         self.read_lock = threading.Lock()
-        #: Taken back in this turn of the loop: its Connection may have been read empty.
+        #: Taken back in this turn of the loop: its pipe may have been read empty.
         self.reclaimed = False
 
     def __repr__(self) -> str:
@@ -304,45 +338,6 @@ class WorkerHandle:
         self.inflight_bytes -= task.charged
         self.timeouts -= task.timeout is not None
         return task
-
-
-class Engine(Protocol):
-    """What the facades and ``_calls`` may use: ``Manager`` or ``_inline.InlineManager``."""
-
-    @property
-    def state(self) -> PoolState: ...
-
-    @property
-    def size(self) -> int: ...
-
-    @property
-    def inline(self) -> bool:
-        """True for ``InlineManager``: tasks run in the caller's thread, in ``submit``."""
-        ...
-
-    def submit(self, task: Task, *, while_closing: bool = False) -> None: ...
-
-    def submit_many(self, tasks: list[Task], *, while_closing: bool = False) -> None: ...
-
-    def check_running(self) -> None: ...
-
-    def close(self) -> None: ...
-
-    def hold(self) -> None:
-        """While closing, keep serving until ``release()``: more tasks are coming."""
-        ...
-
-    def release(self) -> None: ...
-
-    def cancel(self, future: Outcome) -> bool: ...
-
-    def cancel_queued(self) -> None: ...
-
-    def terminate(self) -> None: ...
-
-    def join(self, timeout: float | None = None) -> bool: ...
-
-    def worker_pids(self) -> list[int]: ...
 
 
 class Manager:
@@ -379,6 +374,7 @@ class Manager:
         self._sleeping = False  # workers are parked while the manager sleeps (_park_idle)
         self._lent: list[WorkerHandle] = []  # guarded by _lock, see _read_directly
         self._startup_failures = 0  # workers in a row that died before reporting Ready
+        self._std_errors_imported = False  # see _loop
         self._holds = 0  # lazy maps still submitting while closing (see hold())
         self._winding_down = False
 
@@ -477,7 +473,7 @@ class Manager:
         timeout, or the manager took the worker back): the caller then waits as usual.
 
         The manager *lends* the worker: while it sleeps, it stops watching the worker's
-        Connection (one system call, which a signal handler cannot cut in half), and it
+        pipe (one system call, which a signal handler cannot cut in half), and it
         takes back every lent worker first thing when it wakes (``_take_back``), for
         whatever reason it wakes; this thread wakes it when done. What is read here goes
         to the worker's ``handoff`` for the manager to handle in order; this thread
@@ -496,7 +492,7 @@ class Manager:
         """Under ``_lock``: lend ``worker`` to a thread waiting for ``task``, its only
         task, if the manager sleeps (it takes the worker back on waking; until then it
         changes nothing about the worker). Already lent for it (a thread that waited
-        before was interrupted): this one carries on. Returns its Connection's fd."""
+        before was interrupted): this one carries on. Returns its pipe's fd."""
         if not self._sleeping or not worker.inflight or worker.inflight[0] is not task:
             return None
         if not worker.lent:
@@ -510,7 +506,7 @@ class Manager:
         return worker.conn.fileno()
 
     def _read_lent(self, worker: WorkerHandle, task: Task, fd: int, timeout: float | None) -> None:
-        # The fd is only read while the worker is lent (then its Connection is open);
+        # The fd is only read while the worker is lent (then its pipe is open);
         # once it was taken back, the number may even be another file's: polling it
         # then ends at the next check.
         poller = select.poll()
@@ -678,13 +674,8 @@ class Manager:
             self._loop()
         except BaseException as exc:
             logger.exception("hookpool: internal error in the manager thread of %s", self._name)
-            error = PoolBrokenError(
-                f"internal error in the hookpool manager thread: {exc!r}; "
-                f"the pool cannot run tasks any more"
-            )
-            error.__cause__ = exc
-            self._break(error)
-            self._end_lends()  # before any Connection is closed
+            self._break(_internal_error(exc))
+            self._end_lends()  # before any pipe is closed
             self._kill_all()
         finally:
             self._end_lends()
@@ -706,6 +697,11 @@ class Manager:
                 # thread when done, unless a signal handler raised at the wrong moment:
                 # then the worker is taken back by this time anyway.
                 timeout = TAKE_BACK_SECONDS if timeout is None else min(timeout, TAKE_BACK_SECONDS)
+            if not self._std_errors_imported and self._idle():
+                # Now, not while the workers boot or a task is out: see _std_errors.
+                self._std_errors_imported = True
+                with contextlib.suppress(Exception):  # too late: the interpreter is exiting
+                    from . import _std_errors  # noqa: F401
             events = self._selector.select(timeout)
             if parked:
                 self._unpark_all()
@@ -756,6 +752,10 @@ class Manager:
             fn_id = worker.functions[task.fn] = next(self._function_ids)
             fn = (fn_id, task.fn, forget_others)
         return wire.Call(task.task_id, int(task.kind), fn, wire.blob(task.args), task.buffers)
+
+    def _idle(self) -> bool:
+        """No task queued or out, and every worker has started (reported Ready)."""
+        return not self._queue and all(w.ready and not w.inflight for w in self._workers)
 
     def _park_idle(self) -> bool:
         """Before sleeping: let ``submit`` send tasks to the idle workers itself. True if
@@ -942,6 +942,8 @@ class Manager:
         elif kind is wire.InitFailed:
             assert isinstance(message, wire.InitFailed)
             cause = rebuild(message.error, remote_cause=True)
+            from ._std_errors import InitializerError
+
             error = InitializerError(
                 f"the initializer raised in worker {worker.name} (pid {worker.pid}): "
                 f"{message.error.type_name}: {message.error.message}. hookpool does not "
@@ -1039,7 +1041,7 @@ class Manager:
         self._forget_conn(worker)
         worker.exited = True
         self._selector.unregister(worker.process.sentinel)
-        worker.process.join(REAP_SECONDS)
+        _reap(worker.process, REAP_SECONDS)
         exitcode = worker.process.exitcode
         self._workers.remove(worker)
         with contextlib.suppress(ValueError):
@@ -1054,6 +1056,8 @@ class Manager:
         # and again is a bug in the set-up, and respawning forever would hide it.
         self._startup_failures += 1
         if self._startup_failures >= STARTUP_FAILURES_TO_BREAK:
+            from ._std_errors import PoolBrokenError
+
             self._break(
                 PoolBrokenError(
                     f"{STARTUP_FAILURES_TO_BREAK} workers in a row died while starting; the "
@@ -1070,9 +1074,16 @@ class Manager:
         cause = (
             _likely_cause(exitcode) if worker.lost_reason is None else f" ({worker.lost_reason})"
         )
-        return WorkerLostError(
+        what = (
             f"worker {worker.name} (pid {worker.pid}) {_exit_text(exitcode)} while running "
-            f"{task.describe()}{cause}. The worker was replaced; other tasks are not affected.",
+            f"{task.describe()}{cause}."
+        )
+        try:
+            from ._std_errors import WorkerLostError
+        except Exception:  # the interpreter is exiting: too late to import (see _std_errors)
+            return PoolTerminatedError(f"{what} The interpreter is exiting.")
+        return WorkerLostError(
+            f"{what} The worker was replaced; other tasks are not affected.",
             pid=worker.pid,
             exitcode=exitcode,
         )
@@ -1192,8 +1203,8 @@ class Manager:
         for worker in self._workers:
             with contextlib.suppress(OSError, ValueError):
                 worker.process.kill()
-            with contextlib.suppress(OSError, ValueError, AssertionError):
-                worker.process.join(REAP_SECONDS)
+            with contextlib.suppress(OSError, ValueError):
+                _reap(worker.process, REAP_SECONDS)
             self._forget_conn(worker)
 
     def _close_fds(self) -> None:
@@ -1221,6 +1232,8 @@ def refusal(
 ) -> Exception:
     """What submitting to an engine in ``state`` (not RUNNING) raises."""
     if state is PoolState.BROKEN:
+        from ._std_errors import PoolBrokenError
+
         error = PoolBrokenError(f"{name} is broken and cannot run tasks: {broken_error}")
         error.__cause__ = broken_error
         return error
@@ -1232,7 +1245,39 @@ def _held_here(lock: Any) -> bool:
     return bool(lock._is_owned())
 
 
-def _poll(conn: Connection) -> bool:
+def _internal_error(exc: BaseException) -> BaseException:
+    """What a pool breaks with when its manager thread fails: a PoolBrokenError, or a
+    PoolTerminatedError if that can no longer be imported (see ``_std_errors``)."""
+    message = (
+        f"internal error in the hookpool manager thread: {exc!r}; "
+        f"the pool cannot run tasks any more"
+    )
+    try:
+        from ._std_errors import PoolBrokenError
+    except Exception:  # the interpreter is exiting: concurrent.futures.process will not import
+        error: BaseException = PoolTerminatedError(message)
+    else:
+        error = PoolBrokenError(message)
+    error.__cause__ = exc
+    return error
+
+
+def _reap(process: BaseProcess, timeout: float) -> None:
+    """Wait at most ``timeout`` for a worker that has exited, or was killed, to be reaped.
+
+    Not ``process.join(timeout)``: with a timeout that waits in
+    ``multiprocessing.connection.wait``, whose import costs some 5 ms. The process is on
+    its way out (its sentinel fired, or it got SIGKILL), so a few non-blocking waitpid
+    calls (``exitcode``), short sleeps between them, are enough.
+    """
+    deadline = time.monotonic() + timeout
+    delay = 0.0001
+    while process.exitcode is None and time.monotonic() < deadline:
+        time.sleep(delay)
+        delay = min(2 * delay, 0.01)
+
+
+def _poll(conn: wire.PipeEnd) -> bool:
     try:
         return conn.poll()
     except (EOFError, OSError):
@@ -1265,6 +1310,8 @@ def _answer(
     try:
         return loads_data(message.value, message.buffers), None
     except catch as exc:
+        from ._std_errors import ResultEncodingError
+
         error = ResultEncodingError(
             f"the result could not be unpickled in the caller: {exc!r}",
             f"<result of {task.describe()}>",

@@ -30,19 +30,19 @@ import enum
 import multiprocessing.reduction
 import os
 import pickle
+import select
 import socket
 import struct
 
 from ._records import TYPE_CHECKING, NamedTuple
 
 if TYPE_CHECKING:
-    from multiprocessing.connection import Connection
     from typing import Any, Protocol
 
     from _typeshed import ReadableBuffer as Buffer  # bytes, bytearray, memoryview...
 
     class Sender(Protocol):
-        """What ``send`` writes to: a ``Connection`` (the manager) or a ``WorkerEnd``."""
+        """What ``send`` writes to: a ``PipeEnd`` (or a ``Connection``)."""
 
         def send_bytes(self, buf: Buffer) -> None: ...
 
@@ -63,12 +63,13 @@ __all__ = [
     "InitFailed",
     "Log",
     "Message",
+    "PipeEnd",
     "Ready",
     "Skip",
     "Skipped",
     "Stop",
-    "WorkerEnd",
     "blob",
+    "pipe",
     "scratch_buffer",
     "send",
 ]
@@ -242,21 +243,37 @@ def send(conn: Sender, messages: list[Message]) -> None:
         conn.send_bytes(view)
 
 
-class WorkerEnd:
-    """The worker's end of its pipe to the manager: a ``Connection`` without the import.
+def pipe() -> tuple[PipeEnd, PipeEnd]:
+    """A duplex pipe between the manager and one worker: the manager's end, the worker's.
 
-    A spawned worker that unpickles a ``multiprocessing.connection.Connection`` imports
-    that module, and with it ``tempfile``, ``shutil``, ``random``...: some 5 ms of every
-    worker's start here, for a file descriptor. This carries the same descriptor across
-    (``reduction.DupFd``, as a Connection's own pickling does) and writes frames in the
-    same format (a ``!i`` size header; -1 then a ``!Q`` size from 2 GiB up), which the
-    manager reads with its Connection's descriptor (``FrameReader``).
+    What ``multiprocessing.Pipe(duplex=True)`` makes on POSIX (a blocking socketpair),
+    without its ``Connection`` objects.
+    """
+    left, right = socket.socketpair()
+    left.setblocking(True)  # whatever socket.setdefaulttimeout() says, as Pipe() does
+    right.setblocking(True)
+    return PipeEnd(left.detach()), PipeEnd(right.detach())
+
+
+class PipeEnd:
+    """One end of a worker's pipe: a ``multiprocessing.connection.Connection`` without the
+    import.
+
+    Importing that module imports ``tempfile``, ``shutil``, ``random``, ``bz2``...: some
+    5 ms in the parent as its first workers boot, and in each worker that unpickled a
+    Connection. A PipeEnd holds the descriptor and writes frames in a Connection's format
+    (a ``!i`` size header; -1 then a ``!Q`` size from 2 GiB up); the manager reads them
+    with a ``FrameReader``, a worker with an ``Inbox``. It is handed to the worker as a
+    Connection is (``reduction.DupFd``) and, closed, refuses use as a Connection does:
+    a closed descriptor's number may already belong to another file.
     """
 
     def __init__(self, fd: int) -> None:
         self._fd = fd
 
     def fileno(self) -> int:
+        if self._fd < 0:
+            raise OSError("handle is closed")
         return self._fd
 
     def send_bytes(self, buf: Buffer) -> None:
@@ -272,22 +289,31 @@ class WorkerEnd:
                 self._write(header)
                 self._write(view)
 
-    def _write(self, data: Buffer) -> None:
-        with memoryview(data) as view:
-            written = os.write(self._fd, view)
-            while written < len(view):
-                written += os.write(self._fd, view[written:])
+    def poll(self) -> bool:
+        """Whether a read would not block (data, or the other end closed)."""
+        poller = select.poll()
+        poller.register(self.fileno(), select.POLLIN)
+        return bool(poller.poll(0))
 
     def close(self) -> None:
-        os.close(self._fd)
+        if self._fd >= 0:
+            fd, self._fd = self._fd, -1
+            os.close(fd)
+
+    def _write(self, data: Buffer) -> None:
+        fd = self.fileno()
+        with memoryview(data) as view:
+            written = os.write(fd, view)
+            while written < len(view):
+                written += os.write(fd, view[written:])
 
     def __reduce__(self) -> tuple[object, ...]:
         # Only while a worker is spawned, like a Connection: the fd is handed to the child.
-        return WorkerEnd._rebuild, (multiprocessing.reduction.DupFd(self._fd),)
+        return PipeEnd._rebuild, (multiprocessing.reduction.DupFd(self.fileno()),)
 
     @staticmethod
-    def _rebuild(dup: Any) -> WorkerEnd:
-        return WorkerEnd(dup.detach())
+    def _rebuild(dup: Any) -> PipeEnd:
+        return PipeEnd(dup.detach())
 
 
 class Inbox:
@@ -379,7 +405,7 @@ def _decode(
 
 
 class FrameReader:
-    """Reads whatever a Connection has ready, without blocking, and returns the complete
+    """Reads whatever a pipe has ready, without blocking, and returns the complete
     batches in it: the manager reads many results with one system call, and is never
     stuck mid-frame waiting for a slow writer.
 
@@ -388,7 +414,7 @@ class FrameReader:
     are decoded where they lie; only a frame cut off at the end of a read is kept.
     """
 
-    def __init__(self, conn: Connection, scratch: bytearray) -> None:
+    def __init__(self, conn: PipeEnd, scratch: bytearray) -> None:
         self._fd = conn.fileno()
         self._scratch = memoryview(scratch)
         self._buffer = bytearray()  # the start of a frame that has not fully arrived

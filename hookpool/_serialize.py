@@ -488,7 +488,8 @@ def rebuild(report: ErrorReport, *, remote_cause: bool = True) -> BaseException:
     If its ``__cause__`` was not set by the worker's code, it is set to a
     ``RemoteTraceback`` with the formatted worker traceback, as the standard library does.
     """
-    from ._errors import RemoteError, RemoteTraceback
+    from ._errors import RemoteError
+    from ._std_errors import RemoteTraceback
 
     exc: BaseException | None = None
     if report.exception is not None:

@@ -29,8 +29,6 @@ from ._records import TYPE_CHECKING, NamedTuple
 from ._serialize import SpawnedHooks
 
 if TYPE_CHECKING:
-    from multiprocessing.connection import Connection
-
     from ._manager import Engine
 
 __all__ = [
@@ -102,7 +100,7 @@ class StartedWorker(NamedTuple):
 
     name: str
     process: multiprocessing.process.BaseProcess
-    conn: Connection
+    conn: wire.PipeEnd
 
 
 class Spawner:
@@ -129,10 +127,10 @@ class Spawner:
         # drop are not even sent.
         level = _root_level() if self.forward_logging else None
         config = _worker.WorkerConfig(number=number, name=name, log_level=level)
-        parent_end, child_end = self.context.Pipe(duplex=True)
+        parent_end, child_end = wire.pipe()
         process = self.context.Process(
             target=_worker.main,
-            args=(wire.WorkerEnd(child_end.fileno()), self.hooks, config),
+            args=(child_end, self.hooks, config),
             name=name,
             daemon=False,
         )

@@ -99,13 +99,13 @@ class _Phase(enum.Enum):
     LEAVING = "leaving"  # finalizer: SIGTERM is ignored
 
 
-def main(conn: wire.WorkerEnd, hooks: SpawnedHooks, config: WorkerConfig) -> None:
+def main(conn: wire.PipeEnd, hooks: SpawnedHooks, config: WorkerConfig) -> None:
     """Entry point of a worker process (the target of its ``Process``)."""
     _Worker(conn, config).run(hooks)
 
 
 class _Worker:
-    def __init__(self, conn: wire.WorkerEnd, config: WorkerConfig) -> None:
+    def __init__(self, conn: wire.PipeEnd, config: WorkerConfig) -> None:
         self.conn = conn
         self.config = config
         self.phase = _Phase.STARTING
@@ -241,7 +241,7 @@ class _Worker:
         try:
             data, buffers = dumps_data(result, snapshot=False)
         except BaseException as exc:
-            from ._errors import ResultEncodingError
+            from ._std_errors import ResultEncodingError
 
             error = ResultEncodingError(f"{type(exc).__name__}: {exc}", describe(result))
             error.__cause__ = exc
@@ -333,7 +333,7 @@ class _Worker:
             return
 
         def watch() -> None:
-            gone = select.poll()  # not multiprocessing.connection.wait: see WorkerEnd
+            gone = select.poll()  # not multiprocessing.connection.wait: see PipeEnd
             gone.register(sentinel, select.POLLIN)
             while not gone.poll():  # blocks until the parent's end closes
                 pass

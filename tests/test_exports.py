@@ -146,7 +146,7 @@ def test_importing_hookpool_imports_little() -> None:
 def test_a_worker_imports_neither_typing_nor_connection() -> None:
     """What a worker imports to start, with a main script that imports the Pool, imports
     neither ``typing`` nor ``multiprocessing.connection`` (together some 7 ms of every
-    worker's start here; see ``_protocol.WorkerEnd``)."""
+    worker's start here; see ``_protocol.PipeEnd``)."""
     found = _imported_by(
         "from hookpool import Pool\nimport hookpool._worker",
         ["typing", "multiprocessing.connection", "tempfile"],
@@ -190,3 +190,52 @@ def test_a_live_worker_imports_little(make_pool: Callable[..., hookpool.Pool]) -
     # ... and the probe is real: the parent has them.
     importlib.import_module("hookpool._manager")
     assert "hookpool._manager" in loaded(NOT_IN_A_WORKER)
+
+
+#: What the parent does without to start a pool and get its first results: its first
+#: workers boot meanwhile, on the same CPUs (see ``_protocol.PipeEnd``, ``_records`` and
+#: ``_std_errors``)...
+PARENT_SKIPS = ["typing", "multiprocessing.connection", "hookpool._std_errors"]
+#: ...or leaves to its manager thread, once the pool is idle (``Manager._loop``).
+MANAGER_IMPORTS = [
+    "multiprocessing.connection",
+    "multiprocessing.pool",
+    "concurrent.futures.process",
+    "hookpool._std_errors",
+]
+
+WATCH_IMPORTS = """
+import json, sys, threading
+first_imported_by = {}
+
+class Watch:
+    def find_spec(self, name, path=None, target=None):
+        first_imported_by.setdefault(name, threading.current_thread().name)
+
+sys.meta_path.insert(0, Watch())
+"""
+
+
+def test_a_parent_starts_a_pool_without_the_heavy_imports(tmp_path: Path) -> None:
+    """A script that imports only hookpool: making pools and getting results (apply_async,
+    map, imap, submit) imports none of ``PARENT_SKIPS`` in the caller's thread, and the
+    manager thread imports what hookpool's errors need only once its pool is idle."""
+    script = WATCH_IMPORTS + (
+        "from hookpool import Pool, ProcessPoolExecutor\n"
+        'if __name__ == "__main__":\n'
+        "    with Pool(2) as pool:\n"
+        "        assert pool.apply_async(abs, (-1,)).get(30) == 1\n"
+        "        assert pool.map(abs, range(-5, 5)) == list(map(abs, range(-5, 5)))\n"
+        "        assert list(pool.imap(abs, range(-5, 5))) == list(map(abs, range(-5, 5)))\n"
+        "    with ProcessPoolExecutor(1) as executor:\n"
+        "        assert executor.submit(abs, -2).result(30) == 2\n"
+        f"    watched = {[*PARENT_SKIPS, *MANAGER_IMPORTS]!r}\n"
+        "    print(json.dumps({m: first_imported_by.get(m) for m in watched}))\n"
+    )
+    result = run_script(script, tmp_path)
+    assert result.returncode == 0, result.stderr
+    imported_by: dict[str, str | None] = json.loads(result.stdout)
+    assert imported_by["typing"] is None
+    for module in MANAGER_IMPORTS:
+        thread = imported_by[module]
+        assert thread is None or thread.endswith("-manager"), (module, thread)

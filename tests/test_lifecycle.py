@@ -358,6 +358,34 @@ def test_parent_exits_without_closing(tmp_path: Path, busy: str) -> None:
     assert "Traceback" not in proc.stderr, proc.stderr
 
 
+DRAIN_DEATH_SCRIPT = """
+import os, time
+import hookpool
+
+def die_later(seconds):
+    time.sleep(seconds)
+    os._exit(3)
+
+def report(future):
+    print(type(future.exception()).__name__, flush=True)
+
+if __name__ == "__main__":
+    executor = hookpool.ProcessPoolExecutor(1)
+    executor.submit(die_later, 0.5).add_done_callback(report)
+    # no shutdown(): at exit the executor waits for the task, and its worker dies then
+"""
+
+
+def test_a_worker_that_dies_as_the_parent_exits_fails_its_task(tmp_path: Path) -> None:
+    """The task was out from the pool's start to the interpreter's exit, so the errors
+    with standard-library bases were never imported (``_std_errors``), and cannot be as
+    the interpreter exits: the task still fails, the parent still exits, nothing hangs."""
+    proc = run_script(DRAIN_DEATH_SCRIPT, tmp_path, timeout=30)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() in (["WorkerLostError"], ["PoolTerminatedError"]), proc.stdout
+    assert "Traceback" not in proc.stderr, proc.stderr
+
+
 def kill_if_worker(p: int) -> None:
     """SIGKILL ``p`` if it is still a multiprocessing child (not a recycled pid)."""
     try:

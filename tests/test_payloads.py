@@ -189,13 +189,13 @@ def test_inbox_reads_flags_and_types_from_a_real_pipe() -> None:
 
 @pytest.mark.parametrize("size", [0, 1, 16383, 16384, 16385, 3 * 1024 * 1024 + 7])
 def test_a_worker_end_writes_frames_a_connection_reads(size: int) -> None:
-    """``WorkerEnd`` (the worker's pipe, without multiprocessing.connection) frames
+    """``PipeEnd`` (a worker's pipe, without multiprocessing.connection) frames
     exactly as ``Connection.send_bytes`` does, around the size where it stops joining
     the header to the payload, and for large payloads."""
     import multiprocessing
 
     ours, theirs = multiprocessing.Pipe(duplex=True)
-    end = wire.WorkerEnd(os.dup(theirs.fileno()))
+    end = wire.PipeEnd(os.dup(theirs.fileno()))
     payload = bytes(range(256)) * (size // 256) + bytes(size % 256)
     writer = threading.Thread(target=end.send_bytes, args=(memoryview(payload),))
     try:

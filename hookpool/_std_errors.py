@@ -1,0 +1,90 @@
+"""hookpool's errors that are also the standard library's pool errors (see ``_errors``).
+
+Their bases live in ``concurrent.futures.process`` and ``multiprocessing.pool``, which
+import ``multiprocessing.connection`` and with it ``tempfile``, ``shutil``, ``random``...:
+some 7 ms. The manager imports this module where it raises one of these, and once its
+pool has answered and is idle (``Manager._loop``); ``hookpool.WorkerLostError`` and the
+like import it too.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures.process import BrokenProcessPool
+from multiprocessing.pool import (  # type: ignore[attr-defined]  # missing from typeshed
+    MaybeEncodingError,
+)
+from multiprocessing.pool import (  # type: ignore[attr-defined]
+    RemoteTraceback as _StdRemoteTraceback,
+)
+
+from ._errors import HookpoolError
+
+__all__ = [
+    "InitializerError",
+    "PoolBrokenError",
+    "RemoteTraceback",
+    "ResultEncodingError",
+    "WorkerLostError",
+]
+
+
+class WorkerLostError(HookpoolError, BrokenProcessPool):
+    """The worker running this task died before it could report a result.
+
+    Only the task that worker was running fails; the worker is replaced and the pool keeps
+    serving other tasks. Code written against ``ProcessPoolExecutor`` that catches
+    ``BrokenProcessPool`` still catches it.
+    """
+
+    def __init__(
+        self, message: str, *, pid: int | None = None, exitcode: int | None = None
+    ) -> None:
+        super().__init__(message)
+        self.pid = pid
+        self.exitcode = exitcode
+
+
+class PoolBrokenError(HookpoolError, BrokenProcessPool):
+    """The pool cannot run tasks any more (a worker could not start, or an internal error).
+
+    Every pending task fails with this error, and so does every later submission.
+    """
+
+
+class InitializerError(PoolBrokenError):
+    """The initializer raised in a worker; its exception is the ``__cause__``.
+
+    hookpool does not respawn workers in a loop with an initializer that fails: the pool
+    is broken and the error reaches the callers of every pending task.
+    """
+
+
+class ResultEncodingError(HookpoolError, MaybeEncodingError):  # type: ignore[misc]
+    """The task's result could not be pickled in the worker or unpickled in the caller.
+
+    A subclass of ``multiprocessing.pool.MaybeEncodingError``, as the standard library's
+    pool raises for the same problem.
+    """
+
+    def __init__(self, reason: str, value_repr: str, detail: str = "") -> None:
+        # MaybeEncodingError.__init__ repr()s its arguments; keep the plain strings.
+        Exception.__init__(self, reason, value_repr, detail)
+        self.exc = reason
+        self.value = value_repr
+        self.detail = detail
+
+    def __str__(self) -> str:
+        text = f"Error sending result: {self.value}. Reason: {self.exc}"
+        return f"{text}\n\n{self.detail}" if self.detail else text
+
+
+class RemoteTraceback(_StdRemoteTraceback):  # type: ignore[misc]
+    """The worker's formatted traceback, attached as ``__cause__`` like the standard library.
+
+    hookpool attaches it only where the worker's exception had no ``__cause__`` of its
+    own: a real ``raise ... from`` chain is kept as it was.
+    """
+
+    def __init__(self, tb: str) -> None:
+        super().__init__(tb)
+        self.tb = tb
