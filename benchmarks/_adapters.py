@@ -2,7 +2,9 @@
 
 Nothing here imports a third-party library at module level: each ``make_*``
 factory imports its library when called, inside the measuring child process,
-so a missing or broken library only fails its own cells.
+so a missing or broken library only fails its own cells. Nor does it import
+``typing`` or ``dataclasses``: the startup case runs with only this module (and
+the library) imported, like a script whose first act is to make a pool.
 """
 
 from __future__ import annotations
@@ -10,14 +12,16 @@ from __future__ import annotations
 import multiprocessing
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
-from typing import Any
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
+    Getter = Callable[[float], Any]
+    """Waits for one submitted task: ``getter(timeout_seconds) -> result``."""
 
 WORKERS = 2
 """Every pool in every workload runs with exactly this many worker processes."""
-
-Getter = Callable[[float], Any]
-"""Waits for one submitted task: ``getter(timeout_seconds) -> result``."""
 
 
 def spawn_context() -> Any:
@@ -199,16 +203,26 @@ def _make_loky() -> Adapter:
     )
 
 
-@dataclass(frozen=True)
 class Library:
-    key: str
-    title: str
-    module: str
-    """Distribution/module whose presence decides whether an optional library runs."""
-    optional: bool
-    make: Callable[[], Adapter]
-    entry: str
-    """The import a user's script starts with, as ``module:name`` (see ``_main.py``)."""
+    """One library the benchmarks can run."""
+
+    def __init__(
+        self,
+        key: str,
+        title: str,
+        module: str,
+        optional: bool,
+        make: Callable[[], Adapter],
+        entry: str,
+    ) -> None:
+        self.key = key
+        self.title = title
+        self.module = module
+        """Distribution/module whose presence decides whether an optional library runs."""
+        self.optional = optional
+        self.make = make
+        self.entry = entry
+        """The import a user's script starts with, as ``module:name`` (see ``_main.py``)."""
 
 
 LIBRARIES: dict[str, Library] = {

@@ -1,4 +1,4 @@
-"""The main module of one benchmark sample: ``python _main.py SPEC.json MODULE:NAME``.
+"""The main module of one benchmark sample: ``python _main.py SPEC.json MODULE:NAME [LIB]``.
 
 Under spawn every worker re-imports its parent's main module (as ``__mp_main__``), and
 with it everything that module imports: that is part of each worker's start-up. So this
@@ -7,6 +7,9 @@ module imports what a user's script starts with, the library under test
 imported only in the measuring process itself: its own imports (statistics, dataclasses,
 typing...) would otherwise be part of every library's worker start-up alike, and hide
 what a library's own import costs its workers.
+
+With a third argument, the library's key, the sample is the startup case: it is measured
+first, before the harness is imported (``_startup``), and handed to the harness to report.
 """
 
 import importlib
@@ -17,6 +20,15 @@ if len(sys.argv) > 2:  # workers see the same argv (spawn hands it over)
     getattr(importlib.import_module(_module), _name)
 
 if __name__ == "__main__":
+    early: dict[str, float] | BaseException | None = None
+    if len(sys.argv) > 3:
+        try:
+            from _startup import measure_library
+
+            early = measure_library(sys.argv[3])
+        except BaseException as exc:  # reported by the harness, as any failure
+            early = exc
+
     from _child import main
 
-    sys.exit(main())
+    sys.exit(main(early))

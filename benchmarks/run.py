@@ -43,6 +43,7 @@ if str(HERE) not in sys.path:  # e.g. when started as ``python -m benchmarks.run
     sys.path.insert(0, str(HERE))
 
 from _adapters import LIBRARIES, WORKERS  # noqa: E402
+from _startup import COMMON_MODULES  # noqa: E402
 
 EXIT_GRACE_S = 10.0
 """How long a child may take to exit after writing its result before it is killed."""
@@ -167,6 +168,7 @@ def build_cases(z: Sizes, cpu: tuple[int, int] | None, timeout: float | None) ->
     long_t = timeout or z.long_timeout_s
     cases = [
         Case("startup", "startup", {}, t),
+        Case("startup_loaded", "startup", {}, t),
         Case("map_default", "map", {"n": z.map_default_n, "chunksize": None}, long_t),
         Case("map_cs1", "map", {"n": z.map_cs1_n, "chunksize": 1}, t),
         Case("submit", "submit", {"n": z.submit_n}, t),
@@ -210,6 +212,12 @@ def build_rows(z: Sizes) -> list[Row]:
 
     return [
         Row("startup", "startup", "startup → first result", "ratio", 0.9),
+        Row(
+            "startup_loaded",
+            "startup",
+            "same, common modules imported first",
+            "info",
+        ),
         Row("startup", "shutdown", "shutdown (close + join)", "info"),
         Row(
             "map_default", "map", f"map {k(z.map_default_n)} items, default chunksize", "ratio", 1.0
@@ -383,7 +391,13 @@ def run_child(case: Case, lib: str, repeat: int, timeout_s: float, workdir: Path
     start = time.monotonic()
     with log_path.open("wb") as log:
         proc = subprocess.Popen(
-            [sys.executable, str(HERE / "_main.py"), str(spec_path), LIBRARIES[lib].entry],
+            [
+                sys.executable,
+                str(HERE / "_main.py"),
+                str(spec_path),
+                LIBRARIES[lib].entry,
+                *([lib] if case.name == "startup" else []),
+            ],
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -523,9 +537,12 @@ def compile_bytecode(notes: list[str]) -> None:
     """Compile the bytecode of the hookpool that the samples import (this checkout's:
     ``child_env`` puts it first on their path), as ``pip install`` does and as the
     standard library ships it: under PYTHONDONTWRITEBYTECODE=1 every worker would
-    otherwise compile every module from source, which no installed copy does."""
+    otherwise compile every module from source, which no installed copy does. The same
+    for the harness's own modules (``_tasks`` is imported by every worker)."""
     if not compileall.compile_dir(REPO / "hookpool", quiet=2, workers=1):
         notes.append(f"could not compile the bytecode in {REPO / 'hookpool'}")
+    if not compileall.compile_dir(HERE, maxlevels=0, quiet=2, workers=1):
+        notes.append(f"could not compile the bytecode in {HERE}")
 
 
 def note_editable_install(notes: list[str]) -> None:
@@ -813,6 +830,10 @@ def method_lines(z: Sizes, quick: bool, cpu: tuple[int, int] | None) -> list[str
         "(hookpool lambda map ÷ hookpool function map) and the CPU row (time ratio; the "
         "cells show speedup over serial, the ratio is Pool speedup ÷ hookpool speedup).",
         "Pools are warmed up (every worker has run a task) before all workloads except startup.",
+        "Startup: measured in a process that has imported only the library under test (a script "
+        "whose first act is to make a pool); the second row, after importing "
+        f"{', '.join(COMMON_MODULES)} first, as larger programs have: that makes the standard "
+        "library's own imports at `Pool()` cheaper.",
         "map/submit: trivial `x + 1` task; latency: median over "
         f"{z.latency_samples} single `apply_async`/`submit` round trips, "
         f"{z.latency_idle_s * 1e3:g} ms idle before each.",
