@@ -311,6 +311,10 @@ class WorkerHandle:
         self.read_lock = threading.Lock()
         #: Taken back in this turn of the loop: its pipe may have been read empty.
         self.reclaimed = False
+        #: An eventfd the manager signals as it takes the worker back, so that a borrower
+        #: polling the pipe wakes even if the manager read it empty first; -1 where
+        #: workers are not lent (no epoll).
+        self.nudge = -1
 
     def __repr__(self) -> str:
         return f"<WorkerHandle {self.name} pid={self.pid}>"
@@ -385,6 +389,8 @@ class Manager:
         self._wake_lock = threading.RLock()  # _close_fds vs a late _wake
         self._selector = selectors.DefaultSelector()
         self._epoll = _epoll_of(self._selector)
+        if not hasattr(os, "eventfd"):  # (Linux has both) without it, no lending
+            self._epoll = None
         self._scratch = wire.scratch_buffer()  # every worker's FrameReader reads into it
         self._selector.register(self._wake_r, selectors.EVENT_READ, None)
 
@@ -475,42 +481,52 @@ class Manager:
         The manager *lends* the worker: while it sleeps, it stops watching the worker's
         pipe (one system call, which a signal handler cannot cut in half), and it
         takes back every lent worker first thing when it wakes (``_take_back``), for
-        whatever reason it wakes; this thread wakes it when done. What is read here goes
+        whatever reason it wakes, and nudges this thread (``WorkerHandle.nudge``): the
+        manager may read the answer before this thread even polls. This thread wakes the
+        manager when done. What is read here goes
         to the worker's ``handoff`` for the manager to handle in order; this thread
         settles the task itself only if its answer is the first thing read, so a log
         record the task sent before its answer still reaches the handlers first.
         """
         try:
             with self._lock:
-                fd = self._lend(worker, task)
-            if fd is not None:
-                self._read_lent(worker, task, fd, timeout)
+                fds = self._lend(worker, task)
+            if fds is not None:
+                self._read_lent(worker, task, *fds, timeout)
         finally:
             self._wake()  # to take the worker back (else it does within TAKE_BACK_SECONDS)
 
-    def _lend(self, worker: WorkerHandle, task: Task) -> int | None:
+    def _lend(self, worker: WorkerHandle, task: Task) -> tuple[int, int] | None:
         """Under ``_lock``: lend ``worker`` to a thread waiting for ``task``, its only
         task, if the manager sleeps (it takes the worker back on waking; until then it
         changes nothing about the worker). Already lent for it (a thread that waited
-        before was interrupted): this one carries on. Returns its pipe's fd."""
+        before was interrupted): this one carries on. Returns its pipe's fd and its
+        nudge's."""
         if not self._sleeping or not worker.inflight or worker.inflight[0] is not task:
             return None
         if not worker.lent:
             if len(worker.inflight) > 1 or worker.stopping or worker.conn_closed:
                 return None
             assert self._epoll is not None
+            with contextlib.suppress(BlockingIOError):  # the last take-back's nudge
+                os.eventfd_read(worker.nudge)
             self._lent.append(worker)  # first: the manager takes back whatever is listed
             worker.lent = True
             with contextlib.suppress(OSError):
                 self._epoll.unregister(worker.conn.fileno())
-        return worker.conn.fileno()
+        return worker.conn.fileno(), worker.nudge
 
-    def _read_lent(self, worker: WorkerHandle, task: Task, fd: int, timeout: float | None) -> None:
-        # The fd is only read while the worker is lent (then its pipe is open);
-        # once it was taken back, the number may even be another file's: polling it
-        # then ends at the next check.
+    def _read_lent(
+        self, worker: WorkerHandle, task: Task, fd: int, nudge: int, timeout: float | None
+    ) -> None:
+        # The fds are only read while the worker is lent (then they are open); once it
+        # was taken back, a number may even be another file's: polling it then ends at
+        # the next check. The nudge is signalled only as the worker is taken back.
         poller = select.poll()
         poller.register(fd, select.POLLIN)
+        poller.register(nudge, select.POLLIN)
+        pipe = select.poll()
+        pipe.register(fd, select.POLLIN)
         deadline = None if timeout is None else time.monotonic() + timeout
         scratch = _thread_scratch()
         while True:
@@ -519,13 +535,13 @@ class Manager:
                 wait = min(wait, deadline - time.monotonic())
                 if wait <= 0:
                     return
-            readable = poller.poll(math.ceil(wait * 1000))
+            poller.poll(math.ceil(wait * 1000))
             with worker.read_lock:
                 if not worker.lent:
                     return  # taken back: the manager reads it from here on
                 if worker.handoff or task.future.done():
                     return  # another thread waiting for it read the answer
-                if not readable or not poller.poll(0):  # (read by that thread meanwhile)
+                if not pipe.poll(0):  # (read by that thread meanwhile)
                     continue
                 worker.reading = True
                 try:
@@ -799,6 +815,7 @@ class Manager:
         assert self._epoll is not None
         with worker.read_lock:  # waits for a borrower in the middle of a read
             worker.lent = False
+            _nudge(worker)
             cut_short, worker.reading = worker.reading, False
             with contextlib.suppress(FileExistsError):  # lent, but not unregistered yet
                 self._epoll.register(worker.conn.fileno(), select.EPOLLIN)
@@ -831,6 +848,7 @@ class Manager:
         for worker in lent:
             with worker.read_lock:
                 worker.lent = False
+                _nudge(worker)
 
     def _assign(self, worker: WorkerHandle, task: Task) -> None:
         """Record ``task`` as sent to ``worker`` (before it is written: its answer may
@@ -1009,6 +1027,8 @@ class Manager:
             pid=process.pid,
             reader=wire.FrameReader(conn, self._scratch),
         )
+        if self._epoll is not None:
+            worker.nudge = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         self._workers.append(worker)
         self._selector.register(conn.fileno(), selectors.EVENT_READ, (self._on_readable, worker))
         self._selector.register(process.sentinel, selectors.EVENT_READ, (self._on_exit, worker))
@@ -1135,6 +1155,9 @@ class Manager:
             with contextlib.suppress(KeyError, ValueError):
                 self._selector.unregister(worker.conn.fileno())
             worker.conn.close()
+            if worker.nudge >= 0:
+                os.close(worker.nudge)
+                worker.nudge = -1
 
     # -- deadlines -----------------------------------------------------------------------
 
@@ -1328,6 +1351,12 @@ def _epoll_of(selector: selectors.BaseSelector) -> Any:
     poller = getattr(selector, "_selector", None)
     epoll = getattr(select, "epoll", None)
     return poller if epoll is not None and isinstance(poller, epoll) else None
+
+
+def _nudge(worker: WorkerHandle) -> None:
+    """Wake a thread that may be polling ``worker``'s pipe as a borrower: it is taken back."""
+    with contextlib.suppress(OSError):
+        os.eventfd_write(worker.nudge, 1)
 
 
 _scratch = threading.local()

@@ -347,3 +347,49 @@ def test_no_lending_without_epoll(make_pool: MakePool, monkeypatch: pytest.Monke
     calls = _settled_here(monkeypatch)
     assert pool.apply_async(tasks.square, (3,)).get(timeout=30) == 9
     assert calls == []
+
+
+def test_a_waiter_wakes_when_the_manager_takes_its_worker_back(
+    make_pool: MakePool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The waiting thread is held up between borrowing the worker and polling its pipe;
+    meanwhile the manager wakes (a submit from another thread, a worker's message, the
+    previous waiter done), takes the worker back and reads the answer. The pipe is empty
+    by the time the thread polls it: the manager's nudge must wake it, or it sits out its
+    poll (seen as 0.5 s stalls in a loop of apply() calls)."""
+    monkeypatch.setattr(_manager, "LENT_CHECK_SECONDS", 60.0)
+    pool = _idle_pool(make_pool)
+    manager = pool._manager
+    result = pool.apply_async(tasks.square, (7,))
+    real_read_lent = manager._read_lent
+
+    def read_lent_late(*args: Any) -> None:
+        manager._wake()
+        wait_for(result.ready, what="the manager settled the task")
+        real_read_lent(*args)
+
+    monkeypatch.setattr(manager, "_read_lent", read_lent_late)
+    got: list[Any] = []
+    waiter = threading.Thread(target=lambda: got.append(result.get(timeout=50)), daemon=True)
+    waiter.start()
+    waiter.join(timeout=20)
+    assert got == [49]
+    wait_for(lambda: _taken_back(pool), what="the worker taken back")
+
+
+def test_apply_in_a_loop_never_waits_out_a_poll(
+    make_pool: MakePool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Back to back, each waiter borrows a worker while the manager is still waking from
+    the previous one: the manager takes it back, and must nudge the waiter."""
+    monkeypatch.setattr(_manager, "LENT_CHECK_SECONDS", 60.0)
+    pool = _idle_pool(make_pool, processes=2)
+    done = threading.Event()
+
+    def loop() -> None:
+        for i in range(300):
+            assert pool.apply_async(tasks.square, (i,)).get(timeout=100) == i * i
+        done.set()
+
+    threading.Thread(target=loop, daemon=True).start()
+    assert done.wait(timeout=40), "a waiter sat out its poll after its worker was taken back"
