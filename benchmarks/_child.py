@@ -182,7 +182,8 @@ def case_latency(ad: Adapter | None, p: Params, deadline: Deadline) -> Metrics:
     samples: list[float] = []
     _enter("latency")
     for i in range(p["samples"]):
-        time.sleep(idle_s)  # let the workers go back to waiting: an idle pool
+        if idle_s:
+            time.sleep(idle_s)  # let the workers go back to waiting: an idle pool
         t0 = perf_counter()
         r = ad.submit(identity, i)(deadline.left())
         samples.append(perf_counter() - t0)
@@ -337,6 +338,7 @@ CASES: dict[str, Callable[[Adapter | None, Params, Deadline], Metrics]] = {
     "map_cs1": case_map,
     "submit": case_submit,
     "latency": case_latency,
+    "latency_busy": case_latency,
     "imap": case_imap,
     "transfer_bytes": case_transfer,
     "transfer_numpy": case_transfer,

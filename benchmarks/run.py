@@ -173,6 +173,7 @@ def build_cases(z: Sizes, cpu: tuple[int, int] | None, timeout: float | None) ->
         Case("map_cs1", "map", {"n": z.map_cs1_n, "chunksize": 1}, t),
         Case("submit", "submit", {"n": z.submit_n}, t),
         Case("latency", "submit", {"samples": z.latency_samples, "idle_s": z.latency_idle_s}, t),
+        Case("latency_busy", "submit", {"samples": z.latency_samples, "idle_s": 0.0}, t),
         Case(
             "imap",
             "imap",
@@ -231,6 +232,7 @@ def build_rows(z: Sizes) -> list[Row]:
             0.6,
         ),
         Row("latency", "latency", "single-task latency, idle pool", "ratio", 0.7),
+        Row("latency_busy", "latency", "same, back to back (no idle time)", "info"),
         Row(
             "imap",
             "time",
@@ -836,7 +838,8 @@ def method_lines(z: Sizes, quick: bool, cpu: tuple[int, int] | None) -> list[str
         "library's own imports at `Pool()` cheaper.",
         "map/submit: trivial `x + 1` task; latency: median over "
         f"{z.latency_samples} single `apply_async`/`submit` round trips, "
-        f"{z.latency_idle_s * 1e3:g} ms idle before each.",
+        f"{z.latency_idle_s * 1e3:g} ms idle before each (back to back: none, each "
+        "submitted as the last returns).",
         f"imap: lazy generator of {z.imap_n:,} ints, chunksize={z.imap_chunksize} for every "
         "library (Executor-style libraries use `map(..., chunksize=)`). Time: one pass with a "
         "consumer that keeps up. Read-ahead: max of items pulled from the generator minus "
