@@ -19,9 +19,10 @@ same arguments), with the worker's frames in its traceback; see ``_serialize``.
 
 The ones whose standard-library base lives in ``multiprocessing.pool`` or
 ``concurrent.futures.process`` (both import ``multiprocessing.connection``: some 7 ms)
-are defined in ``_std_errors``, imported when first raised or looked up: a parent that
-starts a pool and gets its results never needs them. The ones here are always importable,
-even as the interpreter exits, when ``concurrent.futures.process`` no longer is.
+are defined in ``_std_errors``: imported when first raised or looked up, and by a pool's
+manager thread once the pool is idle, not while its first workers boot. The ones here are
+always importable, even as the interpreter exits, when ``concurrent.futures.process`` no
+longer is (a task lost then fails with ``PoolTerminatedError``).
 """
 
 from __future__ import annotations
