@@ -315,6 +315,8 @@ class WorkerHandle:
         #: polling the pipe wakes even if the manager read it empty first; -1 where
         #: workers are not lent (no epoll).
         self.nudge = -1
+        #: The nudge was signalled (on the last take-back) and not drained since.
+        self.nudged = False
 
     def __repr__(self) -> str:
         return f"<WorkerHandle {self.name} pid={self.pid}>"
@@ -508,8 +510,10 @@ class Manager:
             if len(worker.inflight) > 1 or worker.stopping or worker.conn_closed:
                 return None
             assert self._epoll is not None
-            with contextlib.suppress(BlockingIOError):  # the last take-back's nudge
-                os.eventfd_read(worker.nudge)
+            if worker.nudged:  # by the last take-back (the manager sleeps: no other)
+                worker.nudged = False
+                with contextlib.suppress(BlockingIOError):
+                    os.eventfd_read(worker.nudge)
             self._lent.append(worker)  # first: the manager takes back whatever is listed
             worker.lent = True
             with contextlib.suppress(OSError):
@@ -1355,6 +1359,7 @@ def _epoll_of(selector: selectors.BaseSelector) -> Any:
 
 def _nudge(worker: WorkerHandle) -> None:
     """Wake a thread that may be polling ``worker``'s pipe as a borrower: it is taken back."""
+    worker.nudged = True
     with contextlib.suppress(OSError):
         os.eventfd_write(worker.nudge, 1)
 
