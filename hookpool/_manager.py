@@ -488,15 +488,21 @@ class Manager:
         manager when done. What is read here goes
         to the worker's ``handoff`` for the manager to handle in order; this thread
         settles the task itself only if its answer is the first thing read, so a log
-        record the task sent before its answer still reaches the handlers first.
+        record the task sent before its answer still reaches the handlers first. When that
+        answer is all it read, it also gives the worker back itself (``_give_back``), and
+        the manager sleeps on.
         """
+        given_back = False
         try:
             with self._lock:
                 fds = self._lend(worker, task)
             if fds is not None:
                 self._read_lent(worker, task, *fds, timeout)
+                with self._lock:
+                    given_back = self._give_back(worker, task)
         finally:
-            self._wake()  # to take the worker back (else it does within TAKE_BACK_SECONDS)
+            if not given_back:  # the manager takes the worker back (at the latest within
+                self._wake()  # TAKE_BACK_SECONDS) and handles what was read
 
     def _lend(self, worker: WorkerHandle, task: Task) -> tuple[int, int] | None:
         """Under ``_lock``: lend ``worker`` to a thread waiting for ``task``, its only
@@ -519,6 +525,47 @@ class Manager:
             with contextlib.suppress(OSError):
                 self._epoll.unregister(worker.conn.fileno())
         return worker.conn.fileno(), worker.nudge
+
+    def _give_back(self, worker: WorkerHandle, task: Task) -> bool:
+        """Under ``_lock``, in the borrower's thread, once it settled ``task``: if the
+        manager still sleeps and the answer was all the borrower read, do what the
+        manager would on taking the worker back (count the task done, watch the pipe
+        again) and park the worker for the next ``submit``. Waking the manager for that
+        costs a system call, and a thread switch on the caller's critical path.
+
+        Not when anything else needs the manager: another message read, an answer that
+        did not settle here, a worker leaving or due for replacement (maxtasksperchild).
+        A thread also waiting for ``task`` reads nothing more: it finds it done.
+        """
+        if not self._sleeping or not worker.lent or self._state is not PoolState.RUNNING:
+            return False
+        if len(worker.handoff) != 1 or len(worker.inflight) != 1 or worker.reading:
+            return False
+        answer = worker.handoff[0]
+        if (
+            type(answer) not in _ANSWERS
+            or answer.task_id != task.task_id  # type: ignore[union-attr]
+            or getattr(answer, "leaving", False)
+            or worker.inflight[0] is not task
+            or not task.future.done()
+            or worker.stopping
+            or (self._maxtasks is not None and worker.tasks_done + 1 >= self._maxtasks)
+        ):
+            return False
+        assert self._epoll is not None
+        try:
+            self._epoll.register(worker.conn.fileno(), select.EPOLLIN)
+        except OSError:
+            return False  # the manager sees to it
+        # In this order, so that a signal handler raising anywhere in between leaves
+        # what the manager, woken by the caller's ``finally``, handles as usual.
+        self._count_answered(worker)
+        worker.handoff.clear()
+        worker.lent = False
+        worker.reclaimed = True  # a readiness event from before the lend may be pending
+        self._lent.remove(worker)
+        self._parked.append(worker)
+        return True
 
     def _read_lent(
         self, worker: WorkerHandle, task: Task, fd: int, nudge: int, timeout: float | None
@@ -995,12 +1042,7 @@ class Manager:
             # A late answer for a task no longer at this worker: settled already (timed
             # out, cancelled, terminated), or put back after the worker was stopped.
             return
-        task = worker.pop_head()
-        now = time.monotonic()
-        if type(message) is not wire.Skipped:
-            worker.avg_seconds = 0.8 * worker.avg_seconds + 0.2 * (now - worker.head_started)
-            worker.tasks_done += 1
-        worker.head_started = now
+        task = self._count_answered(worker, skipped=type(message) is wire.Skipped)
         # Skipped: cancelled before it started, settled then. Settled already otherwise:
         # by the thread the worker was lent to (_read_directly), or cancelled, or failed.
         if type(message) is not wire.Skipped and not task.future.done():
@@ -1015,6 +1057,17 @@ class Manager:
             self._stop_running_task(worker)
         elif self._maxtasks is not None and worker.tasks_done >= self._maxtasks:
             self._stop_worker(worker, signal_it=False)
+
+    @staticmethod
+    def _count_answered(worker: WorkerHandle, *, skipped: bool = False) -> Task:
+        """Take the task ``worker`` just answered off its list, and keep its pace."""
+        task = worker.pop_head()
+        now = time.monotonic()
+        if not skipped:
+            worker.avg_seconds = 0.8 * worker.avg_seconds + 0.2 * (now - worker.head_started)
+            worker.tasks_done += 1
+        worker.head_started = now
+        return task
 
     # -- worker processes ------------------------------------------------------------------
 

@@ -67,6 +67,43 @@ def test_the_waiting_thread_reads_its_answer_and_the_worker_returns(
     assert pool.apply(tasks.square, (5,), task_timeout=30) == 25  # through the queue too
 
 
+def test_the_waiting_thread_gives_the_worker_back_without_waking_the_manager(
+    make_pool: MakePool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An answer read directly, and nothing else: the reading thread parks the worker
+    again itself, and the manager sleeps through a run of calls on an idle pool."""
+    pool = _idle_pool(make_pool)
+    wakes: list[int] = []
+    real = _manager.Manager._unpark_all
+
+    def unpark_all(self: Any) -> None:
+        wakes.append(1)
+        real(self)
+
+    monkeypatch.setattr(_manager.Manager, "_unpark_all", unpark_all)
+    calls = _settled_here(monkeypatch)
+    worker_pid = pool._manager.worker_pids()[0]
+    for i in range(20):
+        assert pool.apply_async(tasks.sleep_then, (0.01, i)).get(timeout=30) == i
+        assert len(pool._manager._parked) == 1  # given back before get() returned
+    assert calls == [("MainThread", True)] * 20
+    assert _taken_back(pool)
+    # Without the give-back the manager wakes once per call; here only for its
+    # once-a-second take-back (TAKE_BACK_SECONDS), if the calls took that long.
+    assert len(wakes) <= 3
+    worker = pool._manager._workers[0]
+    assert (worker.pid, worker.tasks_done, len(worker.inflight)) == (worker_pid, 22, 0)
+    assert pool.apply(tasks.square, (5,), task_timeout=30) == 25  # through the queue too
+
+
+def test_maxtasksperchild_counts_the_answers_read_directly(make_pool: MakePool) -> None:
+    """A worker due for replacement is not given back: the manager replaces it."""
+    pool = _idle_pool(make_pool, maxtasksperchild=3)  # (its first worker ran 2 tasks)
+    pids = [pool.apply_async(tasks.sleep_then_pid, (0.01,)).get(timeout=30) for _ in range(10)]
+    assert len(set(pids)) >= 4
+    assert all(pids.count(pid) <= 3 for pid in pids)
+
+
 def test_an_error_read_directly_keeps_the_workers_frames(
     make_pool: MakePool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -294,6 +331,8 @@ def test_a_manager_bug_after_an_answer_read_directly_still_breaks_the_pool(
         raise RuntimeError("simulated manager bug")
 
     monkeypatch.setattr(_manager.Manager, "_on_result", bug)
+    # (As when the waiting thread read more than its answer: it wakes the manager.)
+    monkeypatch.setattr(_manager.Manager, "_give_back", lambda *args: False)
     with caplog.at_level(logging.ERROR, logger="hookpool"):
         assert pool.apply_async(tasks.sleep_then, (0.2, "read here")).get(timeout=30) == (
             "read here"
