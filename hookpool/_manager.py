@@ -496,8 +496,7 @@ class Manager:
         try:
             with self._lock:
                 fds = self._lend(worker, task)
-            if fds is not None:
-                self._read_lent(worker, task, *fds, timeout)
+            if fds is not None and self._read_lent(worker, task, *fds, timeout):
                 with self._lock:
                     given_back = self._give_back(worker, task)
         finally:
@@ -527,7 +526,8 @@ class Manager:
         return worker.conn.fileno(), worker.nudge
 
     def _give_back(self, worker: WorkerHandle, task: Task) -> bool:
-        """Under ``_lock``, in the borrower's thread, once it settled ``task``: if the
+        """Under ``_lock``, in the borrower's thread, once it settled ``task`` whole (one cut
+        short, in this thread or another waiting for it, the manager completes): if the
         manager still sleeps and the answer was all the borrower read, do what the
         manager would on taking the worker back (count the task done, watch the pipe
         again) and park the worker for the next ``submit``. Waking the manager for that
@@ -569,7 +569,8 @@ class Manager:
 
     def _read_lent(
         self, worker: WorkerHandle, task: Task, fd: int, nudge: int, timeout: float | None
-    ) -> None:
+    ) -> bool:
+        # True if this thread settled ``task``, whole (see _give_back).
         # The fds are only read while the worker is lent (then they are open); once it
         # was taken back, a number may even be another file's: polling it then ends at
         # the next check. The nudge is signalled only as the worker is taken back.
@@ -585,13 +586,13 @@ class Manager:
             if deadline is not None:
                 wait = min(wait, deadline - time.monotonic())
                 if wait <= 0:
-                    return
+                    return False
             poller.poll(math.ceil(wait * 1000))
             with worker.read_lock:
                 if not worker.lent:
-                    return  # taken back: the manager reads it from here on
+                    return False  # taken back: the manager reads it from here on
                 if worker.handoff or task.future.done():
-                    return  # another thread waiting for it read the answer
+                    return False  # another thread waiting for it read the answer
                 if not pipe.poll(0):  # (read by that thread meanwhile)
                     continue
                 worker.reading = True
@@ -599,9 +600,9 @@ class Manager:
                     messages = worker.reader.read(scratch)
                 except (EOFError, OSError):  # it is leaving; the manager sees to it
                     worker.reading = False
-                    return
+                    return False
                 except Exception:  # unreadable: still "reading", so it gets replaced
-                    return
+                    return False
                 worker.handoff.extend(messages)
                 worker.reading = False
                 if not worker.handoff:
@@ -617,8 +618,8 @@ class Manager:
                     # manager settles the task (or completes the settling) on taking
                     # the worker back.
                     value, error = _answer(task, first, catch=Exception)  # type: ignore[arg-type]
-                    outcome.settle_here(value, error)
-                return
+                    return outcome.settle_here(value, error)  # type: ignore[no-any-return]
+                return False
 
     def _give_up_on(self, worker: WorkerHandle, reason: str | None) -> None:
         """From any thread: send ``worker`` nothing more and have the manager stop it

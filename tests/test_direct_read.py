@@ -320,6 +320,53 @@ def test_ctrl_c_half_way_through_settling_the_task(
     assert result.get(timeout=30) == "value"
 
 
+def test_a_settling_cut_short_is_completed_with_another_thread_waiting_too(
+    make_pool: MakePool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As above, with a second thread waiting for the same task that ends its read
+    before the manager wakes: it must not give the worker back (the manager would then
+    never complete the settling, and both threads would wait forever)."""
+    pool = _idle_pool(make_pool)
+    manager = pool._manager
+    real_finish = _results.ApplyOutcome._finish
+    real_read = _manager.Manager._read_directly
+    real_unpark = _manager.Manager._unpark_all
+    other_read = threading.Event()
+    interrupted: list[bool] = []
+    got: list[Any] = []
+
+    def finish(self: Any) -> None:
+        if threading.current_thread() is threading.main_thread() and not interrupted:
+            interrupted.append(True)
+            threading.Thread(target=lambda: got.append(result.get(timeout=30))).start()
+            raise KeyboardInterrupt
+        real_finish(self)
+
+    def read_directly(self: Any, *args: Any) -> None:
+        try:
+            real_read(self, *args)
+        finally:
+            if threading.current_thread() is not threading.main_thread():
+                other_read.set()
+
+    def unpark_all(self: Any) -> None:
+        if interrupted:  # the manager wakes only once the other thread's read ended
+            other_read.wait(20)
+        real_unpark(self)
+
+    monkeypatch.setattr(_results.ApplyOutcome, "_finish", finish)
+    monkeypatch.setattr(_manager.Manager, "_read_directly", read_directly)
+    monkeypatch.setattr(_manager.Manager, "_unpark_all", unpark_all)
+    result = pool.apply_async(tasks.sleep_then, (0.2, "value"))
+    with pytest.raises(KeyboardInterrupt):
+        result.get(timeout=30)
+    assert other_read.wait(20)
+    wait_for(result.ready, what="the task marked ready")
+    assert result.get(timeout=30) == "value"
+    wait_for(lambda: got == ["value"], what="the other thread's answer")
+    wait_for(lambda: len(manager._parked) == 1, what="the worker parked again")
+
+
 def test_a_manager_bug_after_an_answer_read_directly_still_breaks_the_pool(
     make_pool: MakePool, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
