@@ -557,15 +557,31 @@ class Manager:
             self._epoll.register(worker.conn.fileno(), select.EPOLLIN)
         except OSError:
             return False  # the manager sees to it
-        # In this order, so that a signal handler raising anywhere in between leaves
-        # what the manager, woken by the caller's ``finally``, handles as usual.
-        self._count_answered(worker)
+        # A signal handler may raise in this (main) thread anywhere from here on. Until
+        # _park_answered starts, nothing has changed: the manager, woken by the caller's
+        # ``finally``, takes the worker back as usual (its pipe is watched already).
+        now = time.monotonic()
+        counts = (_pace(worker, now), worker.tasks_done + 1, now)
+        try:
+            self._park_answered(worker, counts)
+        except BaseException:  # cut short part-way: finish it, then let the error go on
+            self._park_answered(worker, counts)
+            raise
+        return True
+
+    def _park_answered(self, worker: WorkerHandle, counts: tuple[float, int, float]) -> None:
+        """The end of a give-back, in a form that may run again when cut short: its only
+        task answered and counted, its pipe watched, the worker parked."""
+        worker.avg_seconds, worker.tasks_done, worker.head_started = counts
+        worker.inflight.clear()
+        worker.inflight_bytes = worker.timeouts = 0
         worker.handoff.clear()
         worker.lent = False
         worker.reclaimed = True  # a readiness event from before the lend may be pending
-        self._lent.remove(worker)
-        self._parked.append(worker)
-        return True
+        if worker in self._lent:
+            self._lent.remove(worker)
+        if worker not in self._parked:
+            self._parked.append(worker)
 
     def _read_lent(
         self, worker: WorkerHandle, task: Task, fd: int, nudge: int, timeout: float | None
@@ -1043,7 +1059,12 @@ class Manager:
             # A late answer for a task no longer at this worker: settled already (timed
             # out, cancelled, terminated), or put back after the worker was stopped.
             return
-        task = self._count_answered(worker, skipped=type(message) is wire.Skipped)
+        task = worker.pop_head()
+        now = time.monotonic()
+        if type(message) is not wire.Skipped:
+            worker.avg_seconds = _pace(worker, now)
+            worker.tasks_done += 1
+        worker.head_started = now
         # Skipped: cancelled before it started, settled then. Settled already otherwise:
         # by the thread the worker was lent to (_read_directly), or cancelled, or failed.
         if type(message) is not wire.Skipped and not task.future.done():
@@ -1058,17 +1079,6 @@ class Manager:
             self._stop_running_task(worker)
         elif self._maxtasks is not None and worker.tasks_done >= self._maxtasks:
             self._stop_worker(worker, signal_it=False)
-
-    @staticmethod
-    def _count_answered(worker: WorkerHandle, *, skipped: bool = False) -> Task:
-        """Take the task ``worker`` just answered off its list, and keep its pace."""
-        task = worker.pop_head()
-        now = time.monotonic()
-        if not skipped:
-            worker.avg_seconds = 0.8 * worker.avg_seconds + 0.2 * (now - worker.head_started)
-            worker.tasks_done += 1
-        worker.head_started = now
-        return task
 
     # -- worker processes ------------------------------------------------------------------
 
@@ -1419,6 +1429,11 @@ def _nudge(worker: WorkerHandle) -> None:
 
 
 _scratch = threading.local()
+
+
+def _pace(worker: WorkerHandle, now: float) -> float:
+    """The moving average of ``worker``'s task duration, with the task that ends now."""
+    return 0.8 * worker.avg_seconds + 0.2 * (now - worker.head_started)
 
 
 def _thread_scratch() -> memoryview:

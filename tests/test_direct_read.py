@@ -9,6 +9,7 @@ import logging
 import multiprocessing
 import os
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -45,6 +46,11 @@ def _settled_here(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, bool]]:
 
     monkeypatch.setattr(_results.ApplyOutcome, "settle_here", settle_here)
     return calls
+
+
+def _asleep_with_parked(manager: Any, count: int) -> bool:
+    """The manager sleeps with ``count`` workers parked, no wake-up on its way."""
+    return not manager._wake_pending and len(manager._parked) == count
 
 
 def _taken_back(pool: hookpool.Pool) -> bool:
@@ -365,6 +371,57 @@ def test_a_settling_cut_short_is_completed_with_another_thread_waiting_too(
     assert result.get(timeout=30) == "value"
     wait_for(lambda: got == ["value"], what="the other thread's answer")
     wait_for(lambda: len(manager._parked) == 1, what="the worker parked again")
+
+
+def test_ctrl_c_at_any_line_of_giving_the_worker_back(make_pool: MakePool) -> None:
+    """A signal handler raising at each line, in turn, of a give-back (and of what it
+    calls): the task is settled and counted once, and the worker is parked again, as
+    when the give-back completes (maxtasksperchild and prefetching rely on the counts)."""
+    pool = _idle_pool(make_pool)
+    manager = pool._manager
+    worker = manager._workers[0]
+    code = _manager.Manager._give_back.__code__
+    line = seen = 0
+    hit = True
+
+    def local(frame: Any, event: str, arg: Any) -> Any:
+        nonlocal seen, hit
+        if event == "line":
+            seen += 1
+            if seen == line:
+                hit = True
+                raise KeyboardInterrupt
+        return local
+
+    def tracer(frame: Any, event: str, arg: Any) -> Any:
+        caller = frame
+        while caller is not None and caller.f_code is not code:
+            caller = caller.f_back
+        return None if caller is None else local
+
+    while hit:
+        line += 1
+        seen = 0
+        hit = False
+        # (Parked by the manager, after the wake-up an interrupted get() sends it.)
+        wait_for(lambda: _asleep_with_parked(manager, 1), what="the worker parked")
+        done_before = worker.tasks_done
+        result = pool.apply_async(tasks.sleep_then, (0.05, line))
+        sys.settrace(tracer)
+        try:
+            value = result.get(timeout=30)
+        except KeyboardInterrupt:
+            value = None
+        finally:
+            sys.settrace(None)
+        assert seen  # it went through the give-back
+        assert value == (None if hit else line)
+        assert result.get(timeout=30) == line
+        wait_for(lambda: len(manager._parked) == 1, what="the worker parked again")
+        assert (worker.tasks_done, list(worker.inflight)) == (done_before + 1, [])
+        assert (worker.inflight_bytes, worker.lent, manager._lent) == (0, False, [])
+    assert line > 20  # every line of it was cut short once
+    assert pool.map(tasks.square, range(10), 1) == [i * i for i in range(10)]
 
 
 def test_a_manager_bug_after_an_answer_read_directly_still_breaks_the_pool(
