@@ -315,8 +315,12 @@ class WorkerHandle:
         #: polling the pipe wakes even if the manager read it empty first; -1 where
         #: workers are not lent (no epoll).
         self.nudge = -1
-        #: The nudge was signalled (on the last take-back) and not drained since.
+        #: The nudge was signalled (on the last take-back or give-back) and not drained
+        #: since.
         self.nudged = False
+        #: Lent to a second thread waiting for the same task (or to the same one again,
+        #: after an interrupt): giving it back nudges, as taking it back does.
+        self.lent_twice = False
 
     def __repr__(self) -> str:
         return f"<WorkerHandle {self.name} pid={self.pid}>"
@@ -519,10 +523,13 @@ class Manager:
                 worker.nudged = False
                 with contextlib.suppress(BlockingIOError):
                     os.eventfd_read(worker.nudge)
+            worker.lent_twice = False
             self._lent.append(worker)  # first: the manager takes back whatever is listed
             worker.lent = True
             with contextlib.suppress(OSError):
                 self._epoll.unregister(worker.conn.fileno())
+        else:
+            worker.lent_twice = True
         return worker.conn.fileno(), worker.nudge
 
     def _give_back(self, worker: WorkerHandle, task: Task) -> bool:
@@ -535,7 +542,8 @@ class Manager:
 
         Not when anything else needs the manager: another message read, an answer that
         did not settle here, a worker leaving or due for replacement (maxtasksperchild).
-        A thread also waiting for ``task`` reads nothing more: it finds it done.
+        A thread also waiting for ``task`` reads nothing more: it finds it done, once the
+        nudge wakes it.
         """
         if not self._sleeping or not worker.lent or self._state is not PoolState.RUNNING:
             return False
@@ -582,6 +590,8 @@ class Manager:
             self._lent.remove(worker)
         if worker not in self._parked:
             self._parked.append(worker)
+        if worker.lent_twice:  # another thread may be polling it still: it reads no more
+            _nudge(worker)
 
     def _read_lent(
         self, worker: WorkerHandle, task: Task, fd: int, nudge: int, timeout: float | None

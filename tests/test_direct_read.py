@@ -536,3 +536,25 @@ def test_apply_in_a_loop_never_waits_out_a_poll(
 
     threading.Thread(target=loop, daemon=True).start()
     assert done.wait(timeout=40), "a waiter sat out its poll after its worker was taken back"
+
+
+def test_two_waiters_never_wait_out_a_poll_after_a_give_back(
+    make_pool: MakePool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two threads wait for each task: the one that reads the answer gives the worker
+    back, and must nudge the other, still polling the worker's pipe."""
+    monkeypatch.setattr(_manager, "LENT_CHECK_SECONDS", 60.0)
+    pool = _idle_pool(make_pool)
+    done = threading.Event()
+
+    def loop() -> None:
+        for i in range(30):
+            result = pool.apply_async(tasks.sleep_then, (0.001, i))
+            other = threading.Thread(target=result.get, args=(100,))
+            other.start()
+            assert result.get(timeout=100) == i
+            other.join(100)
+        done.set()
+
+    threading.Thread(target=loop, daemon=True).start()
+    assert done.wait(timeout=40), "a second waiter sat out its poll after a give-back"
