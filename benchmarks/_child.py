@@ -149,17 +149,26 @@ def case_startup_loaded(ad: Adapter | None, p: Params, deadline: Deadline) -> Me
     return measure(ad)
 
 
+#: A sample of a map repeats it (``rounds``) while it has taken less than this in all.
+MAP_ROUNDS_BUDGET_S = 1.0
+
+
 def case_map(ad: Adapter | None, p: Params, deadline: Deadline) -> Metrics:
+    """The median of up to ``rounds`` maps on the same warm pool: a map that takes 15-25
+    ms is at the mercy of one scheduling hiccup; one that takes seconds runs once."""
     ad = _started(ad, deadline)
     n: int = p["n"]
     items = list(range(n))
-    _enter("map")
-    t0 = perf_counter()
-    out = ad.map(inc, items, p["chunksize"], deadline.left())
-    dt = perf_counter() - t0
-    _check(list(out) == list(range(1, n + 1)), "map output")
+    expected = list(range(1, n + 1))
+    samples: list[float] = []
+    while len(samples) < p.get("rounds", 1) and sum(samples) < MAP_ROUNDS_BUDGET_S:
+        _enter(f"map {len(samples) + 1}")
+        t0 = perf_counter()
+        out = ad.map(inc, items, p["chunksize"], deadline.left())
+        samples.append(perf_counter() - t0)
+        _check(list(out) == expected, "map output")
     _shutdown(ad)
-    return {"map": dt}
+    return {"map": median(samples)}
 
 
 def case_submit(ad: Adapter | None, p: Params, deadline: Deadline) -> Metrics:
