@@ -1,7 +1,9 @@
 """Turning calls into Tasks, in the caller's thread: shared by both facades.
 
 Everything here runs in the thread that called ``submit``/``map``/``imap``, so a pickling
-error is raised at the call site and never reaches the manager thread.
+error never reaches the manager thread. It goes where the standard library puts it: into
+the task's result (``get()``/``result()`` raise it, ``error_callback`` receives it), not
+out of the call, so that a loop submitting many items collects each failure with its item.
 """
 
 from __future__ import annotations
@@ -39,6 +41,11 @@ __all__ = [
 
 logger = logging.getLogger("hookpool")
 
+#: What pickling a task may raise that fails the task instead of the call: anything but a
+#: KeyboardInterrupt (the caller's own Ctrl-C). A ``__reduce__`` that calls ``sys.exit``
+#: fails its task, as it would in the standard library's feeder thread, not the program.
+PICKLING_ERRORS = (Exception, SystemExit)
+
 
 #: A lazy map keeps this many chunks per worker submitted ahead of its consumer...
 IMAP_CHUNKS_PER_WORKER = 4
@@ -65,10 +72,15 @@ def submit_call(
 ) -> None:
     """Queue ``fn(*args, **kwargs)``, to settle ``outcome`` (a Future, or the lighter
     ApplyOutcome): attach callbacks to it first, since the task may finish before this
-    returns."""
+    returns. If ``fn`` or an argument cannot be pickled, ``outcome`` fails with that error
+    (and its error callback runs) before this returns; nothing is queued."""
     manager.check_running()
-    fn_data = dumps_callable(fn)
-    args_data, buffers = dumps_data((args, kwargs))
+    try:
+        fn_data = dumps_callable(fn)
+        args_data, buffers = dumps_data((args, kwargs))
+    except PICKLING_ERRORS as exc:
+        outcome.set_exception(exc)
+        return
     name = callable_name(fn)
     task = Task(wire.CallKind.APPLY, fn_data, args_data, outcome, name, None, timeout, buffers)
     manager.submit(task)
@@ -94,8 +106,8 @@ def submit_map(
     With more chunks than workers, the first ones, one per worker, are queued as soon as
     they are pickled: the workers start on them while the rest is pickled, as the
     standard library's task handler overlaps the two. The map cannot end before the rest
-    is queued, after ``wrap``. A chunk that will not pickle still raises here, and the
-    map's other chunks are cancelled (one a worker has started runs on, unseen).
+    is queued, after ``wrap``. If the function or a chunk will not pickle, the map fails
+    with that error (see ``_chunk_tasks``), as the standard library's does.
     """
     gather = MapGather([len(chunk) for chunk in chunks])
     tasks = _chunk_tasks(fn, kind, method, chunks, gather, timeout)
@@ -138,14 +150,36 @@ def _chunk_tasks(
     gather: MapGather,
     timeout: float | None,
 ) -> Iterator[Task]:
-    """The Tasks of a map's chunks, each pickled as it is taken."""
-    fn_data = dumps_callable(fn)
+    """The Tasks of a map's chunks, each pickled as it is taken.
+
+    If the function or a chunk will not pickle, that chunk fails with the error and the
+    chunks after it are cancelled (never sent), so the map fails with it; chunks already
+    queued run on, their results unseen.
+    """
+    try:
+        fn_data = dumps_callable(fn)
+    except PICKLING_ERRORS as exc:
+        _fail_from(gather, 0, exc)
+        return
     name = callable_name(fn)
     first = 0
-    for chunk, slot in zip(chunks, gather.slots, strict=True):
-        args, buffers = dumps_data(chunk)
+    for index, (chunk, slot) in enumerate(zip(chunks, gather.slots, strict=True)):
+        try:
+            args, buffers = dumps_data(chunk)
+        except PICKLING_ERRORS as exc:
+            _fail_from(gather, index, exc)
+            return
         yield Task(kind, fn_data, args, slot, name, (first, len(chunk), method), timeout, buffers)
         first += len(chunk)
+
+
+def _fail_from(gather: MapGather, index: int, error: BaseException) -> None:
+    """Fail chunk ``index`` of a map with ``error``; cancel the chunks after it."""
+    if index >= len(gather.slots):
+        return  # an empty map: nothing to fail, as nothing would have been pickled
+    gather.slots[index].set_exception(error)
+    for slot in gather.slots[index + 1 :]:
+        slot.cancel()
 
 
 def lazy_map(
@@ -171,7 +205,13 @@ def lazy_map(
     manager.check_running()
     if chunksize < 1:
         raise ValueError(f"Chunksize must be 1+, not {chunksize:n}")
-    fn_data = dumps_callable(fn)
+    # A function that will not pickle fails every chunk's results, as the standard
+    # library's do, not the call.
+    fn_error: BaseException | None = None
+    try:
+        fn_data = dumps_callable(fn)
+    except PICKLING_ERRORS as exc:
+        fn_data, fn_error = b"", exc
     name = callable_name(fn)
     position = 0
 
@@ -184,9 +224,12 @@ def lazy_map(
             futures.append(future)
             items = (position, len(chunk), method)
             position += len(chunk)
+            if fn_error is not None:
+                future.set_exception(fn_error)
+                continue
             try:
                 args, buffers = dumps_data(chunk)
-            except Exception as exc:  # fails this chunk's results, not the pool
+            except PICKLING_ERRORS as exc:  # fails this chunk's results, not the pool
                 future.set_exception(exc)
                 continue
             tasks.append(Task(kind, fn_data, args, future, name, items, timeout, buffers))

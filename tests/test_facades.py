@@ -123,18 +123,19 @@ def test_remote_tracebacks_show_the_worker_frames(facade: MakeFace) -> None:
     assert "<lambda>" in frame_names(info.value)
 
 
-def test_bad_arguments_raise_at_the_call_site(facade: MakeFace) -> None:
+def test_bad_arguments_fail_their_own_results(facade: MakeFace) -> None:
+    """As in the standard library, an argument that cannot be pickled fails its task's
+    result, not the call; hookpool's message says what to do instead."""
     face = facade(1)
     with pytest.raises(TypeError, match="pickle"):
-        face.submit(identity, threading.Lock())
+        face.submit(identity, threading.Lock()).result(timeout=10)
     with pytest.raises(TypeError, match="pickle"):
         face.map(identity, [1, threading.Lock()])
     lock = hookpool.get_context().Lock()
     with pytest.raises(RuntimeError, match="initargs"):
-        face.submit(identity, lock)
+        face.submit(identity, lock).result(timeout=10)
     with pytest.raises(RuntimeError, match="initargs"):
         face.map(identity, [lock])
-    assert face.futures == []  # nothing was queued
     assert face.apply(square, 3) == 9  # the facade is not hurt
     assert face.map(square, range(3)) == [0, 1, 4]
 
@@ -188,7 +189,7 @@ def test_an_initializer_that_raises_breaks_the_facade_without_respawning(
 def test_inheritance_only_objects_travel_in_initargs(facade: MakeFace) -> None:
     """A Lock and a Value made from the spawn context reach each worker through initargs
     (the parent holds the lock: the worker sees it taken), on both faces; passed as a
-    task argument instead, they are refused at the call with the initargs advice."""
+    task argument instead, they fail the task with the initargs advice."""
     ctx = hookpool.get_context()
     lock = ctx.Lock()
     value = ctx.Value("i", 7)
@@ -198,7 +199,7 @@ def test_inheritance_only_objects_travel_in_initargs(facade: MakeFace) -> None:
     assert face.apply(try_lock) is True
     assert face.apply(read_kept_value) == 7
     with pytest.raises(RuntimeError, match="initargs"):
-        face.submit(identity, lock)
+        face.submit(identity, lock).result(timeout=10)
 
 
 def test_unpicklable_results_and_exceptions_are_clear_errors(facade: MakeFace) -> None:

@@ -132,37 +132,47 @@ def _maybe_exit(x: int) -> int:
     return x
 
 
-def test_unpicklable_argument_raises_at_call_site(
+def test_unpicklable_argument_fails_its_result_not_the_call(
     make_pool: Callable[..., hookpool.Pool],
 ) -> None:
+    """As in the standard library: the call returns, get() raises the pickling error,
+    the error callback receives it, and the pool keeps working."""
     pool = make_pool(1)
+    seen: list[BaseException] = []
+    result = pool.apply_async(
+        tasks_crash.take, (tasks_crash.ErrorAtPickle(),), error_callback=seen.append
+    )
+    assert result.ready() and not result.successful()
     with pytest.raises(TypeError, match="refuses to be pickled"):
-        pool.apply_async(tasks_crash.take, (tasks_crash.ErrorAtPickle(),))
+        result.get(timeout=10)
+    assert [type(error) for error in seen] == [TypeError]
     with pytest.raises(TypeError, match="refuses to be pickled"):
         pool.map(tasks_crash.take, [1, tasks_crash.ErrorAtPickle()])
     assert pool.apply(tasks.square, (3,)) == 9
 
 
-def test_a_late_chunk_that_will_not_pickle_raises_at_call_site(
+def test_a_late_chunk_that_will_not_pickle_fails_the_map(
     make_pool: Callable[..., hookpool.Pool],
 ) -> None:
     """The first chunks are queued while the rest is pickled: one that will not pickle
-    still raises at the call site, with no callback run and the progress closed."""
+    fails the map (its error callback runs once, the progress is closed) and the chunks
+    after it never run."""
     pool = make_pool(2)
-    items = [1, 2, 3, 4, 5, tasks_crash.ErrorAtPickle()]
+    items = [1, 2, 3, 4, 5, tasks_crash.ErrorAtPickle(), 7, 8]
     called: list[object] = []
     reports: list[tuple[int, int | None]] = []
+    result = pool.map_async(
+        tasks_crash.take,
+        items,
+        1,
+        callback=called.append,
+        error_callback=called.append,
+        progress=lambda done, total: reports.append((done, total)),
+    )
     with pytest.raises(TypeError, match="refuses to be pickled"):
-        pool.map_async(
-            tasks_crash.take,
-            items,
-            1,
-            callback=called.append,
-            error_callback=called.append,
-            progress=lambda done, total: reports.append((done, total)),
-        )
+        result.get(timeout=30)
     assert pool.apply(tasks.square, (3,)) == 9  # the early chunks are out of the way
-    assert called == []
+    assert [type(error) for error in called] == [TypeError]
     assert reports[-1][1] == len(items)
 
 
@@ -184,7 +194,7 @@ def test_lock_as_task_argument_says_use_initargs(
     pool = make_pool(1)
     lock = hookpool.get_context().Lock()
     with pytest.raises(RuntimeError, match="initargs"):
-        pool.apply_async(tasks.identity, (lock,))
+        pool.apply_async(tasks.identity, (lock,)).get(timeout=10)
     assert pool.apply(tasks.square, (2,)) == 4
 
 
