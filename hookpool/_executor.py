@@ -10,6 +10,7 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future
 
 from . import _protocol as wire
+from ._dialect import EXECUTOR
 from ._hooks import Hooks
 from ._records import TYPE_CHECKING
 from ._spawn import available_cpus, check_not_bootstrapping, check_timeout, resolve, start_engine
@@ -83,8 +84,7 @@ class ProcessPoolExecutor(concurrent.futures.Executor):
             hooks=hooks,
             context=ctx,
             maxtasksperchild=max_tasks_per_child,
-            exit_mode="drain",
-            closed_error=_after_shutdown,
+            dialect=EXECUTOR,
             name="hookpool-executor",
             forward_logging=forward_logging,
         )
@@ -172,10 +172,6 @@ class ProcessPoolExecutor(concurrent.futures.Executor):
         """Process ids of the current workers (inline: this process, until the finalizer
         has run)."""
         return self._manager.worker_pids()
-
-
-def _after_shutdown() -> Exception:
-    return RuntimeError("cannot schedule new futures after shutdown")
 
 
 def _yield_until(results: IMapIterator[R], deadline: float | None) -> Iterator[R]:

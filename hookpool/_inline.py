@@ -42,7 +42,6 @@ import os
 import sys
 import threading
 import warnings
-from collections.abc import Callable
 from types import FrameType
 
 from . import _worker
@@ -51,11 +50,12 @@ from ._manager import Task, _resolve, refusal
 from ._records import TYPE_CHECKING
 from ._serialize import describe, dumps, loads, loads_data
 from ._state import PoolState
-from ._std_errors import InitializerError, ResultEncodingError
+from ._std_errors import InitializerError
 
 if TYPE_CHECKING:
     from typing import Any
 
+    from ._dialect import Dialect
     from ._manager import Outcome
 
 __all__ = ["InlineManager"]
@@ -81,12 +81,12 @@ class InlineManager:
         *,
         processes: int,
         hooks: Hooks,
-        closed_error: Callable[[], Exception],
+        dialect: Dialect,
         name: str = "hookpool",
     ) -> None:
         self._size = processes
         self._hooks = hooks
-        self._closed_error = closed_error
+        self._dialect = dialect
         self._name = name
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)  # the state or _running changed
@@ -153,7 +153,7 @@ class InlineManager:
                 )
             for position, task in enumerate(tasks):
                 try:
-                    _run(task)
+                    _run(task, self._dialect)
                 except KeyboardInterrupt:
                     for later in tasks[position + 1 :]:
                         later.future.cancel()
@@ -243,13 +243,13 @@ class InlineManager:
                 self._changed.notify_all()
 
     def _refusal(self, state: PoolState) -> Exception:
-        return refusal(state, self._name, self._broken_error, self._closed_error)
+        return refusal(state, self._name, self._broken_error, self._dialect)
 
 
 _LEAVING = (PoolState.CLOSING, PoolState.TERMINATING)
 
 
-def _run(task: Task) -> None:
+def _run(task: Task, dialect: Dialect) -> None:
     """Run one task here and settle its future, as a worker and the manager would."""
     if not task.future.set_running_or_notify_cancel():
         return  # cancelled before it ran
@@ -261,12 +261,8 @@ def _run(task: Task) -> None:
     except BaseException as exc:  # SystemExit too: it fails this task, as in a worker
         _resolve(task.future, error=_from_task_frames(exc))
         return
-    try:
-        value = _as_received(value, task)
-    except ResultEncodingError as error:
-        _resolve(task.future, error=error)
-    else:
-        _resolve(task.future, value=value)
+    value, error = _as_received(value, task, dialect)
+    _resolve(task.future, value=value, error=error)
 
 
 def _from_task_frames(exc: BaseException) -> BaseException:
@@ -282,23 +278,20 @@ def _from_task_frames(exc: BaseException) -> BaseException:
     return exc.with_traceback(tb)
 
 
-def _as_received(value: Any, task: Task) -> Any:
-    """The result as the caller would get it from a worker: pickled, then unpickled.
-
-    Raises:
-        ResultEncodingError: either step failed, as it would with a worker.
-    """
+def _as_received(value: Any, task: Task, dialect: Dialect) -> tuple[Any, BaseException | None]:
+    """The result as the caller would get it from a worker, pickled, then unpickled; or
+    the error either step fails with, as it would with a worker."""
     try:
         data = dumps(value)
     except Exception as exc:
-        raise ResultEncodingError(f"{type(exc).__name__}: {exc}", describe(value)) from exc
+        reason = f"{type(exc).__name__}: {exc}"
+        return None, dialect.unpicklable_result(
+            exc, reason, describe(value), task.describe(), "(inline: this process)"
+        )
     try:
-        return loads(data)
+        return loads(data), None
     except Exception as exc:
-        raise ResultEncodingError(
-            f"the result could not be unpickled in the caller: {exc!r}",
-            f"<result of {task.describe()}>",
-        ) from exc
+        return None, dialect.undecodable_result(exc, task.describe())
 
 
 def _caller_stacklevel() -> int:

@@ -107,6 +107,8 @@ from ._state import PoolState
 if TYPE_CHECKING:  # for type checkers only: typing is not imported at run time
     from typing import Any, Protocol
 
+    from ._dialect import Dialect
+
     class Outcome(Protocol):
         """What the manager needs of a task's future: a ``concurrent.futures.Future`` is one;
         a map's chunks use a lighter ``_results.ChunkSlot``."""
@@ -360,14 +362,12 @@ class Manager:
         spawner: Spawner,
         started: list[StartedWorker],
         maxtasksperchild: int | None,
-        exit_mode: str,
-        closed_error: Callable[[], Exception],
+        dialect: Dialect,
     ) -> None:
         self._size = processes
         self._spawner = spawner
         self._maxtasks = maxtasksperchild
-        self._exit_mode = exit_mode  # "terminate" (Pool) or "drain" (executor) at exit
-        self._closed_error = closed_error  # what submitting to a closed pool raises
+        self._dialect = dialect  # the errors of the facade (Pool or executor)
         self._name = spawner.pool_name
 
         # Re-entrant: a signal handler in the main thread may call close() or terminate()
@@ -643,7 +643,13 @@ class Manager:
                     # Interrupted from here on, the answer is still in the handoff: the
                     # manager settles the task (or completes the settling) on taking
                     # the worker back.
-                    value, error = _answer(task, first, catch=Exception)  # type: ignore[arg-type]
+                    value, error = _answer(
+                        task,
+                        first,  # type: ignore[arg-type]
+                        self._dialect,
+                        worker.name,
+                        catch=_DECODING_IN_CALLER,
+                    )
                     return outcome.settle_here(value, error)  # type: ignore[no-any-return]
                 return False
 
@@ -741,7 +747,7 @@ class Manager:
         return [w.pid for w in list(self._workers)]
 
     def _refusal(self, state: PoolState) -> Exception:
-        return refusal(state, self._name, self._broken_error, self._closed_error)
+        return refusal(state, self._name, self._broken_error, self._dialect)
 
     def _wake(self) -> None:
         """Make the manager thread look at the queue, the commands and the state.
@@ -1037,7 +1043,7 @@ class Manager:
             self._startup_failures = 0
         elif kind is wire.InitFailed:
             assert isinstance(message, wire.InitFailed)
-            cause = rebuild(message.error, remote_cause=True)
+            cause = rebuild(message.error, self._dialect.remote_traceback)
             from ._std_errors import InitializerError
 
             error = InitializerError(
@@ -1078,7 +1084,7 @@ class Manager:
         # Skipped: cancelled before it started, settled then. Settled already otherwise:
         # by the thread the worker was lent to (_read_directly), or cancelled, or failed.
         if type(message) is not wire.Skipped and not task.future.done():
-            value, error = _answer(task, message)  # type: ignore[arg-type]
+            value, error = _answer(task, message, self._dialect, worker.name)  # type: ignore[arg-type]
             _resolve(task.future, value=value, error=error)
         if type(message) is wire.Failed and message.leaving:
             # SystemExit: it is on its way out; send it nothing more.
@@ -1319,7 +1325,7 @@ class Manager:
     # -- interpreter exit ------------------------------------------------------------------
 
     def _at_exit(self) -> None:
-        if self._exit_mode == "drain":
+        if self._dialect.exit_mode == "drain":
             self.close()
         else:
             self.terminate()
@@ -1329,7 +1335,7 @@ def refusal(
     state: PoolState,
     name: str,
     broken_error: BaseException | None,
-    closed_error: Callable[[], Exception],
+    dialect: Dialect,
 ) -> Exception:
     """What submitting to an engine in ``state`` (not RUNNING) raises."""
     if state is PoolState.BROKEN:
@@ -1338,7 +1344,7 @@ def refusal(
         error = PoolBrokenError(f"{name} is broken and cannot run tasks: {broken_error}")
         error.__cause__ = broken_error
         return error
-    return closed_error()
+    return dialect.closed_error()
 
 
 def _held_here(lock: Any) -> bool:
@@ -1396,29 +1402,30 @@ def _task_deadline(worker: WorkerHandle) -> float | None:
 _ANSWERS = (wire.Done, wire.Failed)
 
 
+#: What unpickling a result in a caller's thread may raise that becomes the task's error:
+#: not a KeyboardInterrupt, which is the caller's (the manager decodes the answer later).
+_DECODING_IN_CALLER = (Exception, SystemExit)
+
+
 def _answer(
     task: Task,
     message: wire.Done | wire.Failed,
+    dialect: Dialect,
+    worker: str,
     *,
-    catch: type[BaseException] = BaseException,
+    catch: type[BaseException] | tuple[type[BaseException], ...] = BaseException,
 ) -> tuple[Any, BaseException | None]:
-    """The value or the error a worker's answer to ``task`` settles it with. ``catch``:
-    what unpickling may raise that becomes the task's error (in a caller's thread, not a
-    KeyboardInterrupt: that is the caller's, and the manager decodes the answer later)."""
+    """The value or the error a worker's answer to ``task`` settles it with, in the words
+    of the facade (``dialect``). ``catch``: what unpickling may raise that becomes the
+    task's error."""
     if type(message) is wire.Failed:
-        return None, rebuild(message.error)
+        error = rebuild(message.error, dialect.remote_traceback)
+        return None, dialect.failed(message, error, task.describe(), worker)
     assert isinstance(message, wire.Done)
     try:
         return loads_data(message.value, message.buffers), None
     except catch as exc:
-        from ._std_errors import ResultEncodingError
-
-        error = ResultEncodingError(
-            f"the result could not be unpickled in the caller: {exc!r}",
-            f"<result of {task.describe()}>",
-        )
-        error.__cause__ = exc
-        return None, error
+        return None, dialect.undecodable_result(exc, task.describe())
 
 
 def _epoll_of(selector: selectors.BaseSelector) -> Any:

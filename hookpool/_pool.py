@@ -6,6 +6,7 @@ import weakref
 from collections.abc import Callable, Iterable, Mapping
 
 from . import _protocol as wire
+from ._dialect import POOL
 from ._hooks import Hooks
 from ._records import TYPE_CHECKING
 from ._spawn import available_cpus, check_not_bootstrapping, check_timeout, resolve, start_engine
@@ -109,8 +110,7 @@ class Pool:
             hooks=hooks,
             context=ctx,
             maxtasksperchild=maxtasksperchild,
-            exit_mode="terminate",
-            closed_error=_not_running,
+            dialect=POOL,
             name="hookpool",
             forward_logging=forward_logging,
         )
@@ -426,7 +426,3 @@ def _import_engine() -> None:
     from ._calls import feed_in_background, lazy_map, submit_call, submit_map
     from ._progress import total_of
     from ._results import ApplyOutcome, AsyncResult, IMapIterator, MapResult, chunked, outcome_of
-
-
-def _not_running() -> Exception:
-    return ValueError("Pool not running")

@@ -67,6 +67,7 @@ __all__ = [
     "Ready",
     "Skip",
     "Skipped",
+    "Stage",
     "Stop",
     "blob",
     "pipe",
@@ -161,6 +162,15 @@ class Done(NamedTuple):
     buffers: tuple[Any, ...] = ()
 
 
+class Stage(enum.IntEnum):
+    """Where in the worker a task failed: the two pools of the standard library report a
+    failure to unpickle a task, or to pickle its result, differently (``_dialect``)."""
+
+    RUN = 0  #: the function raised
+    ARGS = 1  #: the function or the arguments could not be unpickled
+    RESULT = 2  #: the result could not be pickled
+
+
 class Failed(NamedTuple):
     """A task raised, or its arguments or result could not be (un)pickled."""
 
@@ -168,6 +178,9 @@ class Failed(NamedTuple):
     error: ErrorReport
     #: The error was a SystemExit: the worker leaves after sending this.
     leaving: bool = False
+    stage: Stage = Stage.RUN
+    #: Stage.RESULT: a short repr of the result that would not pickle.
+    value_repr: str = ""
 
 
 class Skipped(NamedTuple):

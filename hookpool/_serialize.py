@@ -482,14 +482,16 @@ def _capture(exc: BaseException, skip_frames: int, seen: set[int]) -> ErrorRepor
     )
 
 
-def rebuild(report: ErrorReport, *, remote_cause: bool = True) -> BaseException:
+def rebuild(
+    report: ErrorReport, remote_traceback: Callable[[str], BaseException] | None = None
+) -> BaseException:
     """The worker's exception, as itself where possible, with the worker's frames.
 
-    If its ``__cause__`` was not set by the worker's code, it is set to a
-    ``RemoteTraceback`` with the formatted worker traceback, as the standard library does.
+    If its ``__cause__`` was not set by the worker's code, and ``remote_traceback`` is
+    given, the cause is ``remote_traceback(formatted worker traceback)``, as the standard
+    library's pools attach theirs (``Dialect.remote_traceback``).
     """
     from ._errors import RemoteError
-    from ._std_errors import RemoteTraceback
 
     exc: BaseException | None = None
     if report.exception is not None:
@@ -509,11 +511,11 @@ def rebuild(report: ErrorReport, *, remote_cause: bool = True) -> BaseException:
         except Exception:  # pragma: no cover - keep the exception, lose the frames
             pass
     if report.cause is not None:
-        exc.__cause__ = rebuild(report.cause, remote_cause=False)
-    elif remote_cause:
-        exc.__cause__ = RemoteTraceback(report.traceback_text)
+        exc.__cause__ = rebuild(report.cause)
+    elif remote_traceback is not None:
+        exc.__cause__ = remote_traceback(report.traceback_text)
     if report.context is not None:
-        exc.__context__ = rebuild(report.context, remote_cause=False)
+        exc.__context__ = rebuild(report.context)
     elif report.context_is_cause:  # `raise X from err` inside `except ... as err`
         exc.__context__ = exc.__cause__
     exc.__suppress_context__ = report.suppress_context

@@ -20,7 +20,6 @@ import multiprocessing.context
 import multiprocessing.process
 import os
 import sys
-from collections.abc import Callable
 
 from . import _protocol as wire
 from . import _worker
@@ -29,6 +28,7 @@ from ._records import TYPE_CHECKING, NamedTuple
 from ._serialize import SpawnedHooks
 
 if TYPE_CHECKING:
+    from ._dialect import Dialect
     from ._manager import Engine
 
 __all__ = [
@@ -62,8 +62,7 @@ def start_engine(
     hooks: Hooks,
     context: SpawnContext,
     maxtasksperchild: int | None,
-    exit_mode: str,
-    closed_error: Callable[[], Exception],
+    dialect: Dialect,
     name: str,
     forward_logging: bool,
 ) -> Engine:
@@ -76,7 +75,7 @@ def start_engine(
     if inline_requested(inline):
         from ._inline import InlineManager
 
-        return InlineManager(processes=processes, hooks=hooks, closed_error=closed_error, name=name)
+        return InlineManager(processes=processes, hooks=hooks, dialect=dialect, name=name)
     spawner = Spawner(context, hooks, pool_name=name, forward_logging=forward_logging)
     started = spawner.start_many(processes)
     try:
@@ -87,8 +86,7 @@ def start_engine(
             spawner=spawner,
             started=started,
             maxtasksperchild=maxtasksperchild,
-            exit_mode=exit_mode,
-            closed_error=closed_error,
+            dialect=dialect,
         )
     except BaseException:
         _kill(started)  # the Manager kills what it adopted; this is for an earlier failure

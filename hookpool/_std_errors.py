@@ -10,11 +10,14 @@ like import it too.
 from __future__ import annotations
 
 from concurrent.futures.process import BrokenProcessPool
+
+# hookpool.RemoteTraceback is the standard library's own class: the ``__cause__`` a Pool
+# task's exception gets (when the worker gave it none of its own), its ``tb`` the worker's
+# formatted traceback. An executor task's is ``concurrent.futures.process._RemoteTraceback``,
+# as with the standard library's executor (see ``_dialect``).
 from multiprocessing.pool import (  # type: ignore[attr-defined]  # missing from typeshed
     MaybeEncodingError,
-)
-from multiprocessing.pool import (  # type: ignore[attr-defined]
-    RemoteTraceback as _StdRemoteTraceback,
+    RemoteTraceback,
 )
 
 from ._errors import HookpoolError
@@ -24,6 +27,7 @@ __all__ = [
     "PoolBrokenError",
     "RemoteTraceback",
     "ResultEncodingError",
+    "TaskDecodingError",
     "WorkerLostError",
 ]
 
@@ -78,13 +82,12 @@ class ResultEncodingError(HookpoolError, MaybeEncodingError):  # type: ignore[mi
         return f"{text}\n\n{self.detail}" if self.detail else text
 
 
-class RemoteTraceback(_StdRemoteTraceback):  # type: ignore[misc]
-    """The worker's formatted traceback, attached as ``__cause__`` like the standard library.
+class TaskDecodingError(HookpoolError, BrokenProcessPool):
+    """(``ProcessPoolExecutor``) A task could not be unpickled in its worker, or its result
+    in the caller; the unpickling error is the ``__cause__``.
 
-    hookpool attaches it only where the worker's exception had no ``__cause__`` of its
-    own: a real ``raise ... from`` chain is kept as it was.
+    The standard library's executor is broken by either; hookpool's fails only this task
+    and keeps running. It is a ``BrokenProcessPool``, so the ``except`` clauses written for
+    the standard library catch it. (The ``Pool`` raises the unpickling error itself, or a
+    ``ResultEncodingError`` for a result, as ``multiprocessing.Pool`` would.)
     """
-
-    def __init__(self, tb: str) -> None:
-        super().__init__(tb)
-        self.tb = tb

@@ -221,9 +221,11 @@ class _Worker:
                 queued.append(message)
 
     def _call(self, call: wire.Call) -> None:
+        stage = wire.Stage.ARGS
         try:
             fn = self._function(call.fn)
             args = loads_data(call.args, call.buffers)
+            stage = wire.Stage.RUN
             self.phase = _Phase.RUNNING
             try:
                 result = _run(call.kind, fn, args)
@@ -233,19 +235,19 @@ class _Worker:
         except _StopWorker:
             raise
         except BaseException as exc:
+            # A SystemExit, from the task or from unpickling it: the worker leaves (its
+            # finalizer runs) after answering.
             leaving = isinstance(exc, SystemExit)
-            self._answer(wire.Failed(call.task_id, capture(exc, skip_frames=2), leaving))
+            skip = 2 if stage is wire.Stage.RUN else 1  # from the function's own frame
+            self._answer(wire.Failed(call.task_id, capture(exc, skip_frames=skip), leaving, stage))
             if leaving:
                 raise
             return
         try:
             data, buffers = dumps_data(result, snapshot=False)
-        except BaseException as exc:
-            from ._std_errors import ResultEncodingError
-
-            error = ResultEncodingError(f"{type(exc).__name__}: {exc}", describe(result))
-            error.__cause__ = exc
-            self._answer(wire.Failed(call.task_id, capture(error)))
+        except BaseException as exc:  # even a SystemExit: the task is answered, with it
+            stage, shown = wire.Stage.RESULT, describe(result)
+            self._answer(wire.Failed(call.task_id, capture(exc), False, stage, shown))
             return
         del result
         self._answer(wire.Done(call.task_id, wire.blob(data), buffers))

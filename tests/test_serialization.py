@@ -44,8 +44,8 @@ UNPICKLABLE: dict[str, Callable[[], Any]] = {
 #: the pickling error comes from get()/result(), as with the standard library.
 CALL_SITES: dict[str, Callable[[hookpool.Pool, Any], Any]] = {
     "apply_async": lambda pool, value: pool.apply_async(tasks.identity, (value,)).get(10),
-    "apply_async-kwds": lambda pool, value: (
-        pool.apply_async(tasks.identity, (), {"x": value}).get(10)
+    "apply_async-kwds": lambda pool, value: pool.apply_async(tasks.identity, (), {"x": value}).get(
+        10
     ),
     "apply": lambda pool, value: pool.apply(tasks.identity, (value,)),
     "submit": lambda pool, value: pool.submit(tasks.identity, value).result(10),
