@@ -27,6 +27,7 @@ if TYPE_CHECKING:
         PoolBrokenError,
         RemoteTraceback,
         ResultEncodingError,
+        TaskDecodingError,
         WorkerLostError,
     )
 
@@ -43,6 +44,7 @@ __all__ = [
     "RemoteError",
     "RemoteTraceback",
     "ResultEncodingError",
+    "TaskDecodingError",
     "TaskTimeoutError",
     "WorkerInfo",
     "WorkerLostError",
@@ -69,6 +71,7 @@ _HOMES = {
             "PoolBrokenError",
             "RemoteTraceback",
             "ResultEncodingError",
+            "TaskDecodingError",
             "WorkerLostError",
         ],
         "._std_errors",

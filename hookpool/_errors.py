@@ -10,9 +10,12 @@
      |    +-- PoolTerminatedError .... the pool was terminated while the task ran
      |    +-- RemoteError ............ a worker exception that could not be sent back
      |    +-- ResultEncodingError .... also multiprocessing.pool.MaybeEncodingError
+     |    +-- TaskDecodingError ...... also BrokenProcessPool (executor: a task or result
+     |    |                            that would not unpickle)
      |    +-- TaskTimeoutError ....... also multiprocessing.TimeoutError and TimeoutError
-     +-- multiprocessing.pool.RemoteTraceback
-          +-- RemoteTraceback ........ the worker's formatted traceback, as ``__cause__``
+     +-- multiprocessing.pool.RemoteTraceback (hookpool.RemoteTraceback): the worker's
+                                     formatted traceback, as ``__cause__`` (executor:
+                                     concurrent.futures.process._RemoteTraceback)
 
 An exception raised by the task itself is re-raised in the caller as itself (same type,
 same arguments), with the worker's frames in its traceback; see ``_serialize``.
