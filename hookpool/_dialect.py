@@ -76,8 +76,9 @@ class Dialect:
         encoding.__cause__ = error
         return encoding
 
-    def undecodable_result(self, error: BaseException, task: str) -> BaseException:
-        """What a task fails with when its result will not unpickle here (``error``)."""
+    def undecodable_result(self, error: BaseException, task: str, worker: str) -> BaseException:
+        """What a task fails with when its result, from ``worker``, will not unpickle here
+        (``error``)."""
         from ._std_errors import ResultEncodingError
 
         encoding = ResultEncodingError(
@@ -124,8 +125,10 @@ class _ExecutorDialect(Dialect):
         )
         return error
 
-    def undecodable_result(self, error: BaseException, task: str) -> BaseException:
-        return _decoding_error(f"the result of {task} could not be unpickled: {error!r}", error)
+    def undecodable_result(self, error: BaseException, task: str, worker: str) -> BaseException:
+        return _decoding_error(
+            f"the result of {task} from worker {worker} could not be unpickled: {error!r}", error
+        )
 
 
 POOL: Dialect = Dialect()

@@ -291,7 +291,7 @@ def _as_received(value: Any, task: Task, dialect: Dialect) -> tuple[Any, BaseExc
     try:
         return loads(data), None
     except Exception as exc:
-        return None, dialect.undecodable_result(exc, task.describe())
+        return None, dialect.undecodable_result(exc, task.describe(), "(inline: this process)")
 
 
 def _caller_stacklevel() -> int:

@@ -1425,7 +1425,7 @@ def _answer(
     try:
         return loads_data(message.value, message.buffers), None
     except catch as exc:
-        return None, dialect.undecodable_result(exc, task.describe())
+        return None, dialect.undecodable_result(exc, task.describe(), worker)
 
 
 def _epoll_of(selector: selectors.BaseSelector) -> Any:

@@ -1,0 +1,72 @@
+"""Tasks that fail at one stage of their trip, for the crash matrix of test_fidelity:
+{error, exit, crash} x {task pickle, task unpickle, function run, result pickle, result
+unpickle}. "error" raises ValueError, "exit" calls sys.exit, "crash" calls os._exit."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import sys
+from typing import Any
+
+
+def act(how: str) -> None:
+    if how == "error":
+        raise ValueError(f"{how} on purpose")
+    if how == "exit":
+        sys.exit(3)
+    if how == "crash":
+        os._exit(7)
+    raise AssertionError(how)
+
+
+def act_on_load(how: str, where: str) -> str:
+    """Called while unpickling: acts in ``where`` ("worker" or "parent") only."""
+    in_parent = multiprocessing.parent_process() is None
+    if in_parent == (where == "parent"):
+        act(how)
+    return "loaded"
+
+
+class FailsToPickle:
+    """Acts while being pickled."""
+
+    def __init__(self, how: str) -> None:
+        self.how = how
+
+    def __repr__(self) -> str:
+        return f"FailsToPickle({self.how!r})"
+
+    def __reduce__(self) -> Any:
+        act(self.how)
+
+
+class FailsToUnpickle:
+    """Pickles; acts while being unpickled in ``where``."""
+
+    def __init__(self, how: str, where: str) -> None:
+        self.how = how
+        self.where = where
+
+    def __reduce__(self) -> Any:
+        return act_on_load, (self.how, self.where)
+
+
+def take(arg: object) -> str:
+    return type(arg).__name__
+
+
+def run(how: str) -> None:
+    act(how)
+
+
+def return_unpicklable(how: str) -> FailsToPickle:
+    return FailsToPickle(how)
+
+
+def return_fails_in_parent(how: str) -> FailsToUnpickle:
+    return FailsToUnpickle(how, "parent")
+
+
+def square(x: int) -> int:
+    return x * x

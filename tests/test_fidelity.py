@@ -1,0 +1,257 @@
+"""Drop-in fidelity: a program written for the standard library's pools gets, from
+hookpool, the errors it already catches, where it already catches them.
+
+Where the standard library's pool stays usable, hookpool is checked against it side by
+side; where the standard library breaks (its executor) or hangs (its Pool), hookpool fails
+only the task, with an error the standard library's callers catch, and runs the next one.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import concurrent.futures.process
+import multiprocessing
+import multiprocessing.pool
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future
+from concurrent.futures.process import BrokenProcessPool
+from typing import Any
+
+import pytest
+import tasks_stages as stages
+from conftest import shared_pool
+
+import hookpool
+
+pytestmark = pytest.mark.usefixtures("collect_stopped_pools")
+
+SPAWN = multiprocessing.get_context("spawn")
+
+
+@pytest.fixture(scope="module")
+def executor() -> Iterator[hookpool.ProcessPoolExecutor]:
+    with hookpool.ProcessPoolExecutor(1) as executor:
+        yield executor
+
+
+@pytest.fixture(scope="module")
+def pool() -> Iterator[hookpool.Pool]:
+    yield from shared_pool(hookpool.Pool(1))
+
+
+# -- 1. a task that will not pickle fails its result, not the call ---------------------------
+
+
+def _collect(submit: Callable[[Any], Any], wait: Callable[[Any], Any]) -> list[str]:
+    """The loop the issue describes: submit every item, then collect each outcome."""
+    items: list[Any] = [1, stages.FailsToPickle("error"), 3, stages.FailsToPickle("error"), 5]
+    handles = [submit(item) for item in items]  # none of these raise
+    outcomes = []
+    for handle in handles:
+        try:
+            outcomes.append(str(wait(handle)))
+        except ValueError as exc:
+            outcomes.append(f"ValueError: {exc}")
+    return outcomes
+
+
+def test_submit_loop_collects_pickling_errors_per_item_like_the_stdlib_executor(
+    executor: hookpool.ProcessPoolExecutor,
+) -> None:
+    ours = _collect(lambda x: executor.submit(stages.take, x), lambda f: f.result(timeout=30))
+    with concurrent.futures.ProcessPoolExecutor(1, mp_context=SPAWN) as std:
+        theirs = _collect(lambda x: std.submit(stages.take, x), lambda f: f.result(timeout=30))
+    assert (
+        ours
+        == theirs
+        == ["int", "ValueError: error on purpose", "int"] * 1
+        + [
+            "ValueError: error on purpose",
+            "int",
+        ]
+    )
+
+
+def test_apply_async_loop_collects_pickling_errors_like_the_stdlib_pool(
+    pool: hookpool.Pool,
+) -> None:
+    errors: list[type[BaseException]] = []
+
+    def run(target: Any) -> list[str]:
+        return _collect(
+            lambda x: target.apply_async(
+                stages.take, (x,), error_callback=lambda e: errors.append(type(e))
+            ),
+            lambda r: r.get(timeout=30),
+        )
+
+    ours = run(pool)
+    with SPAWN.Pool(1) as std:
+        theirs = run(std)
+    assert ours == theirs
+    assert errors == [ValueError] * 4  # two from each pool's error_callback
+
+
+def test_pool_submit_and_map_async_deliver_pickling_errors_through_the_result(
+    pool: hookpool.Pool,
+) -> None:
+    future = pool.submit(stages.take, stages.FailsToPickle("error"))
+    with pytest.raises(ValueError, match="on purpose"):
+        future.result(timeout=30)
+    result = pool.map_async(stages.take, [1, stages.FailsToPickle("error"), 3])
+    with pytest.raises(ValueError, match="on purpose"):
+        result.get(timeout=30)
+    assert not result.successful()
+    assert pool.apply(stages.square, (3,)) == 9
+
+
+def test_a_reduce_that_exits_fails_the_task_not_the_program(
+    executor: hookpool.ProcessPoolExecutor,
+) -> None:
+    future = executor.submit(stages.take, stages.FailsToPickle("exit"))
+    with pytest.raises(SystemExit):
+        future.result(timeout=30)
+    assert executor.submit(stages.square, 4).result(timeout=30) == 16
+
+
+# -- 2, 3. the crash matrix ---------------------------------------------------------------------
+
+STAGES = ["task pickle", "task unpickle", "function run", "result pickle", "result unpickle"]
+
+
+def _call(stage: str, how: str) -> tuple[Callable[..., Any], tuple[Any, ...]]:
+    """The function and arguments of a task that fails at ``stage`` in the way ``how``."""
+    if stage == "task pickle":
+        return stages.take, (stages.FailsToPickle(how),)
+    if stage == "task unpickle":
+        return stages.take, (stages.FailsToUnpickle(how, "worker"),)
+    if stage == "function run":
+        return stages.run, (how,)
+    if stage == "result pickle":
+        return stages.return_unpicklable, (how,)
+    assert stage == "result unpickle"
+    return stages.return_fails_in_parent, (how,)
+
+
+#: (stage, how) -> (what the executor's result() raises, the type of its __cause__).
+#: A crash in the caller's own process (pickling the task, unpickling the result) would
+#: end the test process, with either library: not in the matrix.
+EXECUTOR_MATRIX: dict[tuple[str, str], tuple[type[BaseException], type[BaseException] | None]] = {
+    ("task pickle", "error"): (ValueError, None),
+    ("task pickle", "exit"): (SystemExit, None),
+    ("task unpickle", "error"): (hookpool.TaskDecodingError, ValueError),
+    ("task unpickle", "exit"): (hookpool.TaskDecodingError, SystemExit),
+    ("task unpickle", "crash"): (hookpool.WorkerLostError, None),
+    ("function run", "error"): (ValueError, concurrent.futures.process._RemoteTraceback),
+    ("function run", "exit"): (SystemExit, concurrent.futures.process._RemoteTraceback),
+    ("function run", "crash"): (hookpool.WorkerLostError, None),
+    ("result pickle", "error"): (ValueError, concurrent.futures.process._RemoteTraceback),
+    ("result pickle", "exit"): (SystemExit, concurrent.futures.process._RemoteTraceback),
+    ("result pickle", "crash"): (hookpool.WorkerLostError, None),
+    ("result unpickle", "error"): (hookpool.TaskDecodingError, ValueError),
+    ("result unpickle", "exit"): (hookpool.TaskDecodingError, SystemExit),
+}
+
+#: The same for the Pool, in multiprocessing.Pool's words (whose own pool hangs, or loses
+#: its worker, in most of these cases).
+POOL_MATRIX: dict[tuple[str, str], tuple[type[BaseException], type[BaseException] | None]] = {
+    **EXECUTOR_MATRIX,
+    ("task unpickle", "error"): (ValueError, multiprocessing.pool.RemoteTraceback),
+    ("task unpickle", "exit"): (SystemExit, multiprocessing.pool.RemoteTraceback),
+    ("function run", "error"): (ValueError, multiprocessing.pool.RemoteTraceback),
+    ("function run", "exit"): (SystemExit, multiprocessing.pool.RemoteTraceback),
+    ("result pickle", "error"): (hookpool.ResultEncodingError, ValueError),
+    ("result pickle", "exit"): (hookpool.ResultEncodingError, SystemExit),
+    ("result unpickle", "error"): (hookpool.ResultEncodingError, ValueError),
+    ("result unpickle", "exit"): (hookpool.ResultEncodingError, SystemExit),
+}
+
+
+def _outcome(future: Future[Any]) -> BaseException:
+    error = future.exception(timeout=30)
+    assert error is not None, future.result()
+    return error
+
+
+@pytest.mark.parametrize(("stage", "how"), list(EXECUTOR_MATRIX))
+def test_executor_crash_matrix(
+    executor: hookpool.ProcessPoolExecutor, stage: str, how: str
+) -> None:
+    expected, cause = EXECUTOR_MATRIX[stage, how]
+    fn, args = _call(stage, how)
+    error = _outcome(executor.submit(fn, *args))
+    assert type(error) is expected, repr(error)
+    if cause is not None:
+        assert type(error.__cause__) is cause, repr(error.__cause__)
+    if expected is hookpool.TaskDecodingError:
+        assert "Only this task failed" in str(error)
+        assert f"task {fn.__name__}()" in str(error)  # names the task...
+        assert "worker hookpool-executor-worker-" in str(error)  # ...and the worker
+    assert executor.submit(stages.square, 3).result(timeout=30) == 9  # it runs on
+
+
+@pytest.mark.parametrize(("stage", "how"), list(POOL_MATRIX))
+def test_pool_crash_matrix(pool: hookpool.Pool, stage: str, how: str) -> None:
+    expected, cause = POOL_MATRIX[stage, how]
+    fn, args = _call(stage, how)
+    error = _outcome(pool.apply_async(fn, args).future)
+    assert type(error) is expected, repr(error)
+    if cause is not None:
+        assert type(error.__cause__) is cause, repr(error.__cause__)
+    assert pool.apply(stages.square, (3,)) == 9
+
+
+#: The cells where the standard library's executor stays usable and gives the task's
+#: own error, and those where it breaks (every pending future fails, BrokenProcessPool).
+SAME_AS_STDLIB = [
+    ("task pickle", "error"),
+    ("function run", "error"),
+    ("function run", "exit"),
+    ("result pickle", "error"),
+    ("result pickle", "exit"),
+]
+BREAKS_THE_STDLIB = [
+    ("task unpickle", "error"),
+    ("task unpickle", "exit"),
+    ("task unpickle", "crash"),
+    ("function run", "crash"),
+    ("result pickle", "crash"),
+    ("result unpickle", "error"),
+    ("result unpickle", "exit"),
+]
+
+
+@pytest.mark.parametrize(("stage", "how"), SAME_AS_STDLIB + BREAKS_THE_STDLIB)
+def test_executor_errors_are_caught_by_what_catches_the_stdlib_ones(
+    executor: hookpool.ProcessPoolExecutor, stage: str, how: str
+) -> None:
+    fn, args = _call(stage, how)
+    with concurrent.futures.ProcessPoolExecutor(1, mp_context=SPAWN) as std:
+        theirs = _outcome(std.submit(fn, *args))
+    ours = _outcome(executor.submit(fn, *args))
+    if (stage, how) in BREAKS_THE_STDLIB:
+        assert isinstance(theirs, BrokenProcessPool), repr(theirs)
+        assert isinstance(ours, BrokenProcessPool), repr(ours)
+    else:
+        assert type(ours) is type(theirs)
+        assert ours.args == theirs.args
+        if stage != "task pickle":  # there, the stdlib formats its feeder thread's stack
+            # as a "remote" traceback; hookpool's error has the caller's real frames
+            assert type(ours.__cause__) is type(theirs.__cause__)
+
+
+# -- 4. the remote traceback is the standard class, with the standard text ---------------------
+
+
+def test_remote_traceback_text_matches_the_stdlib_executor(
+    executor: hookpool.ProcessPoolExecutor,
+) -> None:
+    with concurrent.futures.ProcessPoolExecutor(1, mp_context=SPAWN) as std:
+        theirs = _outcome(std.submit(stages.run, "error"))
+    ours = _outcome(executor.submit(stages.run, "error"))
+    for error in (ours, theirs):
+        cause = error.__cause__
+        assert type(cause) is concurrent.futures.process._RemoteTraceback
+        assert cause.tb.startswith('\n"""\nTraceback (most recent call last):\n')
+        assert cause.tb.endswith('ValueError: error on purpose\n"""')
+        assert 'in act\n    raise ValueError(f"{how} on purpose")' in cause.tb
