@@ -522,9 +522,6 @@ def outcome_of(future: Future[Any]) -> Future[Any] | ApplyOutcome[Any]:
     return future if outcome is None else outcome
 
 
-_NO_ITEM: Any = object()
-
-
 class IMapIterator(Iterator[T]):
     """The iterator of ``imap`` / ``imap_unordered``, fed lazily from the input.
 
@@ -538,6 +535,10 @@ class IMapIterator(Iterator[T]):
     With ``progress=``, the progress advances in the consumer's thread, by a chunk's size
     as ``next()`` takes that chunk's results, and ends when the iterator is exhausted,
     raises a task's error, is cancelled, or is garbage-collected.
+
+    A result handed out is no longer referenced here: the chunk being consumed is a
+    reversed list whose items are popped, so a map over large results frees each one as
+    the consumer moves on (as the standard library's executor does).
     """
 
     def __init__(
@@ -559,7 +560,7 @@ class IMapIterator(Iterator[T]):
         self._done: queue.SimpleQueue[Future[list[Any]]] = queue.SimpleQueue()
         self._unordered: set[Future[list[Any]]] = set()  # outstanding, when not ordered
         self._outstanding = 0
-        self._current: Iterator[Any] = iter(())
+        self._pop: Callable[[], Any] = [].pop  # the current chunk's, reversed
         self._input_error: BaseException | None = None
         self._exhausted = False
         self._lock = threading.RLock()
@@ -576,56 +577,69 @@ class IMapIterator(Iterator[T]):
 
     def __iter__(self) -> Iterator[T]:
         """A loop over this iterator runs in a generator that shares its position: per
-        item, a step of the current chunk's list iterator instead of a call to
-        ``__next__`` (a loop over a million results spends a third less time here).
-        ``next()`` and other loops take up exactly where it stopped."""
+        item, a pop from the current chunk instead of a call to ``__next__`` (a loop over
+        a million results spends a third less time here). ``next()`` and other loops take
+        up exactly where it stopped."""
         return self._items()
 
     def _items(self) -> Iterator[T]:
         while True:
-            for item in self._current:  # the shared list iterator: no item twice
-                yield item
+            pop = self._pop  # list.pop is atomic: no item twice, with several consumers
             try:
-                item = self.next()  # the next chunk's first item; its rest is _current
-            except StopIteration:
-                return
-            yield item
+                while True:
+                    yield pop()  # (never kept in a local while the generator waits)
+            except IndexError:
+                pass
+            with self._lock:
+                # (Bound methods of one list compare equal.) If another consumer moved on
+                # to the next chunk meanwhile, take its items first.
+                if self._pop == pop and not self._advance(None):
+                    return
 
     def __next__(self) -> T:
-        # Fast path, without the lock: the next item of the chunk being consumed (a list
-        # iterator's next() is atomic, so this stays safe with several consumers).
-        item = next(self._current, _NO_ITEM)
-        if item is not _NO_ITEM:
-            return item  # type: ignore[no-any-return]
-        return self.next()
+        # Fast path, without the lock: the next item of the chunk being consumed.
+        try:
+            return self._pop()  # type: ignore[no-any-return]
+        except IndexError:
+            return self.next()
 
     def next(self, timeout: float | None = None) -> T:
         """The next result; raises the task's exception at its position."""
         with self._lock:
             while True:
-                for item in self._current:
-                    return item  # type: ignore[no-any-return]
-                self._top_up(on_demand=True)
-                if not self._outstanding:
-                    if self._progress is not None:
-                        self._progress.end()
-                    if self._input_error is not None:
-                        error, self._input_error = self._input_error, None
-                        raise error
-                    raise StopIteration
-                future = self._take(timeout)
-                self._outstanding -= 1
                 try:
-                    chunk = future.result()
-                except BaseException:
-                    # As a loop over a tqdm-wrapped iterator would: the bar closes at the
-                    # first error, even if the consumer goes on to take more results.
-                    if self._progress is not None:
-                        self._progress.end()
-                    raise
-                if self._progress is not None:
-                    self._progress.advance(len(chunk))
-                self._current = iter(chunk)
+                    return self._pop()  # type: ignore[no-any-return]
+                except IndexError:
+                    pass
+                if not self._advance(timeout):
+                    raise StopIteration
+
+    def _advance(self, timeout: float | None) -> bool:
+        """Make the next chunk's results (reversed) the current ones; False at the end.
+        Raises a task's error, or the input's, at its position. Called with the lock."""
+        self._top_up(on_demand=True)
+        if not self._outstanding:
+            if self._progress is not None:
+                self._progress.end()
+            if self._input_error is not None:
+                error, self._input_error = self._input_error, None
+                raise error
+            return False
+        future = self._take(timeout)
+        self._outstanding -= 1
+        try:
+            chunk = future.result()
+        except BaseException:
+            # As a loop over a tqdm-wrapped iterator would: the bar closes at the first
+            # error, even if the consumer goes on to take more results.
+            if self._progress is not None:
+                self._progress.end()
+            raise
+        if self._progress is not None:
+            self._progress.advance(len(chunk))
+        chunk.reverse()  # the Future's own list: popping frees each result as it is taken
+        self._pop = chunk.pop
+        return True
 
     def _take(self, timeout: float | None) -> Future[list[Any]]:
         if self._ordered:

@@ -70,3 +70,10 @@ def return_fails_in_parent(how: str) -> FailsToUnpickle:
 
 def square(x: int) -> int:
     return x * x
+
+
+class Payload:
+    """A result that can be watched with a weak reference."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import concurrent.futures
 import concurrent.futures.process
+import gc
 import multiprocessing
 import multiprocessing.pool
+import weakref
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from concurrent.futures.process import BrokenProcessPool
@@ -255,3 +257,45 @@ def test_remote_traceback_text_matches_the_stdlib_executor(
         assert cause.tb.startswith('\n"""\nTraceback (most recent call last):\n')
         assert cause.tb.endswith('ValueError: error on purpose\n"""')
         assert 'in act\n    raise ValueError(f"{how} on purpose")' in cause.tb
+
+
+# -- 5. a lazy map frees each result as the consumer moves on -----------------------------------
+
+
+def _alive_after_each(results: Iterator[Any], loop: bool) -> list[int]:
+    """How many of the results handed out so far are still alive, after each one is
+    taken and dropped by the consumer."""
+    refs: list[weakref.ref[Any]] = []
+    alive = []
+    if loop:
+        for item in results:
+            refs.append(weakref.ref(item))
+            del item
+            gc.collect()
+            alive.append(sum(ref() is not None for ref in refs))
+    else:
+        while True:
+            try:
+                refs.append(weakref.ref(next(results)))
+            except StopIteration:
+                break
+            gc.collect()
+            alive.append(sum(ref() is not None for ref in refs))
+    return alive
+
+
+@pytest.mark.parametrize("chunksize", [1, 4])
+@pytest.mark.parametrize("loop", [True, False], ids=["for-loop", "next"])
+@pytest.mark.parametrize("method", ["imap", "imap_unordered", "executor.map"])
+def test_lazy_maps_do_not_hold_results_already_handed_out(
+    pool: hookpool.Pool,
+    executor: hookpool.ProcessPoolExecutor,
+    method: str,
+    loop: bool,
+    chunksize: int,
+) -> None:
+    if method == "executor.map":
+        results = executor.map(stages.Payload, range(20), chunksize=chunksize)
+    else:
+        results = getattr(pool, method)(stages.Payload, range(20), chunksize)
+    assert _alive_after_each(results, loop) == [0] * 20
