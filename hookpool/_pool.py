@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 import weakref
 from collections.abc import Callable, Iterable, Mapping
 
@@ -10,6 +11,7 @@ from ._dialect import POOL
 from ._hooks import Hooks
 from ._records import TYPE_CHECKING
 from ._spawn import available_cpus, check_not_bootstrapping, check_timeout, resolve, start_engine
+from ._state import PoolState
 
 if TYPE_CHECKING:  # at run time, imported with the first pool: see _import_engine
     from concurrent.futures import Future
@@ -400,6 +402,14 @@ class Pool:
 
     def __reduce__(self) -> Any:
         raise NotImplementedError("pool objects cannot be passed between processes or pickled")
+
+    def __del__(self, _warn: Callable[..., object] = warnings.warn) -> None:
+        """A pool dropped while still running (no ``close()``/``terminate()``, no ``with``)
+        gets the standard library's ``ResourceWarning``; then it is terminated, finalizers
+        and all (the ``weakref.finalize`` of ``__init__``)."""
+        manager: Engine | None = self.__dict__.get("_manager")  # None: __init__ failed
+        if manager is not None and manager.state is PoolState.RUNNING:
+            _warn(f"unclosed running multiprocessing pool {self!r}", ResourceWarning, source=self)
 
     # -- introspection -----------------------------------------------------------------------
 

@@ -180,7 +180,7 @@ def test_a_closure_capturing_a_lock_is_refused_as_a_task(make_pool: MakePool) ->
     lock = SPAWN.Lock()
     pool = make_pool(1)
     with pytest.raises(RuntimeError, match="initargs"):
-        pool.submit(lambda: lock.acquire())
+        pool.submit(lambda: lock.acquire()).result(timeout=10)
 
 
 def test_context_equal_to_cause_is_kept(make_pool: MakePool) -> None:
@@ -345,13 +345,15 @@ def test_an_error_callback_may_cancel_its_own_map(make_pool: MakePool) -> None:
 
 def test_results_keep_their_pool_alive() -> None:
     """As with the standard library, a pool used only through its results stays alive
-    until they are settled."""
-    assert hookpool.Pool(1).apply_async(sleep_then, (0.2, "kept")).get(timeout=30) == "kept"
-    assert list(hookpool.Pool(1).imap(square, range(5))) == [0, 1, 4, 9, 16]
-    assert hookpool.Pool(1).submit(sleep_then, 0.2, "kept").result(timeout=30) == "kept"
-    assert hookpool.Pool(1).map_async(square, range(3)).get(timeout=30) == [0, 1, 4]
-    assert list(hookpool.ProcessPoolExecutor(1).map(square, range(5))) == [0, 1, 4, 9, 16]
-    gc.collect()
+    until they are settled (then, dropped unclosed, each warns as the stdlib's does)."""
+    with pytest.warns(ResourceWarning, match="unclosed running multiprocessing pool") as warned:
+        assert hookpool.Pool(1).apply_async(sleep_then, (0.2, "kept")).get(timeout=30) == "kept"
+        assert list(hookpool.Pool(1).imap(square, range(5))) == [0, 1, 4, 9, 16]
+        assert hookpool.Pool(1).submit(sleep_then, 0.2, "kept").result(timeout=30) == "kept"
+        assert hookpool.Pool(1).map_async(square, range(3)).get(timeout=30) == [0, 1, 4]
+        assert list(hookpool.ProcessPoolExecutor(1).map(square, range(5))) == [0, 1, 4, 9, 16]
+        gc.collect()
+    assert len(warned) == 4  # the executor, as the standard library's, does not warn
 
 
 @pytest.mark.parametrize("size", [0, 1, 64 * 1024 - 1, 64 * 1024, 256 * 1024, 5 * 1024 * 1024 + 3])

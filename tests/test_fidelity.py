@@ -13,6 +13,7 @@ import concurrent.futures.process
 import gc
 import multiprocessing
 import multiprocessing.pool
+import warnings
 import weakref
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
@@ -299,3 +300,37 @@ def test_lazy_maps_do_not_hold_results_already_handed_out(
     else:
         results = getattr(pool, method)(stages.Payload, range(20), chunksize)
     assert _alive_after_each(results, loop) == [0] * 20
+
+
+# -- 6. a running Pool dropped without close() warns as the standard library's does -------------
+
+
+@pytest.mark.parametrize("library", ["hookpool", "stdlib"])
+def test_a_running_pool_dropped_unclosed_gets_a_resource_warning(library: str) -> None:
+    pool: Any = hookpool.Pool(1) if library == "hookpool" else SPAWN.Pool(1)
+    assert pool.apply(stages.square, (2,)) == 4
+    manager = pool._manager if library == "hookpool" else None
+    with pytest.warns(ResourceWarning, match="^unclosed running multiprocessing pool <") as got:
+        del pool
+        gc.collect()
+    assert len(got) == 1
+    del got  # its record holds the pool (the warning's source), as the stdlib's does
+    gc.collect()
+    if manager is not None:
+        assert manager.join(20), "the dropped pool was not terminated after the warning"
+
+
+@pytest.mark.parametrize("ending", ["close", "terminate", "with"])
+def test_a_pool_closed_or_terminated_does_not_warn_when_dropped(ending: str) -> None:
+    pool = hookpool.Pool(1)
+    if ending == "with":
+        with pool:
+            assert pool.apply(stages.square, (2,)) == 4
+    else:
+        getattr(pool, ending)()
+    pool.join()
+    with warnings.catch_warnings(record=True) as got:
+        warnings.simplefilter("always")
+        del pool
+        gc.collect()
+    assert [w for w in got if issubclass(w.category, ResourceWarning)] == []

@@ -183,8 +183,9 @@ def test_executor_with_exit_runs_the_finalizer_once() -> None:
 def test_garbage_collection_runs_the_finalizer_once() -> None:
     pool = inline_pool(initializer=init, initargs=("g",), finalizer=fin, finalargs=("g",))
     assert pool.apply(square, (2,)) == 4
-    del pool
-    gc.collect()
+    with pytest.warns(ResourceWarning, match="unclosed running multiprocessing pool"):
+        del pool
+        gc.collect()
     assert hooks_seen() == [("init", "g"), ("fin", "g")]
 
 

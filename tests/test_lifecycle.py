@@ -309,8 +309,9 @@ def test_garbage_collected_pool(tmp_path: Path, busy: bool) -> None:
         if busy:
             start_busy(tmp_path, pool, 2)
         pids = pool.worker_pids
-        del pool
-        gc.collect()
+        with pytest.warns(ResourceWarning, match="unclosed running multiprocessing pool"):
+            del pool
+            gc.collect()
         assert manager.join(10), "the workers of a collected pool did not leave"
     finally:
         manager.terminate()

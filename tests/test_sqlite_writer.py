@@ -110,8 +110,9 @@ def test_garbage_collected_after_results(tmp_path: Path, run: int) -> None:
     try:
         results = pool.map(sqlite_add, range(N_ROWS), chunksize=5)
         pids = pool.worker_pids
-        del pool
-        gc.collect()
+        with pytest.warns(ResourceWarning, match="unclosed running multiprocessing pool"):
+            del pool
+            gc.collect()
         assert manager.join(10), "the workers of a collected pool did not leave"
     finally:
         manager.terminate()
