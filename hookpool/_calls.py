@@ -195,12 +195,14 @@ def lazy_map(
     progress: ProgressOption = None,
     total: int | None = None,
     owner: object = None,
+    window: int | None = None,
 ) -> IMapIterator[Any]:
     """A map whose input is read, and pickled, as its results are consumed.
 
     ``total`` is the number of items the input has, when known (for ``progress``);
     ``owner``, the facade, is kept alive by the iterator, as the standard library's
-    iterators keep their pool.
+    iterators keep their pool; ``window``, the chunks submitted ahead of the consumer
+    (default ``imap_window``; inline, none).
     """
     manager.check_running()
     if chunksize < 1:
@@ -238,7 +240,10 @@ def lazy_map(
         return futures
 
     # Inline, nothing is read ahead: a chunk runs when the consumer asks for its results.
-    window = 0 if manager.inline else imap_window(manager.size, chunksize)
+    if manager.inline:
+        window = 0
+    elif window is None:
+        window = imap_window(manager.size, chunksize)
     return IMapIterator(
         chunked(iterable, chunksize),
         submit,

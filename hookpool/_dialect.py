@@ -46,6 +46,12 @@ class Dialect:
         """What submitting to a closed pool raises."""
         return ValueError("Pool not running")
 
+    def terminated_error(self) -> BaseException:
+        """What a task running when the pool is terminated fails with."""
+        from ._errors import PoolTerminatedError
+
+        return PoolTerminatedError("the pool was terminated while this task was running")
+
     def remote_traceback(self, text: str) -> BaseException:
         """The ``__cause__`` holding a worker's formatted traceback, as the standard
         library builds it: same class, same ``tb`` text."""
@@ -95,6 +101,14 @@ class _ExecutorDialect(Dialect):
 
     def closed_error(self) -> Exception:
         return RuntimeError("cannot schedule new futures after shutdown")
+
+    def terminated_error(self) -> BaseException:
+        from ._std_errors import WorkersTerminatedError
+
+        return WorkersTerminatedError(
+            "the executor's workers were terminated (terminate_workers() or kill_workers()) "
+            "while this task was running"
+        )
 
     def remote_traceback(self, text: str) -> BaseException:
         from concurrent.futures.process import _RemoteTraceback

@@ -8,6 +8,7 @@ import time
 import weakref
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future
+from multiprocessing.process import BaseProcess
 
 from . import _protocol as wire
 from ._dialect import EXECUTOR
@@ -77,6 +78,7 @@ class ProcessPoolExecutor(concurrent.futures.Executor):
         ctx = resolve(mp_context)
         hooks = Hooks.validate(initializer, initargs, finalizer, finalargs)
         self._max_workers = max_workers
+        self._mp_context = ctx
         self._task_timeout = check_timeout(task_timeout)
         self._manager: Engine = start_engine(
             inline=inline,
@@ -111,20 +113,27 @@ class ProcessPoolExecutor(concurrent.futures.Executor):
         *iterables: Iterable[Any],
         timeout: float | None = None,
         chunksize: int = 1,
+        buffersize: int | None = None,
         progress: ProgressOption = None,
     ) -> Iterator[R]:
         """Like the builtin ``map``, run in the workers; results in order, lazily.
 
-        The input is read a bounded number of chunks ahead of the consumer. ``timeout``
-        counts from this call: a result not ready by then raises
-        ``concurrent.futures.TimeoutError``. Closing the iterator early cancels the
-        chunks still queued.
+        The input is read a bounded number of chunks ahead of the consumer: at most
+        ``buffersize`` chunks submitted whose results the consumer has not taken (as
+        Python 3.14's ``Executor.map``, on every Python), or, with None, a read-ahead of
+        several chunks per worker. ``timeout`` counts from this call: a result not ready
+        by then raises ``concurrent.futures.TimeoutError``. Closing the iterator early
+        cancels the chunks still queued.
 
         ``progress``: True for a tqdm bar, or a callable receiving ``(done, total)``
         (see [Progress](progress.md)); it advances as results are taken, in the
         consumer's thread, and ends when the iterator ends or is closed. Its total is the
         length of the shortest input when every input has a ``len()``, else None.
         """
+        if buffersize is not None and not isinstance(buffersize, int):
+            raise TypeError("buffersize must be an integer or None")
+        if buffersize is not None and buffersize < 1:
+            raise ValueError("buffersize must be None or > 0")
         deadline = None if timeout is None else time.monotonic() + timeout
         results: IMapIterator[R] = lazy_map(
             self._manager,
@@ -138,6 +147,7 @@ class ProcessPoolExecutor(concurrent.futures.Executor):
             progress=progress,
             total=total_of(*iterables),
             owner=self,
+            window=buffersize,
         )
         self._maps.add(results)
         return _yield_until(results, deadline)
@@ -160,6 +170,22 @@ class ProcessPoolExecutor(concurrent.futures.Executor):
         if wait:
             self._manager.join()
 
+    def terminate_workers(self) -> None:
+        """Stop every worker now and shut down (Python 3.14's API, on every Python): queued
+        tasks are cancelled, running ones fail with ``WorkersTerminatedError`` (a
+        ``BrokenProcessPool``, as in the standard library). As ``Pool.terminate()``, each
+        worker gets a grace period (``TERMINATE_GRACE_SECONDS``) to run its finalizer
+        before it is killed. Returns at once; ``shutdown()`` waits for the workers."""
+        self._force_shutdown(kill=False)
+
+    def kill_workers(self) -> None:
+        """As ``terminate_workers()``, but with SIGKILL at once: no finalizer runs."""
+        self._force_shutdown(kill=True)
+
+    def _force_shutdown(self, *, kill: bool) -> None:
+        self.shutdown(wait=False, cancel_futures=True)
+        self._manager.terminate(kill=kill)
+
     def cancel(self, future: Future[Any]) -> bool:
         """Cancel a task. A queued one never runs. A running one is stopped on request:
         its worker is interrupted (running its finalizer), replaced, and the future fails
@@ -172,6 +198,13 @@ class ProcessPoolExecutor(concurrent.futures.Executor):
         """Process ids of the current workers (inline: this process, until the finalizer
         has run)."""
         return self._manager.worker_pids()
+
+    @property
+    def _processes(self) -> dict[int, BaseProcess]:
+        """The current worker processes by pid (a copy; empty inline), as the standard
+        library's private attribute that real code reads. A worker killed through it is
+        lost as any other (``WorkerLostError`` for its task, then replaced)."""
+        return {process.pid: process for process in self._manager.processes() if process.pid}
 
 
 def _yield_until(results: IMapIterator[R], deadline: float | None) -> Iterator[R]:

@@ -42,6 +42,7 @@ import os
 import sys
 import threading
 import warnings
+from multiprocessing.process import BaseProcess
 from types import FrameType
 
 from . import _worker
@@ -178,8 +179,9 @@ class InlineManager:
         runs) now, or when the tasks running in other threads finish."""
         self._stop(PoolState.CLOSING)
 
-    def terminate(self) -> None:
-        """As ``close()``: a task running in another thread cannot be interrupted."""
+    def terminate(self, *, kill: bool = False) -> None:
+        """As ``close()``: a task running in another thread cannot be interrupted (so
+        ``kill`` changes nothing either)."""
         self._stop(PoolState.TERMINATING)
 
     def join(self, timeout: float | None = None) -> bool:
@@ -213,6 +215,10 @@ class InlineManager:
     def worker_pids(self) -> list[int]:
         """This process, while the initializer has run and the finalizer has not."""
         return [os.getpid()] if self._initialized else []
+
+    def processes(self) -> list[BaseProcess]:
+        """No worker processes."""
+        return []
 
     # -- internals -----------------------------------------------------------------------
 

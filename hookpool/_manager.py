@@ -151,11 +151,18 @@ if TYPE_CHECKING:  # for type checkers only: typing is not imported at run time
 
         def cancel_queued(self) -> None: ...
 
-        def terminate(self) -> None: ...
+        def terminate(self, *, kill: bool = False) -> None:
+            """Stop: queued tasks are cancelled, running ones fail. ``kill``: SIGKILL the
+            workers at once (no finalizer), instead of giving each a grace period."""
+            ...
 
         def join(self, timeout: float | None = None) -> bool: ...
 
         def worker_pids(self) -> list[int]: ...
+
+        def processes(self) -> list[BaseProcess]:
+            """The current workers' process objects (none inline)."""
+            ...
 
 
 __all__ = ["Manager", "Task"]
@@ -387,6 +394,7 @@ class Manager:
         self._std_errors_imported = False  # see _loop
         self._holds = 0  # lazy maps still submitting while closing (see hold())
         self._winding_down = False
+        self._kill_on_stop = False  # terminate(kill=True): no grace period, no finalizers
 
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_w, False)
@@ -721,8 +729,11 @@ class Manager:
         for task in list(self._queue):
             task.future.cancel()
 
-    def terminate(self) -> None:
-        """Cancel queued tasks, fail running ones, stop the workers. Does not wait."""
+    def terminate(self, *, kill: bool = False) -> None:
+        """Cancel queued tasks, fail running ones, stop the workers (``kill``: with
+        SIGKILL at once, no finalizer). Does not wait."""
+        if kill:
+            self._kill_on_stop = True  # read by the manager thread, once it wakes
         with self._lock:
             if self._state in (PoolState.RUNNING, PoolState.CLOSING):
                 self._state = PoolState.TERMINATING
@@ -745,6 +756,9 @@ class Manager:
 
     def worker_pids(self) -> list[int]:
         return [w.pid for w in list(self._workers)]
+
+    def processes(self) -> list[BaseProcess]:
+        return [w.process for w in list(self._workers)]
 
     def _refusal(self, state: PoolState) -> Exception:
         return refusal(state, self._name, self._broken_error, self._dialect)
@@ -822,9 +836,7 @@ class Manager:
         if state is PoolState.TERMINATING or state is PoolState.BROKEN:
             if not self._winding_down:
                 self._winding_down = True
-                reason = self._broken_error or PoolTerminatedError(
-                    "the pool was terminated while this task was running"
-                )
+                reason = self._broken_error or self._dialect.terminated_error()
                 self._fail_everything(reason)
                 for worker in self._workers:
                     self._stop_worker(worker, signal_it=True)
@@ -1123,7 +1135,10 @@ class Manager:
         if worker.exited or (worker.stopping and (not signal_it or worker.kill_at is not None)):
             return
         worker.stopping = True
-        if signal_it:
+        if signal_it and self._kill_on_stop:
+            with contextlib.suppress(OSError):
+                worker.process.kill()
+        elif signal_it:
             # Interrupted: it gets a bounded grace period for its finalizer. A worker asked
             # to leave in an orderly way (close, recycling) finishes its finalizer, however
             # long it takes, as the standard library's join() waits for its workers.
@@ -1173,8 +1188,10 @@ class Manager:
             )
 
     def _lost_error(self, worker: WorkerHandle, task: Task, exitcode: int | None) -> BaseException:
-        if worker.kill_at is not None and self._state is PoolState.TERMINATING:
-            return PoolTerminatedError("the pool was terminated while this task was running")
+        if self._state is PoolState.TERMINATING and (
+            worker.kill_at is not None or self._kill_on_stop
+        ):
+            return self._dialect.terminated_error()
         cause = (
             _likely_cause(exitcode) if worker.lost_reason is None else f" ({worker.lost_reason})"
         )

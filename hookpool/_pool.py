@@ -15,6 +15,7 @@ from ._state import PoolState
 
 if TYPE_CHECKING:  # at run time, imported with the first pool: see _import_engine
     from concurrent.futures import Future
+    from multiprocessing.process import BaseProcess
     from typing import Any, ParamSpec, TypeVar
 
     from ._calls import feed_in_background, lazy_map, submit_call, submit_map
@@ -105,6 +106,7 @@ class Pool:
             raise ValueError("maxtasksperchild must be a positive int or None")
         hooks = Hooks.validate(initializer, initargs, finalizer, finalargs)
         self._processes = processes
+        self._context = ctx
         self._task_timeout = check_timeout(task_timeout)
         self._manager: Engine = start_engine(
             inline=inline,
@@ -418,6 +420,21 @@ class Pool:
         """Process ids of the current workers (inline: this process, until the finalizer
         has run)."""
         return self._manager.worker_pids()
+
+    # The standard library's private attributes that real code reads: ``_processes`` (the
+    # size, set in __init__), and these views, rebuilt at each read. A worker killed
+    # through one is lost as any other (WorkerLostError for its task, then replaced).
+
+    @property
+    def _pool(self) -> list[BaseProcess]:
+        """The current worker processes (a copy; none inline), as
+        ``multiprocessing.Pool._pool``."""
+        return self._manager.processes()
+
+    @property
+    def _ctx(self) -> Any:
+        """The multiprocessing context the workers start from."""
+        return self._context
 
 
 def _import_engine() -> None:

@@ -20,7 +20,7 @@ from multiprocessing.pool import (  # type: ignore[attr-defined]  # missing from
     RemoteTraceback,
 )
 
-from ._errors import HookpoolError
+from ._errors import HookpoolError, PoolTerminatedError
 
 __all__ = [
     "InitializerError",
@@ -29,6 +29,7 @@ __all__ = [
     "ResultEncodingError",
     "TaskDecodingError",
     "WorkerLostError",
+    "WorkersTerminatedError",
 ]
 
 
@@ -80,6 +81,12 @@ class ResultEncodingError(HookpoolError, MaybeEncodingError):  # type: ignore[mi
     def __str__(self) -> str:
         text = f"Error sending result: {self.value}. Reason: {self.exc}"
         return f"{text}\n\n{self.detail}" if self.detail else text
+
+
+class WorkersTerminatedError(PoolTerminatedError, BrokenProcessPool):
+    """(``ProcessPoolExecutor``) The task was running when ``terminate_workers()`` or
+    ``kill_workers()`` stopped the workers: a ``PoolTerminatedError`` that is also the
+    ``BrokenProcessPool`` the standard library's executor raises then."""
 
 
 class TaskDecodingError(HookpoolError, BrokenProcessPool):

@@ -7,6 +7,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 import sys
+import time
 from typing import Any
 
 
@@ -77,3 +78,11 @@ class Payload:
 
     def __init__(self, n: int) -> None:
         self.n = n
+
+
+def record_then_sleep(path: str, value: int, seconds: float) -> int:
+    """Append ``value`` to ``path`` (this task ran), then sleep."""
+    with open(path, "a") as f:
+        f.write(f"{value}\n")
+    time.sleep(seconds)
+    return value

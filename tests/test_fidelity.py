@@ -13,16 +13,20 @@ import concurrent.futures.process
 import gc
 import multiprocessing
 import multiprocessing.pool
+import os
+import time
 import warnings
 import weakref
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from concurrent.futures.process import BrokenProcessPool
+from pathlib import Path
 from typing import Any
 
 import pytest
+import tasks
 import tasks_stages as stages
-from conftest import shared_pool
+from conftest import assert_gone, shared_pool
 
 import hookpool
 
@@ -334,3 +338,164 @@ def test_a_pool_closed_or_terminated_does_not_warn_when_dropped(ending: str) -> 
         del pool
         gc.collect()
     assert [w for w in got if issubclass(w.category, ResourceWarning)] == []
+
+
+# -- 7. the private attributes real code reads ---------------------------------------------------
+
+
+def test_pool_private_attributes_have_the_stdlib_shapes(make_pool: Callable[..., Any]) -> None:
+    pool = make_pool(2)
+    std = SPAWN.Pool(2)
+    try:
+        for target in (pool, std):
+            assert target._processes == 2
+            assert isinstance(target._pool, list) and len(target._pool) == 2
+            for process in target._pool:
+                assert isinstance(process.pid, int) and process.is_alive()
+                assert process.exitcode is None
+                for method in ("terminate", "kill", "join"):
+                    assert callable(getattr(process, method))
+        assert sorted(p.pid for p in pool._pool) == sorted(pool.worker_pids)
+        pool._pool.clear()  # a copy: the pool's own list is not touched
+        assert len(pool._pool) == 2
+    finally:
+        std.terminate()
+        std.join()
+
+
+def test_killing_a_worker_through_pool_underscore_pool_is_a_worker_loss(
+    make_pool: Callable[..., Any],
+) -> None:
+    pool = make_pool(1)
+    busy = pool.apply_async(stages.record_then_sleep, (os.devnull, 1, 60))
+    victim = pool._pool[0]
+    victim_pid = victim.pid
+    _wait_for(lambda: busy.future.running())
+    victim.kill()
+    with pytest.raises(hookpool.WorkerLostError):
+        busy.get(timeout=30)
+    assert pool.apply(stages.square, (5,)) == 25  # replaced
+    assert [p.pid for p in pool._pool] != [victim_pid]
+
+
+def test_executor_private_attributes_have_the_stdlib_shapes(
+    executor: hookpool.ProcessPoolExecutor,
+) -> None:
+    assert executor._max_workers == 1
+    assert executor._mp_context.get_start_method() == "spawn"
+    processes = executor._processes
+    assert isinstance(processes, dict) and len(processes) == 1
+    [(pid, process)] = processes.items()
+    assert process.pid == pid and process.is_alive()
+    busy = executor.submit(stages.record_then_sleep, os.devnull, 1, 60)
+    _wait_for(busy.running)
+    process.terminate()
+    with pytest.raises(BrokenProcessPool):  # a WorkerLostError, as any other loss
+        busy.result(timeout=30)
+    assert executor.submit(stages.square, 6).result(timeout=30) == 36
+
+
+def _wait_for(condition: Callable[[], bool], timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)
+
+
+# -- 8. Python 3.14's executor API, on every Python ------------------------------------------------
+
+
+@pytest.mark.parametrize("how", ["terminate_workers", "kill_workers"])
+def test_terminate_and_kill_workers(tmp_path: Path, how: str) -> None:
+    executor = hookpool.ProcessPoolExecutor(
+        2,
+        initializer=tasks.init_record,
+        initargs=(str(tmp_path),),
+        finalizer=tasks.fin_record,
+        finalargs=(str(tmp_path),),
+    )
+    record = str(tmp_path / "ran")
+    running = [executor.submit(stages.record_then_sleep, record, i, 60) for i in range(2)]
+    queued = [executor.submit(stages.record_then_sleep, record, 9, 0) for _ in range(3)]
+    _wait_for(lambda: all(f.running() for f in running))
+    pids = executor.worker_pids
+    getattr(executor, how)()
+    for future in running:
+        error = future.exception(timeout=30)
+        assert isinstance(error, BrokenProcessPool), repr(error)  # as the stdlib's
+        assert isinstance(error, hookpool.PoolTerminatedError)
+    assert all(f.cancelled() for f in queued)
+    with pytest.raises(RuntimeError, match="cannot schedule new futures after shutdown"):
+        executor.submit(stages.square, 1)
+    executor.shutdown(wait=True)
+    assert_gone(pids)
+    inits, fins = tasks.counts(str(tmp_path))
+    assert len(inits) == 2
+    if how == "terminate_workers":
+        assert fins == dict.fromkeys(inits, 1)  # as terminate(): finalizers run
+    else:
+        assert fins == {}  # SIGKILL: no finalizer can run
+    assert "9" not in Path(record).read_text().split()
+
+
+@pytest.mark.parametrize("bad", ["2", 2.0])
+def test_map_buffersize_type_is_checked_as_in_the_stdlib(
+    executor: hookpool.ProcessPoolExecutor, bad: Any
+) -> None:
+    with pytest.raises(TypeError, match=r"^buffersize must be an integer or None$"):
+        executor.map(str, range(4), buffersize=bad)
+
+
+@pytest.mark.parametrize("bad", [0, -1])
+def test_map_buffersize_value_is_checked_as_in_the_stdlib(
+    executor: hookpool.ProcessPoolExecutor, bad: int
+) -> None:
+    with pytest.raises(ValueError, match=r"^buffersize must be None or > 0$"):
+        executor.map(str, range(4), buffersize=bad)
+
+
+@pytest.mark.parametrize("buffersize", [1, 3])
+@pytest.mark.parametrize("chunksize", [1, 2])
+def test_map_buffersize_bounds_what_runs_ahead_of_the_consumer(
+    executor: hookpool.ProcessPoolExecutor, buffersize: int, chunksize: int
+) -> None:
+    """At most ``buffersize`` chunks are submitted and not yet taken: an endless input
+    works, and the input is read only that far ahead of the consumer."""
+    read: list[int] = []
+
+    def endless() -> Iterator[int]:
+        n = 0
+        while True:
+            read.append(n)
+            yield n
+            n += 1
+
+    results = executor.map(stages.square, endless(), chunksize=chunksize, buffersize=buffersize)
+    for taken in range(1, 8):
+        assert next(results) == (taken - 1) ** 2
+        # Items of the chunks taken, plus at most `buffersize` chunks more.
+        limit = (-(-taken // chunksize) + buffersize) * chunksize
+        assert len(read) <= limit, (taken, len(read), limit)
+    results.close()  # type: ignore[attr-defined]
+
+
+# -- 9. shutdown(cancel_futures=True) right after a burst ----------------------------------------
+
+
+def test_cancel_futures_after_a_burst_cancels_exactly_what_had_not_started(
+    tmp_path: Path,
+) -> None:
+    """hookpool's rule (docs/migrating.md): what is already running (``running()``:
+    sent to a worker) completes; every other future is cancelled and never runs."""
+    record = tmp_path / "ran"
+    with hookpool.ProcessPoolExecutor(2) as executor:
+        executor.submit(stages.square, 1).result(timeout=30)
+        futures = [
+            executor.submit(stages.record_then_sleep, str(record), i, 0.1) for i in range(20)
+        ]
+        executor.shutdown(wait=True, cancel_futures=True)
+    ran = sorted(int(line) for line in record.read_text().split())
+    completed = [i for i, f in enumerate(futures) if not f.cancelled()]
+    assert ran == completed  # each ran once, and only those not cancelled
+    assert all(futures[i].result(timeout=0) == i for i in completed)
+    assert 1 <= len(completed) < len(futures)
