@@ -12,7 +12,7 @@ Life of a worker::
                                                    └── raises ────┴──> send InitFailed, exit
                                                                       (no finalizer: none ran)
 
-    loop:  recv Call ──> run ──> send Done | Failed ──> measure memory (**)
+    loop:  recv Call ──> run ──> send Done | Failed ──> measure memory (**)(***)
                                                           └── over the limit: send Retiring;
                                                               drop every Call from then on
            recv Stop, pipe closed, or SIGTERM ──> leave the loop
@@ -24,6 +24,7 @@ Life of a worker::
 
     (*) installed as ``logging`` is first imported, or on the first warning
     (**) only with ``max_memory_per_child``: the resident set, from ``/proc/self/statm``
+    (***) if ``MEMORY_CHECK_SECONDS`` have passed since the last measurement
 
 Sending: every message goes through ``_Worker._send``, one whole message at a time under
 ``send_lock``, from whichever thread produced it. Log records make it re-entrant: a signal
@@ -80,6 +81,13 @@ SIGTERM_EXIT_CODE = 128 + signal.SIGTERM
 #: After the parent died, how long the worker has to finish its finalizer (as long as
 #: ``terminate()`` gives it) before it exits regardless.
 ORPHAN_GRACE_SECONDS = 5.0
+#: With ``max_memory_per_child``, a worker measures itself after a task only if this
+#: long has passed since it last did: one measurement (a system call, ~2 us) after every
+#: task would cost a trivial task a fifth of its time in the worker; a clock read costs
+#: a fiftieth of that. Memory grows only as fast as pages are touched, some GiB/s at
+#: most, so between two measurements a worker grows by a few MiB, tens at worst; and a
+#: task that runs this long or longer is always measured right after.
+MEMORY_CHECK_SECONDS = 0.001
 
 
 class WorkerConfig(NamedTuple):
@@ -128,6 +136,7 @@ class _Worker:
         self.memory: ResidentMemory | None = None
         #: Sent Retiring: runs no more tasks, waits for Stop (see wire.Retiring).
         self.retired = False
+        self.next_measure = 0.0  # monotonic time: see MEMORY_CHECK_SECONDS
         # Invariant: ``writer`` is the ident of the thread writing a message, set only
         # while it holds ``send_lock``; ``queued_sends`` holds what that same thread sent
         # while it was writing (see _send).
@@ -227,7 +236,7 @@ class _Worker:
                     self._send(wire.Skipped(message.task_id))
                 else:
                     self._call(message)
-                    if self.memory is not None:
+                    if self.memory is not None and time.monotonic() >= self.next_measure:
                         del message  # the task's arguments do not count either
                         self._retire_if_over(self._measure())
             elif type(message) is wire.Stop:
@@ -282,11 +291,12 @@ class _Worker:
 
     def _measure(self) -> int | None:
         """With ``max_memory_per_child``, the resident set now: after the initializer, then
-        after each answer was sent and its result dropped (a large result on its way
-        out does not count)."""
+        after a task once its answer was sent and its result dropped (a large result on
+        its way out does not count), at most once per ``MEMORY_CHECK_SECONDS``."""
         if self.memory is None:
             return None
         self.identity.memory = rss = self.memory.read()
+        self.next_measure = time.monotonic() + MEMORY_CHECK_SECONDS
         return rss
 
     def _retire_if_over(self, rss: int | None) -> bool:

@@ -17,6 +17,7 @@ from typing import Any
 from tasks import fin_record, init_record
 
 import hookpool
+import hookpool._worker
 
 MIB = 1024 * 1024
 
@@ -33,11 +34,18 @@ def vm_rss() -> int:
     raise AssertionError("no VmRSS in /proc/self/status")
 
 
-def leak(directory: str, item: int, mib: float) -> tuple[int, int, int]:
+#: A worker measures itself after a task only once ``MEMORY_CHECK_SECONDS`` (1 ms)
+#: passed since it last did: a task that lasts longer is always measured right after.
+MEASURED = 2 * hookpool._worker.MEMORY_CHECK_SECONDS
+
+
+def leak(directory: str, item: int, mib: float, pause: float = MEASURED) -> tuple[int, int, int]:
     """Task: keep ``mib`` MiB (touched, so resident) for the life of the worker; record
-    the run. Returns (pid, resident bytes at the end of the task, item)."""
+    the run; last ``pause`` seconds at least. Returns (pid, resident bytes at the end of
+    the task, item)."""
     Path(directory, f"ran-{item}-{os.getpid()}").write_text("1")
     KEPT.append(bytearray(int(mib * MIB)))
+    time.sleep(pause)
     return os.getpid(), vm_rss(), item
 
 

@@ -159,6 +159,26 @@ def test_leaking_workers_stay_bounded(make_pool: MakePool, tmp_path: Path, basel
     assert task_pids <= set(why)
 
 
+def test_quick_tasks_are_measured_at_most_once_a_millisecond_and_stay_bounded(
+    make_pool: MakePool, tmp_path: Path, baseline: int
+) -> None:
+    """Tasks of 1 MiB that take well under a millisecond are not each measured (the
+    cost would show on trivial tasks): a worker goes past the limit by at most what it
+    can touch between two measurements, a few MiB."""
+    limit = baseline + 30 * MIB
+    pool = make_pool(2, max_memory_per_child=limit, **hooks(tmp_path))
+    d = str(tmp_path)
+    items = 300
+    found = pool.starmap_async(leak, [(d, i, 1, 0) for i in range(items)], 1).get(50)
+    pool.close()
+    pool.join()
+    assert [item for _, _, item in found] == list(range(items))
+    assert max(rss for _, rss, _ in found) <= limit + 40 * MIB
+    assert len({p for p, _, _ in found}) >= items // 40
+    assert_each_ran_once(tmp_path, items)
+    assert_finalized_once(tmp_path)
+
+
 def test_tasks_queued_behind_a_retiring_worker_run_elsewhere(
     make_pool: MakePool,
     tmp_path: Path,
