@@ -14,7 +14,14 @@ from . import _protocol as wire
 from ._dialect import EXECUTOR
 from ._hooks import Hooks
 from ._records import TYPE_CHECKING
-from ._spawn import available_cpus, check_not_bootstrapping, check_timeout, resolve, start_engine
+from ._spawn import (
+    available_cpus,
+    check_memory_limit,
+    check_not_bootstrapping,
+    check_timeout,
+    resolve,
+    start_engine,
+)
 
 if TYPE_CHECKING:  # at run time, imported with the first executor: see _import_engine
     from typing import Any, ParamSpec, TypeVar
@@ -38,6 +45,9 @@ class ProcessPoolExecutor(concurrent.futures.Executor):
     ``finalizer`` and ``finalargs`` (see ``hookpool.Pool`` for the hook contract), and
     ``task_timeout``: seconds a task may run before its worker is stopped and replaced and
     the task fails with ``TaskTimeoutError`` (a ``concurrent.futures.TimeoutError``);
+    ``max_memory_per_child``: a worker whose resident memory is above this (bytes, or a
+    string such as ``"2GiB"``) after a task is replaced, as after ``max_tasks_per_child``
+    tasks (see ``hookpool.Pool``);
     ``forward_logging``: the workers' log records and warnings reach this process's logging
     handlers (default ``True``; see ``hookpool.Pool``); and ``inline``: run every task in
     the calling thread, with no worker processes, for debugging and tests (see
@@ -62,6 +72,7 @@ class ProcessPoolExecutor(concurrent.futures.Executor):
         finalizer: Callable[..., object] | None = None,
         finalargs: Iterable[Any] = (),
         task_timeout: float | None = None,
+        max_memory_per_child: int | str | None = None,
         forward_logging: bool = True,
         inline: bool | None = None,
     ) -> None:
@@ -76,6 +87,7 @@ class ProcessPoolExecutor(concurrent.futures.Executor):
             if max_tasks_per_child <= 0:
                 raise ValueError("max_tasks_per_child must be >= 1")
         ctx = resolve(mp_context)
+        max_memory = check_memory_limit(max_memory_per_child)
         hooks = Hooks.validate(initializer, initargs, finalizer, finalargs)
         self._max_workers = max_workers
         self._mp_context = ctx
@@ -89,6 +101,7 @@ class ProcessPoolExecutor(concurrent.futures.Executor):
             dialect=EXECUTOR,
             name="hookpool-executor",
             forward_logging=forward_logging,
+            max_memory=max_memory,
         )
         # Dropped without shutdown(): let the queued work finish, then release the workers
         # (each runs its finalizer), as shutdown(wait=False) would.

@@ -10,7 +10,14 @@ from __future__ import annotations
 import contextlib
 import os
 
-__all__ = ["Identity", "WorkerInfo", "current_worker", "enter", "set_process_title"]
+__all__ = [
+    "LEAVING_REASONS",
+    "Identity",
+    "WorkerInfo",
+    "current_worker",
+    "enter",
+    "set_process_title",
+]
 
 
 class WorkerInfo:
@@ -27,28 +34,52 @@ class WorkerInfo:
         tasks_done: tasks this worker answered before now: ``0`` in the initializer and in
             the first task. A chunk of a map counts as one task, as for
             ``maxtasksperchild``; a task cancelled before it started does not count.
+        memory: the worker's resident memory in bytes as it last measured it, with a
+            ``max_memory_per_child`` limit (after its initializer, then after each task);
+            ``None`` without a limit, and in the initializer.
+        leaving: why the worker is leaving, once it is (in the finalizer); ``None``
+            while it serves. One of ``LEAVING_REASONS``: ``"close"`` (the pool closed
+            or shut down and has no more work), ``"maxtasksperchild"``,
+            ``"max_memory_per_child"`` (its memory was above the limit after a task),
+            ``"stopped"`` (SIGTERM: ``terminate()``, the ``with`` exit of a ``Pool``, a
+            task timeout or cancel, or a signal from outside), ``"system_exit"`` (a task
+            raised ``SystemExit``), ``"parent_exited"`` (the parent process is gone).
     """
 
-    __slots__ = ("index", "name", "pid", "tasks_done")
+    __slots__ = ("index", "leaving", "memory", "name", "pid", "tasks_done")
+    _FIELDS = ("index", "name", "pid", "tasks_done", "memory", "leaving")  # in order
 
     index: int
     name: str
     pid: int
     tasks_done: int
+    memory: int | None
+    leaving: str | None
 
-    def __init__(self, index: int, name: str, pid: int, tasks_done: int) -> None:
+    def __init__(
+        self,
+        index: int,
+        name: str,
+        pid: int,
+        tasks_done: int,
+        memory: int | None = None,
+        leaving: str | None = None,
+    ) -> None:
         # A plain class, not a dataclass: a worker imports this module at start, and
         # dataclasses imports inspect and ast.
-        for field, value in zip(self.__slots__, (index, name, pid, tasks_done), strict=True):
+        values = (index, name, pid, tasks_done, memory, leaving)
+        for field, value in zip(self._FIELDS, values, strict=True):
             object.__setattr__(self, field, value)
 
     def __setattr__(self, name: str, value: object) -> None:
         raise AttributeError(f"WorkerInfo is read-only: cannot set {name!r}")
 
-    def _values(self) -> tuple[int, str, int, int]:
-        return (self.index, self.name, self.pid, self.tasks_done)
+    def _values(self) -> tuple[int, str, int, int, int | None, str | None]:
+        return (self.index, self.name, self.pid, self.tasks_done, self.memory, self.leaving)
 
-    def __reduce__(self) -> tuple[type[WorkerInfo], tuple[int, str, int, int]]:
+    def __reduce__(
+        self,
+    ) -> tuple[type[WorkerInfo], tuple[int, str, int, int, int | None, str | None]]:
         return (WorkerInfo, self._values())
 
     def __eq__(self, other: object) -> bool:
@@ -62,8 +93,19 @@ class WorkerInfo:
     def __repr__(self) -> str:
         return (
             f"WorkerInfo(index={self.index}, name={self.name!r}, pid={self.pid}, "
-            f"tasks_done={self.tasks_done})"
+            f"tasks_done={self.tasks_done}, memory={self.memory}, leaving={self.leaving!r})"
         )
+
+
+#: The values of ``WorkerInfo.leaving``.
+LEAVING_REASONS = (
+    "close",
+    "maxtasksperchild",
+    "max_memory_per_child",
+    "stopped",
+    "system_exit",
+    "parent_exited",
+)
 
 
 class Identity:
@@ -74,6 +116,14 @@ class Identity:
         self.name = name
         self.pid = os.getpid()
         self.tasks_done = 0
+        self.memory: int | None = None
+        self.leaving: str | None = None
+
+    def leave(self, reason: str) -> None:
+        """Record why the worker leaves: the first reason it learns stays (a worker over
+        its memory limit that then gets a Stop, or SIGTERM, still left for its memory)."""
+        if self.leaving is None:
+            self.leaving = reason
 
 
 _current: Identity | None = None
@@ -96,12 +146,13 @@ def current_worker() -> WorkerInfo | None:
     process).
 
     Returns:
-        A snapshot: ``tasks_done`` does not change in a ``WorkerInfo`` already returned.
+        A snapshot: ``tasks_done``, ``memory`` and ``leaving`` do not change in a
+        ``WorkerInfo`` already returned.
     """
     me = _current
     if me is None or me.pid != os.getpid():  # a process forked by a task is not the worker
         return None
-    return WorkerInfo(me.index, me.name, me.pid, me.tasks_done)
+    return WorkerInfo(me.index, me.name, me.pid, me.tasks_done, me.memory, me.leaving)
 
 
 def set_process_title(title: str) -> None:

@@ -15,6 +15,9 @@ Data flow::
       │                                             │                               runs fn
       │                                             │ <──────────────────── Log ────┤ (logging)
       │                                             │ <──────────── Done / Failed ──┘
+      │                                             │ <──── Retiring ── measured after the
+      │                                             │       answer: over max_memory_per_child
+      │                                             │ ──── Stop ──────> finalizer, exit
       │                                             │ _logs.replay: parent's handlers
       │                                             │ future.set_result / set_exception
       │ <── AsyncResult / Future / IMapIterator ────┘
@@ -63,6 +66,13 @@ Actors:
     it until it has exited, so that the answers it still sends count; the rest then go
     back to the queue.
 
+    Recycling: after ``maxtasksperchild`` answers the manager sends the worker ``Stop``
+    (and never queues more than that behind its running task). With
+    ``max_memory_per_child`` the worker measures itself after each answer and, above the
+    limit, says so (``Retiring``) and runs nothing more; the manager then puts back in
+    the queue whatever it had sent it since and sends ``Stop`` too. Either way the
+    finalizer runs to the end, and a replacement starts at once.
+
 ``_worker``
     The child side, in its own module, which imports neither this module nor the facades.
     Its log records and warnings come back as ``Log`` messages on the same pipe as its
@@ -99,6 +109,7 @@ from multiprocessing.process import BaseProcess
 from . import _logs, _worker
 from . import _protocol as wire
 from ._errors import PoolTerminatedError, TaskTimeoutError
+from ._memory import describe as describe_size
 from ._records import TYPE_CHECKING
 from ._serialize import loads_data, rebuild
 from ._spawn import Spawner, StartedWorker
@@ -370,11 +381,13 @@ class Manager:
         started: list[StartedWorker],
         maxtasksperchild: int | None,
         dialect: Dialect,
+        max_memory: int | None = None,
     ) -> None:
         self._size = processes
         self._spawner = spawner
         self._maxtasks = maxtasksperchild
         self._dialect = dialect  # the errors of the facade (Pool or executor)
+        self._max_memory = max_memory  # bytes (max_memory_per_child): the workers measure
         self._name = spawner.pool_name
 
         # Re-entrant: a signal handler in the main thread may call close() or terminate()
@@ -550,6 +563,9 @@ class Manager:
 
         Not when anything else needs the manager: another message read, an answer that
         did not settle here, a worker leaving or due for replacement (maxtasksperchild).
+        A worker over ``max_memory_per_child`` says so after its answer, in a message of
+        its own: the manager, woken by it (its pipe is watched again), retires it, and
+        puts back in the queue a task sent to it meanwhile, which it did not run.
         A thread also waiting for ``task`` reads nothing more: it finds it done, once the
         nudge wakes it.
         """
@@ -851,7 +867,7 @@ class Manager:
         elif not self._queue and not self._holds and not any(w.inflight for w in self._workers):
             for worker in self._workers:
                 if not worker.stopping:
-                    self._stop_worker(worker, signal_it=False)
+                    self._stop_worker(worker, signal_it=False, reason="close")
 
     def _call(self, worker: WorkerHandle, task: Task) -> wire.Call:
         """The Call for ``task``, to be written to ``worker`` now (by whichever thread
@@ -1067,6 +1083,9 @@ class Manager:
             error.__cause__ = cause
             worker.stopping = True
             self._break(error)
+        elif kind is wire.Retiring:
+            assert isinstance(message, wire.Retiring)
+            self._on_retiring(worker, message.rss)
         elif kind is wire.FinalizerFailed:
             assert isinstance(message, wire.FinalizerFailed)
             logger.error(
@@ -1106,7 +1125,48 @@ class Manager:
         if worker.inflight and worker.inflight[0].cancel_requested:
             self._stop_running_task(worker)
         elif self._maxtasks is not None and worker.tasks_done >= self._maxtasks:
-            self._stop_worker(worker, signal_it=False)
+            logger.debug(
+                "hookpool: worker %s (pid %s) leaves after %d tasks (maxtasksperchild)",
+                worker.name,
+                worker.pid,
+                worker.tasks_done,
+            )
+            self._stop_worker(worker, signal_it=False, reason="maxtasksperchild")
+
+    def _on_retiring(self, worker: WorkerHandle, rss: int) -> None:
+        """The worker's resident memory is above ``max_memory_per_child`` (``rss`` bytes,
+        measured by itself). It runs nothing more: what it was sent goes back to the
+        queue, and it is stopped as maxtasksperchild stops a worker. Right after its
+        initializer, every replacement would be as big: the pool breaks instead of
+        restarting workers in a loop."""
+        limit = self._max_memory
+        assert limit is not None
+        if not worker.ready:
+            from ._std_errors import PoolBrokenError
+
+            worker.stopping = True
+            self._break(
+                PoolBrokenError(
+                    f"worker {worker.name} (pid {worker.pid}) uses {describe_size(rss)} "
+                    f"({rss} bytes) of resident memory right after its initializer, above "
+                    f"max_memory_per_child={describe_size(limit)} ({limit} bytes): every "
+                    f"worker would be retired before its first task, so hookpool does not "
+                    f"start another. Set max_memory_per_child above what a worker needs "
+                    f"once initialized, plus what its tasks may keep; or None"
+                )
+            )
+            return
+        logger.info(
+            "hookpool: worker %s (pid %s) leaves after %d tasks: its resident memory, %s, "
+            "is above max_memory_per_child (%s); a new worker replaces it",
+            worker.name,
+            worker.pid,
+            worker.tasks_done,
+            describe_size(rss),
+            describe_size(limit),
+        )
+        self._requeue_unstarted(worker)
+        self._stop_worker(worker, signal_it=False, reason="max_memory_per_child")
 
     # -- worker processes ------------------------------------------------------------------
 
@@ -1130,8 +1190,10 @@ class Manager:
         self._selector.register(process.sentinel, selectors.EVENT_READ, (self._on_exit, worker))
         return worker
 
-    def _stop_worker(self, worker: WorkerHandle, *, signal_it: bool) -> None:
-        """Ask a worker to leave: Stop when idle, SIGTERM when it must stop now."""
+    def _stop_worker(self, worker: WorkerHandle, *, signal_it: bool, reason: str = "") -> None:
+        """Ask a worker to leave: Stop when idle, SIGTERM when it must stop now. ``reason``:
+        why, for a Stop (``WorkerInfo.leaving``: ``close``, ``maxtasksperchild``,
+        ``max_memory_per_child``); a worker that gets SIGTERM knows it was ``stopped``."""
         if worker.exited or (worker.stopping and (not signal_it or worker.kill_at is not None)):
             return
         worker.stopping = True
@@ -1148,7 +1210,7 @@ class Manager:
                 worker.process.terminate()
         elif not worker.conn_closed:
             try:
-                wire.send(worker.conn, [wire.Stop()])
+                wire.send(worker.conn, [wire.Stop(reason)])
             except OSError:
                 self._forget_conn(worker)
 

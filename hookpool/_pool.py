@@ -10,7 +10,14 @@ from . import _protocol as wire
 from ._dialect import POOL
 from ._hooks import Hooks
 from ._records import TYPE_CHECKING
-from ._spawn import available_cpus, check_not_bootstrapping, check_timeout, resolve, start_engine
+from ._spawn import (
+    available_cpus,
+    check_memory_limit,
+    check_not_bootstrapping,
+    check_timeout,
+    resolve,
+    start_engine,
+)
 from ._state import PoolState
 
 if TYPE_CHECKING:  # at run time, imported with the first pool: see _import_engine
@@ -60,6 +67,12 @@ class Pool:
             ``multiprocessing.TimeoutError``). Each call can set its own ``task_timeout``.
             Unlike ``AsyncResult.get(timeout)``, which only stops waiting, this stops the
             work. Not enforced inline (a ``RuntimeWarning`` says so).
+        max_memory_per_child: a worker whose resident memory is above this after a task
+            leaves (running its finalizer) and is replaced, as after ``maxtasksperchild``
+            tasks (whichever comes first). Bytes as an int, or a string such as
+            ``"2GiB"`` or ``"500MB"``. A worker above it right after its initializer
+            breaks the pool (``PoolBrokenError``). Linux only (``/proc``); ignored inline.
+            See ``docs/lifecycle.md``.
         forward_logging: deliver the workers' log records and warnings to this process's
             logging handlers, tagged with the worker's name (default). Records below the
             root logger's level (when a worker starts) are not sent. ``False`` leaves
@@ -91,6 +104,7 @@ class Pool:
         finalizer: Callable[..., object] | None = None,
         finalargs: Iterable[Any] = (),
         task_timeout: float | None = None,
+        max_memory_per_child: int | str | None = None,
         forward_logging: bool = True,
         inline: bool | None = None,
     ) -> None:
@@ -104,6 +118,7 @@ class Pool:
             not isinstance(maxtasksperchild, int) or maxtasksperchild <= 0
         ):
             raise ValueError("maxtasksperchild must be a positive int or None")
+        max_memory = check_memory_limit(max_memory_per_child)
         hooks = Hooks.validate(initializer, initargs, finalizer, finalargs)
         self._processes = processes
         self._context = ctx
@@ -117,6 +132,7 @@ class Pool:
             dialect=POOL,
             name="hookpool",
             forward_logging=forward_logging,
+            max_memory=max_memory,
         )
         self._iterators: weakref.WeakSet[IMapIterator[Any]] = weakref.WeakSet()
         # Garbage collection of the pool terminates it (with the finalizer grace period),

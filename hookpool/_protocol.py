@@ -19,8 +19,9 @@ a bytearray) into a ``bytearray``, so that it arrives writable as it left.
 
 ::
 
-    manager -> worker:  Call | Stop
-    worker -> manager:  Ready | InitFailed | Done | Failed | FinalizerFailed | Log
+    manager -> worker:  Call | Skip | Stop
+    worker -> manager:  Ready | InitFailed | Done | Failed | Skipped | Retiring
+                        | FinalizerFailed | Log
 """
 
 from __future__ import annotations
@@ -65,6 +66,7 @@ __all__ = [
     "Message",
     "PipeEnd",
     "Ready",
+    "Retiring",
     "Skip",
     "Skipped",
     "Stage",
@@ -140,6 +142,10 @@ class Skip(NamedTuple):
 class Stop(NamedTuple):
     """Leave in an orderly way: run the finalizer, then exit."""
 
+    #: Why, for ``current_worker().leaving`` in the finalizer: ``"close"`` (the pool is
+    #: closing and has no more work), ``"maxtasksperchild"``, ``"max_memory_per_child"``.
+    reason: str
+
 
 class Ready(NamedTuple):
     """The initializer succeeded and the finalizer is registered; send tasks."""
@@ -183,6 +189,16 @@ class Failed(NamedTuple):
     value_repr: str = ""
 
 
+class Retiring(NamedTuple):
+    """The worker's resident memory is above ``max_memory_per_child``: measured after its
+    last answer (or after its initializer, instead of ``Ready``). From then on it runs
+    no task: it drops the Calls it gets, which the manager puts back in its queue, and
+    waits for ``Stop`` (reading on, so that a send to it never blocks), then runs its
+    finalizer and exits."""
+
+    rss: int  # resident bytes, as measured
+
+
 class Skipped(NamedTuple):
     """The answer, in order, for a task the worker did not run because of a Skip."""
 
@@ -209,7 +225,19 @@ class Log(NamedTuple):
     extra: bytes | None
 
 
-Message = Call | Skip | Stop | Ready | InitFailed | Done | Failed | Skipped | FinalizerFailed | Log
+Message = (
+    Call
+    | Skip
+    | Stop
+    | Ready
+    | InitFailed
+    | Done
+    | Failed
+    | Skipped
+    | FinalizerFailed
+    | Log
+    | Retiring
+)
 
 #: On the wire a message is the tuple ``(tag, *fields)``: pickling a class reference
 #: would cost more than the rest of a small message.
@@ -224,6 +252,7 @@ _MESSAGE_TYPES: tuple[type[Message], ...] = (
     Skipped,
     FinalizerFailed,
     Log,
+    Retiring,
 )
 _TAGS: dict[type[Message], int] = {kind: tag for tag, kind in enumerate(_MESSAGE_TYPES)}
 

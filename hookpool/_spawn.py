@@ -21,8 +21,8 @@ import multiprocessing.process
 import os
 import sys
 
+from . import _memory, _worker
 from . import _protocol as wire
-from . import _worker
 from ._hooks import Hooks
 from ._records import TYPE_CHECKING, NamedTuple
 from ._serialize import SpawnedHooks
@@ -37,6 +37,7 @@ __all__ = [
     "Spawner",
     "StartedWorker",
     "available_cpus",
+    "check_memory_limit",
     "check_not_bootstrapping",
     "check_timeout",
     "inline_requested",
@@ -65,18 +66,25 @@ def start_engine(
     dialect: Dialect,
     name: str,
     forward_logging: bool,
+    max_memory: int | None = None,
 ) -> Engine:
     """The engine behind a facade: an ``InlineManager`` if inline mode is on (see
     ``inline_requested``), else a ``Manager`` with its worker processes.
 
     The workers are started first, the manager imported after: a worker takes tens of
     milliseconds to boot, and the parent imports the engine meanwhile instead of before.
+    ``max_memory`` (bytes, ``max_memory_per_child``) is ignored inline, as
+    ``maxtasksperchild`` is: there is no worker to retire.
     """
     if inline_requested(inline):
         from ._inline import InlineManager
 
         return InlineManager(processes=processes, hooks=hooks, dialect=dialect, name=name)
-    spawner = Spawner(context, hooks, pool_name=name, forward_logging=forward_logging)
+    if max_memory is not None:
+        _memory.check_measurable("max_memory_per_child")  # in the caller, before any spawn
+    spawner = Spawner(
+        context, hooks, pool_name=name, forward_logging=forward_logging, max_memory=max_memory
+    )
     started = spawner.start_many(processes)
     try:
         from ._manager import Manager
@@ -87,6 +95,7 @@ def start_engine(
             started=started,
             maxtasksperchild=maxtasksperchild,
             dialect=dialect,
+            max_memory=max_memory,
         )
     except BaseException:
         _kill(started)  # the Manager kills what it adopted; this is for an earlier failure
@@ -110,12 +119,19 @@ class Spawner:
     """
 
     def __init__(
-        self, context: SpawnContext, hooks: Hooks, *, pool_name: str, forward_logging: bool
+        self,
+        context: SpawnContext,
+        hooks: Hooks,
+        *,
+        pool_name: str,
+        forward_logging: bool,
+        max_memory: int | None = None,
     ) -> None:
         self.context = context
         self.hooks = SpawnedHooks(hooks)
         self.pool_name = pool_name
         self.forward_logging = forward_logging
+        self.max_memory = max_memory
         self._numbers = itertools.count(1)
 
     def start(self) -> StartedWorker:
@@ -124,7 +140,9 @@ class Spawner:
         # Read at each spawn: a worker's records at levels the parent's root logger would
         # drop are not even sent.
         level = _root_level() if self.forward_logging else None
-        config = _worker.WorkerConfig(number=number, name=name, log_level=level)
+        config = _worker.WorkerConfig(
+            number=number, name=name, log_level=level, max_memory=self.max_memory
+        )
         parent_end, child_end = wire.pipe()
         process = self.context.Process(
             target=_worker.main,
@@ -229,6 +247,11 @@ def check_not_bootstrapping() -> None:
             "every worker imports your main script, so code that creates a pool must sit "
             'under `if __name__ == "__main__":`.'
         )
+
+
+def check_memory_limit(value: object) -> int | None:
+    """``max_memory_per_child`` in bytes: see ``_memory.parse_limit``."""
+    return _memory.parse_limit(value, "max_memory_per_child")
 
 
 def check_timeout(timeout: float | None) -> float | None:

@@ -1,17 +1,20 @@
 """The worker process: its entry point and its loop.
 
 A worker imports only this module, ``_protocol``, ``_serialize``, ``_hooks``,
-``_identity``, ``_errors`` and, once its code uses logging or shows a warning, ``_logs``
-(and ``logging``): never the manager or the facades.
+``_identity``, ``_memory``, ``_errors`` and, once its code uses logging or shows a
+warning, ``_logs`` (and ``logging``): never the manager or the facades.
 
 Life of a worker::
 
     spawn ──> identity, log forwarding (*) ──> load hooks ──> initializer ──> register Finalize
                                                    │              │           ──> send Ready
+                                                   │              │               (or Retiring (**))
                                                    └── raises ────┴──> send InitFailed, exit
                                                                       (no finalizer: none ran)
 
-    loop:  recv Call ──> run ──> send Done | Failed
+    loop:  recv Call ──> run ──> send Done | Failed ──> measure memory (**)(***)
+                                                          └── over the limit: send Retiring;
+                                                              drop every Call from then on
            recv Stop, pipe closed, or SIGTERM ──> leave the loop
 
     leave: finalizer (exactly once; errors sent as FinalizerFailed) ──> exit
@@ -20,6 +23,8 @@ Life of a worker::
            a log record or warning ──> send Log
 
     (*) installed as ``logging`` is first imported, or on the first warning
+    (**) only with ``max_memory_per_child``: the resident set, from ``/proc/self/statm``
+    (***) if ``MEMORY_CHECK_SECONDS`` have passed since the last measurement
 
 Sending: every message goes through ``_Worker._send``, one whole message at a time under
 ``send_lock``, from whichever thread produced it. Log records make it re-entrant: a signal
@@ -58,6 +63,7 @@ from types import FrameType
 from . import _identity
 from . import _protocol as wire
 from ._hooks import Hooks
+from ._memory import ResidentMemory
 from ._records import TYPE_CHECKING, NamedTuple
 from ._serialize import SpawnedHooks, capture, describe, dumps_data, loads, loads_data
 
@@ -75,6 +81,13 @@ SIGTERM_EXIT_CODE = 128 + signal.SIGTERM
 #: After the parent died, how long the worker has to finish its finalizer (as long as
 #: ``terminate()`` gives it) before it exits regardless.
 ORPHAN_GRACE_SECONDS = 5.0
+#: With ``max_memory_per_child``, a worker measures itself after a task only if this
+#: long has passed since it last did: one measurement (a system call, ~2 us) after every
+#: task would cost a trivial task a fifth of its time in the worker; a clock read costs
+#: a fiftieth of that. Memory grows only as fast as pages are touched, some GiB/s at
+#: most, so between two measurements a worker grows by a few MiB, tens at worst; and a
+#: task that runs this long or longer is always measured right after.
+MEMORY_CHECK_SECONDS = 0.001
 
 
 class WorkerConfig(NamedTuple):
@@ -85,6 +98,8 @@ class WorkerConfig(NamedTuple):
     #: The worker's root logger level (the parent root's effective level at spawn time),
     #: or None: do not forward logging and warnings to the parent.
     log_level: int | None
+    #: ``max_memory_per_child`` in bytes, or None: do not measure.
+    max_memory: int | None = None
 
 
 class _StopWorker(SystemExit):
@@ -117,6 +132,11 @@ class _Worker:
         self.function_data: dict[int, bytes] = {}
         self.skipped: set[int] = set()  # ids of queued tasks cancelled before they started
         self.identity = _identity.enter(config.number, config.name)
+        #: Measures the resident set after each task, with a max_memory_per_child.
+        self.memory: ResidentMemory | None = None
+        #: Sent Retiring: runs no more tasks, waits for Stop (see wire.Retiring).
+        self.retired = False
+        self.next_measure = 0.0  # monotonic time: see MEMORY_CHECK_SECONDS
         # Invariant: ``writer`` is the ident of the thread writing a message, set only
         # while it holds ``send_lock``; ``queued_sends`` holds what that same thread sent
         # while it was writing (see _send).
@@ -132,13 +152,15 @@ class _Worker:
         signal.signal(signal.SIGTERM, self._on_sigterm)
         self._watch_parent()
         _identity.set_process_title(self.config.name)
+        if self.config.max_memory is not None:
+            self.memory = ResidentMemory()
         finalizer = self._initialize(spawned)
         if finalizer is None:
             return
         try:
             self._serve()
         except (EOFError, OSError):
-            pass  # the parent is gone: leave in an orderly way
+            self.identity.leave("parent_exited")  # leave in an orderly way
         finally:
             self.phase = _Phase.LEAVING
             finalizer()
@@ -158,10 +180,14 @@ class _Worker:
         finalizer = multiprocessing.util.Finalize(
             None, self._finalize, (hooks,), exitpriority=_FINALIZE_PRIORITY
         )
+        # Over the memory limit already: not Ready but Retiring. The manager reports it
+        # (a replacement would be as big) and the worker waits in _serve to be stopped.
+        rss = self._measure()
         with contextlib.suppress(OSError, EOFError):
             # If the parent is gone, _serve meets the closed pipe and the worker leaves,
             # running the finalizer, without a traceback for the user.
-            self._send(wire.Ready(os.getpid()))
+            if not self._retire_if_over(rss):
+                self._send(wire.Ready(os.getpid()))
         return finalizer
 
     def _finalize(self, hooks: Hooks) -> None:
@@ -201,6 +227,8 @@ class _Worker:
                 return
             message = queued.popleft()
             if type(message) is wire.Call:
+                if self.retired:
+                    continue  # not run, not answered: the manager puts it back in its queue
                 if message.task_id in self.skipped:
                     self.skipped.discard(message.task_id)
                     if not isinstance(message.fn, int):  # later calls refer to it
@@ -208,7 +236,11 @@ class _Worker:
                     self._send(wire.Skipped(message.task_id))
                 else:
                     self._call(message)
+                    if self.memory is not None and time.monotonic() >= self.next_measure:
+                        del message  # the task's arguments do not count either
+                        self._retire_if_over(self._measure())
             elif type(message) is wire.Stop:
+                self.identity.leave(message.reason)
                 return
             else:
                 raise TypeError(f"unrecognized wire message: {message!r}")
@@ -238,6 +270,8 @@ class _Worker:
             # A SystemExit, from the task or from unpickling it: the worker leaves (its
             # finalizer runs) after answering.
             leaving = isinstance(exc, SystemExit)
+            if leaving:
+                self.identity.leave("system_exit")
             skip = 2 if stage is wire.Stage.RUN else 1  # from the function's own frame
             self._answer(wire.Failed(call.task_id, capture(exc, skip_frames=skip), leaving, stage))
             if leaving:
@@ -256,6 +290,28 @@ class _Worker:
         # Counted as the manager counts them (for maxtasksperchild): every answered Call.
         self.identity.tasks_done += 1
         self._send(message)
+
+    def _measure(self) -> int | None:
+        """With ``max_memory_per_child``, the resident set now: after the initializer, then
+        after a task once its answer was sent and its result dropped (a large result on
+        its way out does not count), at most once per ``MEMORY_CHECK_SECONDS``."""
+        if self.memory is None:
+            return None
+        self.identity.memory = rss = self.memory.read()
+        self.next_measure = time.monotonic() + MEMORY_CHECK_SECONDS
+        return rss
+
+    def _retire_if_over(self, rss: int | None) -> bool:
+        """Above the limit, retire: send Retiring and run no more tasks (``_serve``). The
+        parent then stops this worker as it stops one recycled by ``maxtasksperchild``:
+        with Stop, and the finalizer runs to the end."""
+        limit = self.config.max_memory
+        if rss is None or limit is None or rss <= limit:
+            return False
+        self.identity.leave("max_memory_per_child")
+        self.retired = True
+        self._send(wire.Retiring(rss))
+        return True
 
     def _function(self, ref: int | wire.FunctionDef) -> Callable[..., Any]:
         fn_id = ref if isinstance(ref, int) else self._define(ref)
@@ -311,6 +367,7 @@ class _Worker:
 
     def _on_sigterm(self, signum: int, frame: FrameType | None) -> None:
         self.stop_requested = True
+        self.identity.leave("stopped")
         if self.writer == threading.get_ident():
             self.stop_after_write = True  # raising now would cut a frame in half
             return
@@ -339,6 +396,7 @@ class _Worker:
             gone.register(sentinel, select.POLLIN)
             while not gone.poll():  # blocks until the parent's end closes
                 pass
+            self.identity.leave("parent_exited")
             os.kill(os.getpid(), signal.SIGTERM)
             time.sleep(ORPHAN_GRACE_SECONDS)
             os._exit(SIGTERM_EXIT_CODE)

@@ -34,7 +34,13 @@ def test_worker_info_is_a_small_read_only_record() -> None:
         info.tasks_done = 1  # type: ignore[misc]
     assert info == hookpool.WorkerInfo(1, "hookpool-worker-1", 123, 0)
     assert pickle.loads(pickle.dumps(info)) == info
-    assert repr(info) == "WorkerInfo(index=1, name='hookpool-worker-1', pid=123, tasks_done=0)"
+    assert repr(info) == (
+        "WorkerInfo(index=1, name='hookpool-worker-1', pid=123, tasks_done=0, memory=None, "
+        "leaving=None)"
+    )
+    leaving = hookpool.WorkerInfo(1, "w", 123, 4, memory=2**20, leaving="max_memory_per_child")
+    assert (leaving.memory, leaving.leaving) == (2**20, "max_memory_per_child")
+    assert pickle.loads(pickle.dumps(leaving)) == leaving != info
 
 
 def test_inside_a_task_it_names_the_worker_and_counts_tasks(facade: MakeFace) -> None:
