@@ -148,12 +148,15 @@ class ProcessPoolExecutor(concurrent.futures.Executor):
         if buffersize is not None and buffersize < 1:
             raise ValueError("buffersize must be None or > 0")
         deadline = None if timeout is None else time.monotonic() + timeout
+        # One input: its items as they are (fn(x)), not as 1-tuples to unpack (fn(*x)),
+        # which would cost a tuple per item to build, pickle and unpickle.
+        single = len(iterables) == 1
         results: IMapIterator[R] = lazy_map(
             self._manager,
             fn,
-            zip(*iterables, strict=False),
+            iterables[0] if single else zip(*iterables, strict=False),
             chunksize,
-            kind=wire.CallKind.STARMAP,
+            kind=wire.CallKind.MAP if single else wire.CallKind.STARMAP,
             method="map",
             ordered=True,
             timeout=self._task_timeout,
@@ -221,17 +224,15 @@ class ProcessPoolExecutor(concurrent.futures.Executor):
 
 
 def _yield_until(results: IMapIterator[R], deadline: float | None) -> Iterator[R]:
+    """The results of an executor's map, in order; a ``concurrent.futures.TimeoutError``
+    when one is not there by ``deadline`` (``time.monotonic()``). Closing the generator
+    cancels the chunks still queued."""
     try:
-        while True:
-            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
-            try:
-                yield results.next(remaining)
-            except StopIteration:
-                return
-            except TaskTimeoutError:
-                raise  # the task ran too long (task_timeout): not our deadline
-            except multiprocessing.TimeoutError:
-                raise concurrent.futures.TimeoutError from None
+        yield from results.items_before(deadline)  # a pop per item: no lock, no clock
+    except TaskTimeoutError:
+        raise  # the task ran too long (task_timeout): not our deadline
+    except multiprocessing.TimeoutError:
+        raise concurrent.futures.TimeoutError from None
     finally:
         results.cancel()
 

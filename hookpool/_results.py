@@ -582,7 +582,13 @@ class IMapIterator(Iterator[T]):
         up exactly where it stopped."""
         return self._items()
 
-    def _items(self) -> Iterator[T]:
+    def items_before(self, deadline: float | None) -> Iterator[T]:
+        """Iterate, raising ``multiprocessing.TimeoutError`` when a result is not there by
+        ``deadline`` (``time.monotonic()``): the clock is read only when a chunk's
+        results are waited for (``executor.map(timeout=)``)."""
+        return self._items(deadline)
+
+    def _items(self, deadline: float | None = None) -> Iterator[T]:
         while True:
             pop = self._pop  # list.pop is atomic: no item twice, with several consumers
             try:
@@ -593,18 +599,21 @@ class IMapIterator(Iterator[T]):
             with self._lock:
                 # (Bound methods of one list compare equal.) If another consumer moved on
                 # to the next chunk meanwhile, take its items first.
-                if self._pop == pop and not self._advance(None):
+                if self._pop != pop:
+                    continue
+                timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
+                if not self._advance(timeout):
                     return
 
     def __next__(self) -> T:
-        # Fast path, without the lock: the next item of the chunk being consumed.
-        try:
-            return self._pop()  # type: ignore[no-any-return]
-        except IndexError:
-            return self.next()
+        return self.next()
 
     def next(self, timeout: float | None = None) -> T:
         """The next result; raises the task's exception at its position."""
+        try:
+            return self._pop()  # type: ignore[no-any-return]  # the fast path, lock-free
+        except IndexError:
+            pass
         with self._lock:
             while True:
                 try:
