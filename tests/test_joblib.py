@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gc
 import json
+import multiprocessing
 import os
 import pickle
 import subprocess
@@ -151,6 +152,19 @@ def test_a_failed_batch_cancels_the_batches_not_started(
         assert Parallel(batch_size=1)(delayed(square)(i) for i in range(4)) == [0, 1, 4, 9]
     ran = {p.name for p in tmp_path.iterdir() if p.name.startswith("ran-")}
     assert len(ran) < count - 1, f"every queued batch ran: {sorted(ran)}"
+
+
+def test_joblibs_timeout_ends_the_call_and_the_workers_stay(
+    backend: HookpoolBackend, tmp_path: Path
+) -> None:
+    directory = str(tmp_path)
+    with joblib.parallel_config(backend=backend, n_jobs=N_JOBS):
+        with pytest.raises(multiprocessing.TimeoutError):
+            Parallel(timeout=0.5, batch_size=1)(
+                delayed(fail_first_then_wait)(i, directory) for i in range(1, 5)
+            )
+        Path(directory, "gate").write_text("1")
+        assert Parallel()(delayed(square)(i) for i in range(5)) == [0, 1, 4, 9, 16]
 
 
 def test_a_worker_killed_mid_task_fails_its_call_and_the_next_call_works(
