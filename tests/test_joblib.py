@@ -216,7 +216,20 @@ def test_n_jobs_follows_joblibs_rules(backend: HookpoolBackend) -> None:
         assert set(Parallel()(delayed(pid_of)(i) for i in range(3))) == {os.getpid()}
 
 
+def test_require_sharedmem_gets_joblibs_threads(backend: HookpoolBackend) -> None:
+    """As for loky: joblib replaces a process backend by threads, in this process."""
+    with joblib.parallel_config(backend=backend, n_jobs=N_JOBS, require="sharedmem"):
+        assert set(Parallel()(delayed(pid_of)(i) for i in range(4))) == {os.getpid()}
+
+
 # -- the workers' lifetime ---------------------------------------------------------------
+
+
+def test_a_parallel_call_naming_the_backend_has_workers_of_its_own() -> None:
+    """``Parallel(backend="hookpool")`` outside a block: its workers go with the call."""
+    pids = set(Parallel(n_jobs=2, backend="hookpool")(delayed(pid_of)(i) for i in range(10)))
+    assert os.getpid() not in pids
+    assert_gone(list(pids))
 
 
 @pytest.mark.timeout(90)
@@ -360,6 +373,8 @@ def test_a_failing_initializer_fails_the_call(tmp_path: Path) -> None:
 def test_bad_parameters_are_refused_in_the_parent() -> None:
     with pytest.raises(TypeError, match="initializer must be a callable"):
         joblib.parallel_config(backend="hookpool", initializer=42)
+    with pytest.raises(AssertionError, match="does not accept setting the inner_max_num"):
+        joblib.parallel_config(backend="hookpool", inner_max_num_threads=2)
     with pytest.raises(ValueError, match="max_tasks_per_child must be a positive int"):
         HookpoolBackend(max_tasks_per_child=0)
     with pytest.raises(TypeError, match="cannot be pickled"):
