@@ -135,9 +135,10 @@ class _Workers:
         self._executor: ProcessPoolExecutor | None = None
         self._size = 0  # the executor's number of workers
         self._released = False
-        # Submitted and not done: what ``cancel_pending`` cancels. Invariant: a future is
-        # added before its done-callback that discards it, so a done one never stays.
-        self._pending: set[Future[Any]] = set()
+        # Submitted and not done, with the executor running it: what ``stop_pending``
+        # stops. Invariant: a future is added before its done-callback that removes it,
+        # so a done one never stays.
+        self._pending: dict[Future[Any], ProcessPoolExecutor] = {}
 
     def start(self, n_workers: int) -> None:
         """Make sure ``n_workers`` workers serve the next batches."""
@@ -181,7 +182,7 @@ class _Workers:
             )
         future = executor.submit(func)
         with self._lock:
-            self._pending.add(future)
+            self._pending[future] = executor
         future.add_done_callback(self._settled)
         if callback is not None:
             future.add_done_callback(_Relay(callback))
@@ -189,14 +190,16 @@ class _Workers:
 
     def _settled(self, future: Future[Any]) -> None:
         with self._lock:
-            self._pending.discard(future)
+            self._pending.pop(future, None)
 
-    def cancel_pending(self) -> None:
-        """Cancel the batches no worker has started; the running ones finish."""
+    def stop_pending(self) -> None:
+        """Stop every batch not done, as hookpool's ``cancel`` does: one not started never
+        runs; a running one is interrupted, and its worker runs its finalizer and is
+        replaced. Returns at once."""
         with self._lock:
-            pending = list(self._pending)
-        for future in pending:
-            future.cancel()
+            pending = list(self._pending.items())
+        for future, executor in pending:
+            executor.cancel(future)
 
     @property
     def pids(self) -> list[int]:
@@ -255,9 +258,9 @@ class HookpoolBackend(AutoBatchingMixin, ParallelBackendBase):  # type: ignore[m
     Differences from joblib's process backends, on purpose: workers always start with
     spawn; large numpy arrays are pickled whole (joblib's ``max_nbytes``, ``mmap_mode``
     and ``temp_folder`` memory-mapping options are accepted and not used); the number of
-    threads of native libraries in the workers is not limited. When a batch fails, the
-    batches not yet started are cancelled and the running ones finish (loky kills every
-    worker instead): the workers, and what their initializer set up, survive the error.
+    threads of native libraries in the workers is not limited. When a batch fails,
+    only the workers running the call's other batches are stopped, each running its
+    finalizer (loky kills every worker).
     """
 
     supports_retrieve_callback = True
@@ -352,9 +355,11 @@ class HookpoolBackend(AutoBatchingMixin, ParallelBackendBase):  # type: ignore[m
         return future.result()
 
     def abort_everything(self, ensure_ready: bool = True) -> None:
-        """A batch failed: cancel the batches no worker has started. The running ones
-        finish (joblib drops their results); the workers stay, ``ensure_ready`` or not."""
-        self._workers.cancel_pending()
+        """A batch failed, the call timed out, or its generator was dropped: joblib
+        wants none of the other batches. Those not started never run; the running ones
+        are interrupted, and their workers run their finalizers and are replaced (in the
+        background: ``ensure_ready`` or not, the backend takes the next call at once)."""
+        self._workers.stop_pending()
 
     def terminate(self) -> None:
         """Called by joblib at the end of each call: the workers stay for the next one."""
