@@ -29,6 +29,7 @@ PAGES = [
     "debugging.md",
     "api.md",
     "benchmarks.md",
+    "joblib.md",
 ]
 GUARD = 'if __name__ == "__main__":'
 FENCE = re.compile(r"^```(?P<lang>[\w-]*)[^\n]*\n(?P<body>.*?)^```[ \t]*$", re.S | re.M)
@@ -68,6 +69,7 @@ def test_pages_have_runnable_examples() -> None:
         "failures.md",
         "logging.md",
         "debugging.md",
+        "joblib.md",
     ]:
         assert page in pages, f"{page} has no runnable example"
 

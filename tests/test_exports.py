@@ -84,6 +84,8 @@ def test_no_other_public_name_is_defined_by_hookpool() -> None:
         if name.startswith("_") or name in hookpool.__all__:
             continue
         if isinstance(value, types.ModuleType):
+            if value.__name__ == "hookpool.joblib":  # set once imported: see below
+                continue
             assert not value.__name__.startswith("hookpool"), f"hookpool.{name} is public"
             continue
         module = getattr(value, "__module__", None)
@@ -116,7 +118,9 @@ def test_every_module_but_init_is_private() -> None:
     package_dir = Path(hookpool.__file__).parent
     names = [info.name for info in pkgutil.iter_modules(hookpool.__path__)]
     assert names, "no submodules found"
-    assert [n for n in names if not n.startswith("_")] == []
+    # The one public submodule: the joblib integration, imported on purpose by its users
+    # (``import hookpool.joblib`` registers the backend), never by ``import hookpool``.
+    assert [n for n in names if not n.startswith("_")] == ["joblib"]
     files = [p.stem for p in package_dir.glob("*.py") if p.name != "__init__.py"]
     assert sorted(files) == sorted(names)
     assert [p.name for p in package_dir.iterdir() if p.is_dir() and p.name != "__pycache__"] == []
