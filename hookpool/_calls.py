@@ -8,11 +8,13 @@ out of the call, so that a loop submitting many items collects each failure with
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import itertools
 import logging
 import threading
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Future
+from concurrent.futures import Future, InvalidStateError
 
 from . import _protocol as wire
 from ._manager import Task
@@ -72,14 +74,15 @@ def submit_call(
 ) -> None:
     """Queue ``fn(*args, **kwargs)``, to settle ``outcome`` (a Future, or the lighter
     ApplyOutcome): attach callbacks to it first, since the task may finish before this
-    returns. If ``fn`` or an argument cannot be pickled, ``outcome`` fails with that error
-    (and its error callback runs) before this returns; nothing is queued."""
+    returns. If ``fn`` or an argument cannot be pickled, nothing is queued: ``outcome``
+    fails with that error on the manager thread, where its callbacks run for any other
+    outcome (a caller holding a lock its error callback takes must not deadlock)."""
     manager.check_running()
     try:
         fn_data = dumps_callable(fn)
         args_data, buffers = dumps_data((args, kwargs))
     except PICKLING_ERRORS as exc:
-        outcome.set_exception(exc)
+        manager.call_soon(functools.partial(_fail, outcome, exc))
         return
     name = callable_name(fn)
     task = Task(wire.CallKind.APPLY, fn_data, args_data, outcome, name, None, timeout, buffers)
@@ -110,7 +113,7 @@ def submit_map(
     with that error (see ``_chunk_tasks``), as the standard library's does.
     """
     gather = MapGather([len(chunk) for chunk in chunks])
-    tasks = _chunk_tasks(fn, kind, method, chunks, gather, timeout)
+    tasks = _chunk_tasks(manager, fn, kind, method, chunks, gather, timeout)
     tracker = start(progress, total)
     watched = None if tracker is None else (tracker, gather.watch())
     early = len(chunks) > manager.size
@@ -143,6 +146,7 @@ def submit_map(
 
 
 def _chunk_tasks(
+    manager: Engine,
     fn: Callable[..., Any],
     kind: wire.CallKind,
     method: str,
@@ -153,13 +157,13 @@ def _chunk_tasks(
     """The Tasks of a map's chunks, each pickled as it is taken.
 
     If the function or a chunk will not pickle, that chunk fails with the error and the
-    chunks after it are cancelled (never sent), so the map fails with it; chunks already
-    queued run on, their results unseen.
+    chunks after it are cancelled (never sent), so the map fails with it, on the manager
+    thread (see ``submit_call``); chunks already queued run on, their results unseen.
     """
     try:
         fn_data = dumps_callable(fn)
     except PICKLING_ERRORS as exc:
-        _fail_from(gather, 0, exc)
+        manager.call_soon(functools.partial(_fail_from, gather, 0, exc))
         return
     name = callable_name(fn)
     first = 0
@@ -167,17 +171,23 @@ def _chunk_tasks(
         try:
             args, buffers = dumps_data(chunk)
         except PICKLING_ERRORS as exc:
-            _fail_from(gather, index, exc)
+            manager.call_soon(functools.partial(_fail_from, gather, index, exc))
             return
         yield Task(kind, fn_data, args, slot, name, (first, len(chunk), method), timeout, buffers)
         first += len(chunk)
+
+
+def _fail(outcome: Outcome, error: BaseException) -> None:
+    with contextlib.suppress(InvalidStateError):  # cancelled meanwhile
+        outcome.set_exception(error)
 
 
 def _fail_from(gather: MapGather, index: int, error: BaseException) -> None:
     """Fail chunk ``index`` of a map with ``error``; cancel the chunks after it."""
     if index >= len(gather.slots):
         return  # an empty map: nothing to fail, as nothing would have been pickled
-    gather.slots[index].set_exception(error)
+    with contextlib.suppress(InvalidStateError):  # cancelled meanwhile
+        gather.slots[index].set_exception(error)
     for slot in gather.slots[index + 1 :]:
         slot.cancel()
 
@@ -260,7 +270,7 @@ def feed_in_background(manager: Engine, iterators: Iterable[IMapIterator[Any]]) 
     or a ``with`` block that ends before the loop over ``executor.map``). The manager
     keeps its workers until every feeder is done. Call before ``manager.close()``."""
     for iterator in list(iterators):
-        if iterator.exhausted:
+        if iterator.exhausted or not iterator.fed_on_close:
             continue
         manager.hold()
         threading.Thread(

@@ -42,6 +42,7 @@ import os
 import sys
 import threading
 import warnings
+from collections.abc import Callable
 from multiprocessing.process import BaseProcess
 from types import FrameType
 
@@ -219,6 +220,10 @@ class InlineManager:
     def processes(self) -> list[BaseProcess]:
         """No worker processes."""
         return []
+
+    def call_soon(self, callback: Callable[[], None]) -> None:
+        """At once: inline, callbacks run in the caller's thread."""
+        callback()
 
     # -- internals -----------------------------------------------------------------------
 

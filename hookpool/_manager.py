@@ -175,6 +175,11 @@ if TYPE_CHECKING:  # for type checkers only: typing is not imported at run time
             """The current workers' process objects (none inline)."""
             ...
 
+        def call_soon(self, callback: Callable[[], None]) -> None:
+            """Run ``callback`` on the manager thread, where the standard library's result
+            thread would run it (a task's callbacks); at once if that thread has ended."""
+            ...
+
 
 __all__ = ["Manager", "Task"]
 
@@ -408,6 +413,8 @@ class Manager:
         self._holds = 0  # lazy maps still submitting while closing (see hold())
         self._winding_down = False
         self._kill_on_stop = False  # terminate(kill=True): no grace period, no finalizers
+        self._soon: collections.deque[Callable[[], None]] = collections.deque()  # call_soon
+        self._thread_ended = False  # from then on, call_soon runs its callback at once
 
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_w, False)
@@ -776,6 +783,14 @@ class Manager:
     def processes(self) -> list[BaseProcess]:
         return [w.process for w in list(self._workers)]
 
+    def call_soon(self, callback: Callable[[], None]) -> None:
+        with self._lock:
+            if not self._thread_ended:
+                self._soon.append(callback)
+                callback = _nothing
+        callback()
+        self._wake()
+
     def _refusal(self, state: PoolState) -> Exception:
         return refusal(state, self._name, self._broken_error, self._dialect)
 
@@ -799,6 +814,13 @@ class Manager:
 
     # -- the manager thread ----------------------------------------------------------------
 
+    def _run_soon(self) -> None:
+        while self._soon:
+            try:
+                self._soon.popleft()()
+            except Exception:  # a callback's own errors are its caller's to report
+                logger.exception("hookpool: a callback raised")
+
     def _run(self) -> None:
         try:
             self._loop()
@@ -814,6 +836,9 @@ class Manager:
                     self._state = PoolState.STOPPED
             self._fail_everything(self._broken_error or PoolTerminatedError("the pool stopped"))
             self._close_fds()
+            with self._lock:
+                self._thread_ended = True
+            self._run_soon()
 
     def _loop(self) -> None:
         while True:
@@ -840,6 +865,7 @@ class Manager:
                     self._drain_wakeups()
                     while self._commands:
                         self._commands.popleft()()
+                    self._run_soon()
                     continue
                 handler, worker = key.data
                 if not worker.exited:  # it may have left earlier in this same batch
@@ -1224,9 +1250,9 @@ class Manager:
         self._selector.unregister(worker.process.sentinel)
         _reap(worker.process, REAP_SECONDS)
         exitcode = worker.process.exitcode
+        # Not process.close(): the user may hold it (Pool._pool) and read its exitcode
+        # or join() it; its fds are released with the object.
         self._workers.remove(worker)
-        with contextlib.suppress(ValueError):
-            worker.process.close()
         if worker.inflight and not worker.interrupted:
             lost = worker.pop_head()
             _resolve(lost.future, error=self._lost_error(worker, lost, exitcode))
@@ -1424,6 +1450,10 @@ def refusal(
         error.__cause__ = broken_error
         return error
     return dialect.closed_error()
+
+
+def _nothing() -> None:
+    pass
 
 
 def _held_here(lock: Any) -> bool:
