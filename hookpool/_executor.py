@@ -154,7 +154,7 @@ class ProcessPoolExecutor(concurrent.futures.Executor):
         results: IMapIterator[R] = lazy_map(
             self._manager,
             fn,
-            iterables[0] if single else zip(*iterables, strict=False),
+            iter(iterables[0]) if single else zip(*iterables, strict=False),  # (not iterable: now)
             chunksize,
             kind=wire.CallKind.MAP if single else wire.CallKind.STARMAP,
             method="map",
@@ -165,6 +165,9 @@ class ProcessPoolExecutor(concurrent.futures.Executor):
             owner=self,
             window=buffersize,
         )
+        # As Python 3.14's: with a buffersize, shutdown() submits no more of the input
+        # (an endless one would never end); iterating on after it raises RuntimeError.
+        results.fed_on_close = buffersize is None
         self._maps.add(results)
         return _yield_until(results, deadline)
 

@@ -563,6 +563,9 @@ class IMapIterator(Iterator[T]):
         self._pop: Callable[[], Any] = [].pop  # the current chunk's, reversed
         self._input_error: BaseException | None = None
         self._exhausted = False
+        #: close()/shutdown() submit the rest of the input (feed_rest); not for a map
+        #: whose read-ahead the caller bounded (executor.map(buffersize=)).
+        self.fed_on_close = True
         self._lock = threading.RLock()
         self._progress = progress
         if progress is not None:
