@@ -488,21 +488,24 @@ def test_map_buffersize_bounds_what_runs_ahead_of_the_consumer(
     """At most ``buffersize`` chunks are submitted and not yet taken: an endless input
     works, and the input is read only that far ahead of the consumer."""
     read: list[int] = []
-
-    def endless() -> Iterator[int]:
-        n = 0
-        while True:
-            read.append(n)
-            yield n
-            n += 1
-
-    results = executor.map(stages.square, endless(), chunksize=chunksize, buffersize=buffersize)
+    results = executor.map(
+        stages.square, _endless(read), chunksize=chunksize, buffersize=buffersize
+    )
     for taken in range(1, 8):
         assert next(results) == (taken - 1) ** 2
         # Items of the chunks taken, plus at most `buffersize` chunks more.
         limit = (-(-taken // chunksize) + buffersize) * chunksize
         assert len(read) <= limit, (taken, len(read), limit)
     results.close()  # type: ignore[attr-defined]
+
+
+def _endless(read: list[int]) -> Iterator[int]:
+    """0, 1, 2, ... for ever, appending each number to ``read`` as it is taken."""
+    n = 0
+    while True:
+        read.append(n)
+        yield n
+        n += 1
 
 
 # -- 9. shutdown(cancel_futures=True) right after a burst ----------------------------------------
@@ -539,16 +542,8 @@ def test_a_buffersize_map_left_unfinished_does_not_make_shutdown_read_the_rest()
     """As Python 3.14's: an endless input with a buffersize, abandoned inside the
     ``with`` block, does not keep the exit reading it; iterating on raises."""
     read: list[int] = []
-
-    def endless() -> Iterator[int]:
-        n = 0
-        while True:
-            read.append(n)
-            yield n
-            n += 1
-
     with hookpool.ProcessPoolExecutor(1) as executor:
-        results = executor.map(stages.square, endless(), buffersize=2)
+        results = executor.map(stages.square, _endless(read), buffersize=2)
         assert [next(results) for _ in range(5)] == [0, 1, 4, 9, 16]
     assert len(read) <= 10
     with pytest.raises((RuntimeError, concurrent.futures.CancelledError)):
