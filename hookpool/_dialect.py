@@ -118,16 +118,13 @@ class _ExecutorDialect(Dialect):
     def failed(
         self, message: wire.Failed, error: BaseException, task: str, worker: str
     ) -> BaseException:
-        if message.stage is wire.Stage.RESULT:
-            reason = f"{message.error.type_name}: {message.error.message}"
-            return self.unpicklable_result(error, reason, message.value_repr, task, worker)
         if message.stage is wire.Stage.ARGS:
             return _decoding_error(
                 f"{task} could not be unpickled in worker {worker}: "
                 f"{message.error.type_name}: {message.error.message}",
                 error,
             )
-        return error
+        return super().failed(message, error, task, worker)  # RESULT: unpicklable_result
 
     def unpicklable_result(
         self, error: BaseException, reason: str, value_repr: str, task: str, worker: str
