@@ -259,6 +259,10 @@ class _Worker:
             args = loads_data(call.args, call.buffers)
             stage = wire.Stage.RUN
             self.phase = _Phase.RUNNING
+            # A SIGTERM that came while this was BUSY unpickling (deferred) stops it now,
+            # before the task: the handler sets the flag first, then looks at the phase.
+            if self.stop_requested:
+                self._honour_stop()
             try:
                 result = _run(call.kind, fn, args)
             finally:

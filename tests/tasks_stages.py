@@ -86,3 +86,22 @@ def record_then_sleep(path: str, value: int, seconds: float) -> int:
         f.write(f"{value}\n")
     time.sleep(seconds)
     return value
+
+
+def _sleep_then_load(seconds: float) -> str:
+    time.sleep(seconds)
+    return "loaded"
+
+
+class SlowToUnpickle:
+    """Takes ``seconds`` to unpickle, in the worker."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+
+    def __reduce__(self) -> Any:
+        return _sleep_then_load, (self.seconds,)
+
+
+def sleep_after(_: object, seconds: float) -> None:
+    time.sleep(seconds)
