@@ -1,9 +1,10 @@
 """Turning calls into Tasks, in the caller's thread: shared by both facades.
 
-Everything here runs in the thread that called ``submit``/``map``/``imap``, so a pickling
-error never reaches the manager thread. It goes where the standard library puts it: into
-the task's result (``get()``/``result()`` raise it, ``error_callback`` receives it), not
-out of the call, so that a loop submitting many items collects each failure with its item.
+Everything here runs in the thread that called ``submit``/``map``/``imap``: a task is
+pickled there, never on the manager thread. A pickling error goes where the standard
+library puts it: into the task's result (``get()``/``result()`` raise it,
+``error_callback`` receives it, on the manager thread), not out of the call, so that a
+loop submitting many items collects each failure with its item.
 """
 
 from __future__ import annotations

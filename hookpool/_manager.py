@@ -785,11 +785,13 @@ class Manager:
 
     def call_soon(self, callback: Callable[[], None]) -> None:
         with self._lock:
-            if not self._thread_ended:
+            queued = not self._thread_ended
+            if queued:
                 self._soon.append(callback)
-                callback = _nothing
-        callback()
-        self._wake()
+        if queued:
+            self._wake()
+        else:
+            callback()
 
     def _refusal(self, state: PoolState) -> Exception:
         return refusal(state, self._name, self._broken_error, self._dialect)
@@ -1450,10 +1452,6 @@ def refusal(
         error.__cause__ = broken_error
         return error
     return dialect.closed_error()
-
-
-def _nothing() -> None:
-    pass
 
 
 def _held_here(lock: Any) -> bool:

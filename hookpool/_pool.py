@@ -121,7 +121,7 @@ class Pool:
         max_memory = check_memory_limit(max_memory_per_child)
         hooks = Hooks.validate(initializer, initargs, finalizer, finalargs)
         self._processes = processes
-        self._context = ctx
+        self._ctx = ctx  # the standard library's name for it, which code reads
         self._task_timeout = check_timeout(task_timeout)
         self._manager: Engine = start_engine(
             inline=inline,
@@ -438,7 +438,7 @@ class Pool:
         return self._manager.worker_pids()
 
     # The standard library's private attributes that real code reads: ``_processes`` (the
-    # size, set in __init__), and these views, rebuilt at each read. A worker killed
+    # size) and ``_ctx``, set in __init__, and this view, rebuilt at each read. A worker killed
     # through one is lost as any other (WorkerLostError for its task, then replaced).
 
     @property
@@ -446,11 +446,6 @@ class Pool:
         """The current worker processes (a copy; none inline), as
         ``multiprocessing.Pool._pool``."""
         return self._manager.processes()
-
-    @property
-    def _ctx(self) -> Any:
-        """The multiprocessing context the workers start from."""
-        return self._context
 
 
 def _import_engine() -> None:

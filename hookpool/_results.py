@@ -583,15 +583,12 @@ class IMapIterator(Iterator[T]):
         item, a pop from the current chunk instead of a call to ``__next__`` (a loop over
         a million results spends a third less time here). ``next()`` and other loops take
         up exactly where it stopped."""
-        return self._items()
+        return self.items_before(None)
 
     def items_before(self, deadline: float | None) -> Iterator[T]:
         """Iterate, raising ``multiprocessing.TimeoutError`` when a result is not there by
-        ``deadline`` (``time.monotonic()``): the clock is read only when a chunk's
-        results are waited for (``executor.map(timeout=)``)."""
-        return self._items(deadline)
-
-    def _items(self, deadline: float | None = None) -> Iterator[T]:
+        ``deadline`` (``time.monotonic()``, or None): the clock is read only when a
+        chunk's results are waited for (``executor.map(timeout=)``)."""
         while True:
             pop = self._pop  # list.pop is atomic: no item twice, with several consumers
             try:
