@@ -169,8 +169,11 @@ class MpireAdapter(Adapter):
         self._pool.stop_and_join()
 
 
-def _make_stdlib_pool() -> Adapter:
-    return PoolAdapter(lambda: spawn_context().Pool(WORKERS), supports_lambda=False)
+def _make_stdlib_pool(context: str = "spawn", maxtasksperchild: int | None = None) -> Adapter:
+    ctx = multiprocessing.get_context(context)
+    return PoolAdapter(
+        lambda: ctx.Pool(WORKERS, maxtasksperchild=maxtasksperchild), supports_lambda=False
+    )
 
 
 def _make_stdlib_ppe() -> Adapter:
@@ -181,11 +184,16 @@ def _make_stdlib_ppe() -> Adapter:
     )
 
 
-def _make_hookpool_pool() -> Adapter:
+def _make_hookpool_pool(context: str = "spawn", maxtasksperchild: int | None = None) -> Adapter:
     import hookpool
 
     pool_cls: Any = hookpool.Pool
-    return PoolAdapter(lambda: pool_cls(WORKERS), supports_lambda=True)
+    options: dict[str, Any] = {}
+    if context != "spawn":  # hookpool's default; otherwise the call is a user's plain Pool(2)
+        options["context"] = context
+    if maxtasksperchild is not None:
+        options["maxtasksperchild"] = maxtasksperchild
+    return PoolAdapter(lambda: pool_cls(WORKERS, **options), supports_lambda=True)
 
 
 def _make_hookpool_ppe() -> Adapter:
@@ -203,8 +211,16 @@ def _make_loky() -> Adapter:
     )
 
 
+def _no_pool() -> None:
+    """The pseudo-libraries' ``make``: their cases start processes of their own."""
+
+
 class Library:
-    """One library the benchmarks can run."""
+    """One library the benchmarks can run (or a pseudo-library, see ``PSEUDO``).
+
+    ``make(**options)`` returns the adapter; the stdlib Pool and hookpool Pool accept
+    ``context=`` (a start method name) and ``maxtasksperchild=``, the others none.
+    """
 
     def __init__(
         self,
@@ -212,7 +228,7 @@ class Library:
         title: str,
         module: str,
         optional: bool,
-        make: Callable[[], Adapter],
+        make: Callable[..., Adapter | None],
         entry: str,
     ) -> None:
         self.key = key
@@ -258,5 +274,31 @@ LIBRARIES: dict[str, Library] = {
         Library("loky", "loky", "loky", True, _make_loky, "loky:ProcessPoolExecutor"),
         Library("pebble", "pebble", "pebble", True, PebbleAdapter, "pebble:ProcessPool"),
         Library("mpire", "mpire", "mpire", True, MpireAdapter, "mpire:WorkerPool"),
+        Library(
+            "machine",
+            "machine limit",
+            "multiprocessing",
+            False,
+            _no_pool,
+            "multiprocessing:get_context",
+        ),
+        Library(
+            "paired",
+            "paired scripts",
+            "multiprocessing",
+            False,
+            _no_pool,
+            "multiprocessing:get_context",
+        ),
     )
 }
+
+MACHINE = "machine"
+"""Pseudo-library of the machine-limit cases: pipe round trips, bare process start-up."""
+
+PAIRED = "paired"
+"""Pseudo-library of cases that time several libraries in one sample, in interleaved runs
+(whole scripts timed from outside); their metrics are named ``metric@library``."""
+
+PSEUDO = (MACHINE, PAIRED)
+"""Never selected as a library: they run only the cases that name them."""

@@ -15,8 +15,12 @@ from __future__ import annotations
 import faulthandler
 import importlib
 import json
+import multiprocessing
 import os
+import pickle
+import subprocess
 import sys
+import tempfile
 import threading
 import time
 import traceback
@@ -27,7 +31,8 @@ from time import perf_counter
 from typing import Any
 
 from _adapters import LIBRARIES, WORKERS, Adapter
-from _startup import COMMON_MODULES, measure
+from _limits import echo_pickled, echo_raw, read_frame, read_into, write_all, write_frame
+from _startup import COMMON_MODULES, EARLY_CASES, measure
 from _tasks import affine, identity, inc, make_closure, nap, spin
 
 Params = dict[str, Any]
@@ -341,6 +346,166 @@ def case_cpu(ad: Adapter | None, p: Params, deadline: Deadline) -> Metrics:
     return {"speedup": serial / parallel, "time": parallel, "serial_time": serial}
 
 
+def case_replace(ad: Adapter | None, p: Params, deadline: Deadline) -> Metrics:
+    """``tasks`` tasks, ``map(chunksize=1)``, on a pool made with ``maxtasksperchild=1``
+    (the spec's pool options): every task is run by a new worker."""
+    ad = _started(ad, deadline)
+    n: int = p["tasks"]
+    _enter("map, a worker per task")
+    t0 = perf_counter()
+    out = ad.map(inc, list(range(n)), 1, deadline.left())
+    dt = perf_counter() - t0
+    _check(list(out) == list(range(1, n + 1)), "map output")
+    _shutdown(ad)
+    return {"per_task": dt / n, "total": dt}
+
+
+# --------------------------------------------------------------------------- machine limits
+
+
+def _echo_child(target: Callable[..., None], *args: Any) -> tuple[Any, Any, Any]:
+    """Start a spawn child running ``target(inbox, outbox, *args)`` over two ``os.pipe``
+    pipes; return it and this process's ends: the one to write to, the one to read from
+    (``multiprocessing`` connections, used through their file descriptors)."""
+    ctx = multiprocessing.get_context("spawn")
+    inbox_r, inbox_w = ctx.Pipe(duplex=False)
+    outbox_r, outbox_w = ctx.Pipe(duplex=False)
+    proc = ctx.Process(target=target, args=(inbox_r, outbox_w, *args))
+    proc.start()
+    inbox_r.close()
+    outbox_w.close()
+    return proc, inbox_w, outbox_r
+
+
+def _join(proc: Any, deadline: Deadline) -> None:
+    _enter("join the echo child")
+    proc.join(deadline.left())
+    if proc.exitcode != 0:
+        raise RuntimeError(f"echo child: exit code {proc.exitcode}")
+
+
+def case_limit_pipe(ad: Adapter | None, p: Params, deadline: Deadline) -> Metrics:
+    """Back-to-back pickled round trips of a tiny object (an int and a function reference,
+    like a task) with a spawn child that echoes: this process pickles and writes, the
+    child reads, unpickles, pickles and writes back, this process reads and unpickles."""
+    proc, inbox, outbox = _echo_child(echo_pickled)
+    wfd, rfd = inbox.fileno(), outbox.fileno()
+    samples: list[float] = []
+    _enter("pickled round trips")
+    for i in range(p["warmup"] + p["rounds"]):
+        t0 = perf_counter()
+        write_frame(wfd, pickle.dumps((i, identity), pickle.HIGHEST_PROTOCOL))
+        back = pickle.loads(read_frame(rfd))
+        dt = perf_counter() - t0
+        _check(back == (i, identity), "echoed object")
+        if i >= p["warmup"]:
+            samples.append(dt)
+        if i % 100 == 0:
+            deadline.left()
+    write_frame(wfd, pickle.dumps(None))
+    _join(proc, deadline)
+    return {"roundtrip": median(samples), "roundtrip_min": min(samples)}
+
+
+def case_limit_raw(ad: Adapter | None, p: Params, deadline: Deadline) -> Metrics:
+    """Raw round trips of ``mib`` MiB through ``os.pipe`` to a spawn child and back, no
+    pickling: write it all, the child reads it into a new buffer and writes it back, read
+    it into a new buffer. The first round trip warms up; the median of the rest."""
+    nbytes = p["mib"] << 20
+    data = bytes(range(256)) * (nbytes // 256)
+    rounds = 1 + p["rounds"]
+    proc, inbox, outbox = _echo_child(echo_raw, nbytes, rounds)
+    wfd, rfd = inbox.fileno(), outbox.fileno()
+    samples: list[float] = []
+    for i in range(rounds):
+        _enter(f"raw round trip {i + 1}")
+        deadline.left()
+        t0 = perf_counter()
+        write_all(wfd, data)
+        back = bytearray(nbytes)
+        read_into(rfd, memoryview(back))
+        samples.append(perf_counter() - t0)
+        _check(back == data, "raw round trip differs")
+        del back
+    _join(proc, deadline)
+    return {"roundtrip": median(samples[1:])}
+
+
+#: The whole scripts of the ``script`` case, by library; ``task`` is the script's own.
+SCRIPTS = {
+    "pool": """import multiprocessing
+
+
+def task(x):
+    return x + 1
+
+
+if __name__ == "__main__":
+    pool = multiprocessing.get_context("spawn").Pool(2)
+    assert pool.apply(task, (1,)) == 2
+    pool.close()
+    pool.join()
+""",
+    "hookpool": """from hookpool import Pool
+
+
+def task(x):
+    return x + 1
+
+
+if __name__ == "__main__":
+    pool = Pool(2)
+    assert pool.apply(task, (1,)) == 2
+    pool.close()
+    pool.join()
+""",
+}
+
+#: The import alone, as ``python -c``, by library.
+IMPORTS = {"pool": "import multiprocessing.pool", "hookpool": "from hookpool import Pool"}
+
+
+def _time_command(argv: list[str], deadline: Deadline) -> float:
+    t0 = perf_counter()
+    proc = subprocess.run(
+        argv, stdin=subprocess.DEVNULL, capture_output=True, timeout=deadline.left()
+    )
+    dt = perf_counter() - t0
+    if proc.returncode != 0:
+        tail = proc.stderr.decode(errors="replace").strip().splitlines()[-1:]
+        raise RuntimeError(f"{argv[1:]} exited with {proc.returncode}: {tail}")
+    return dt
+
+
+def case_script(ad: Adapter | None, p: Params, deadline: Deadline) -> Metrics:
+    """Whole scripts timed from outside, as processes (``sys.executable SCRIPT``), the
+    libraries' runs interleaved in pairs, the order alternating between pairs; then
+    ``python -c IMPORT`` the same way, and ``python -c pass`` (the interpreter alone).
+    Metrics: ``script@LIB``, ``import@LIB`` and ``interpreter``, medians of ``rounds``."""
+    libs: list[str] = p["libs"]
+    times: dict[str, list[float]] = {}
+    with tempfile.TemporaryDirectory(prefix="hookpool-script-") as tmp:
+        paths = {}
+        for lib in libs:
+            paths[lib] = Path(tmp, f"script_{lib.replace('-', '_')}.py")
+            paths[lib].write_text(SCRIPTS[lib])
+        for i in range(p["rounds"]):
+            for lib in libs if i % 2 == 0 else libs[::-1]:
+                _enter(f"script, {lib}, run {i + 1}")
+                dt = _time_command([sys.executable, str(paths[lib])], deadline)
+                times.setdefault(f"script@{lib}", []).append(dt)
+    for i in range(p["rounds"]):
+        for lib in libs if i % 2 == 0 else libs[::-1]:
+            _enter(f"import, {lib}, run {i + 1}")
+            dt = _time_command([sys.executable, "-c", IMPORTS[lib]], deadline)
+            times.setdefault(f"import@{lib}", []).append(dt)
+        _enter(f"interpreter, run {i + 1}")
+        times.setdefault("interpreter", []).append(
+            _time_command([sys.executable, "-c", "pass"], deadline)
+        )
+    return {name: median(values) for name, values in times.items()}
+
+
 CASES: dict[str, Callable[[Adapter | None, Params, Deadline], Metrics]] = {
     "startup_loaded": case_startup_loaded,
     "map_default": case_map,
@@ -353,12 +518,16 @@ CASES: dict[str, Callable[[Adapter | None, Params, Deadline], Metrics]] = {
     "transfer_numpy": case_transfer,
     "lambda": case_lambda,
     "cpu": case_cpu,
+    "replace_forkserver": case_replace,
+    "limit_pipe": case_limit_pipe,
+    "limit_raw": case_limit_raw,
+    "script": case_script,
 }
 
 
 def main(early: Metrics | BaseException | None = None) -> int:
-    """Run the sample the spec names (``early``: the startup case, measured already by
-    ``_main.py``, or the exception it raised)."""
+    """Run the sample the spec names (``early``: one of the ``EARLY_CASES``, measured
+    already by ``_main.py``, or the exception it raised)."""
     global _out_path
     spec = json.loads(Path(sys.argv[1]).read_text())
     _out_path = Path(spec["out"])
@@ -370,16 +539,16 @@ def main(early: Metrics | BaseException | None = None) -> int:
     # Backstop if the watchdog thread cannot run (e.g. the GIL is never released).
     faulthandler.dump_traceback_later(seconds + 5, exit=True)
     try:
-        if spec["case"] == "startup":
-            _enter("startup")
+        if spec["case"] in EARLY_CASES:
+            _enter(spec["case"])
             if early is None:
-                raise ValueError("the startup case is measured by _main.py: pass the library")
+                raise ValueError("this case is measured by _main.py: pass the library and case")
             if isinstance(early, BaseException):
                 raise early
             metrics = early
         else:
             _enter("import")
-            ad = LIBRARIES[spec["lib"]].make()
+            ad = LIBRARIES[spec["lib"]].make(**spec["params"].get("pool", {}))
             metrics = CASES[spec["case"]](ad, spec["params"], deadline)
     except BaseException as exc:
         traceback.print_exc()

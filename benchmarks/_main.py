@@ -8,8 +8,9 @@ imported only in the measuring process itself: its own imports (statistics, data
 typing...) would otherwise be part of every library's worker start-up alike, and hide
 what a library's own import costs its workers.
 
-With a third argument, the library's key, the sample is the startup case: it is measured
-first, before the harness is imported (``_startup``), and handed to the harness to report.
+With two more arguments, the library's key and the case's name, the sample is one of the
+startup cases (``_startup.EARLY_CASES``): it is measured first, before the harness is
+imported (``_startup``), and handed to the harness to report.
 """
 
 import importlib
@@ -21,11 +22,11 @@ if len(sys.argv) > 2:  # workers see the same argv (spawn hands it over)
 
 if __name__ == "__main__":
     early: dict[str, float] | BaseException | None = None
-    if len(sys.argv) > 3:
+    if len(sys.argv) > 4:
         try:
-            from _startup import measure_library
+            from _startup import measure_early
 
-            early = measure_library(sys.argv[3])
+            early = measure_early(sys.argv[3], sys.argv[4])
         except BaseException as exc:  # reported by the harness, as any failure
             early = exc
 

@@ -12,6 +12,10 @@ import time
 from collections.abc import Callable
 
 
+def nothing() -> None:
+    """The target of a bare ``Process`` (the machine limits' process start-up)."""
+
+
 def identity(x: object) -> object:
     """Return the argument unchanged (startup, latency and round-trip workloads)."""
     return x

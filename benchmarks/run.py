@@ -23,6 +23,7 @@ import datetime as dt
 import importlib.metadata
 import importlib.util
 import json
+import multiprocessing
 import os
 import platform
 import signal
@@ -42,8 +43,8 @@ REPO = HERE.parent
 if str(HERE) not in sys.path:  # e.g. when started as ``python -m benchmarks.run``
     sys.path.insert(0, str(HERE))
 
-from _adapters import LIBRARIES, WORKERS  # noqa: E402
-from _startup import COMMON_MODULES  # noqa: E402
+from _adapters import LIBRARIES, MACHINE, PAIRED, PSEUDO, WORKERS  # noqa: E402
+from _startup import COMMON_MODULES, EARLY_CASES, WARM_STARTS  # noqa: E402
 
 EXIT_GRACE_S = 10.0
 """How long a child may take to exit after writing its result before it is killed."""
@@ -82,6 +83,14 @@ class Sizes:
     cpu_tasks: int
     cpu_task_ms: float
     cpu_serial_tasks: int
+    replace_tasks: int
+    """Tasks of the worker-replacement case (forkserver, ``maxtasksperchild=1``)."""
+    script_rounds: int
+    """Interleaved pairs of whole-script runs (and of import-only runs) per sample."""
+    pipe_roundtrips: int
+    """Pickled round trips per sample of the pipe machine limit (after 100 warm-ups)."""
+    raw_rounds: int
+    """Raw pipe round trips per sample (median), after one warm-up."""
     timeout_s: float
     """Per-sample time limit."""
     long_timeout_s: float
@@ -109,6 +118,10 @@ FULL = Sizes(
     cpu_tasks=200,
     cpu_task_ms=20.0,
     cpu_serial_tasks=100,
+    replace_tasks=60,
+    script_rounds=5,
+    pipe_roundtrips=2000,
+    raw_rounds=3,
     timeout_s=60.0,
     long_timeout_s=120.0,
     min_timeout_s=20.0,
@@ -133,6 +146,10 @@ QUICK = Sizes(
     cpu_tasks=40,
     cpu_task_ms=20.0,
     cpu_serial_tasks=20,
+    replace_tasks=60,
+    script_rounds=3,
+    pipe_roundtrips=500,
+    raw_rounds=3,
     timeout_s=20.0,
     long_timeout_s=40.0,
     min_timeout_s=10.0,
@@ -149,6 +166,22 @@ class Case:
     timeout_s: float
     requires: str | None = None
     """A module that must be importable (e.g. numpy), else the case is skipped."""
+    libs: tuple[str, ...] | None = None
+    """The libraries that run it, if not every selected one (a pseudo-library always runs
+    the cases that name it: ``MACHINE``, ``PAIRED``)."""
+    needs: tuple[str, ...] = ()
+    """Machine-limit cases its rows are compared with: run too, whatever ``--only`` says."""
+
+
+@dataclass(frozen=True)
+class Ref:
+    """What a row is also compared with: a machine limit, or another library's cell."""
+
+    case: str
+    lib: str
+    metric: str
+    name: str
+    """Short name shown beside the value, e.g. 'pipe RT'."""
 
 
 @dataclass(frozen=True)
@@ -165,13 +198,27 @@ class Row:
     limit: float | None = None
     unit: str = "s"
     """How raw values are shown: 's' (auto ms/µs/s), 'items', 'bytes' or 'x'."""
+    subject: str = "hookpool"
+    """The library the targets are about: 'hookpool' (ratio to the stdlib Pool) or
+    'hookpool-ppe' (ratio to the stdlib PPE)."""
+    ref: Ref | None = None
+    """Also shown: the reference's value, and subject ÷ reference."""
+    ref_limit: float | None = None
+    """Target for subject ÷ reference (none: for information)."""
 
 
 def build_cases(z: Sizes, cpu: tuple[int, int] | None, timeout: float | None) -> list[Case]:
     t = timeout or z.timeout_s
     long_t = timeout or z.long_timeout_s
+    forkserver = "forkserver" in multiprocessing.get_all_start_methods()
+    machine = (MACHINE,)
     cases = [
-        Case("startup", "startup", {}, t),
+        Case("limit_pipe", "limits", {"rounds": z.pipe_roundtrips, "warmup": 100}, t, libs=machine),
+        Case(
+            "limit_raw", "limits", {"mib": z.transfer_mib, "rounds": z.raw_rounds}, t, libs=machine
+        ),
+        Case("limit_spawn", "limits", {}, t, libs=machine),
+        Case("startup", "startup", {}, t, needs=("limit_spawn",)),
         Case("startup_loaded", "startup", {}, t),
         Case(
             "map_default",
@@ -182,7 +229,13 @@ def build_cases(z: Sizes, cpu: tuple[int, int] | None, timeout: float | None) ->
         Case("map_cs1", "map", {"n": z.map_cs1_n, "chunksize": 1}, t),
         Case("submit", "submit", {"n": z.submit_n}, t),
         Case("latency", "submit", {"samples": z.latency_samples, "idle_s": z.latency_idle_s}, t),
-        Case("latency_busy", "submit", {"samples": z.latency_samples, "idle_s": 0.0}, t),
+        Case(
+            "latency_busy",
+            "submit",
+            {"samples": z.latency_samples, "idle_s": 0.0},
+            t,
+            needs=("limit_pipe",),
+        ),
         Case(
             "imap",
             "imap",
@@ -194,6 +247,7 @@ def build_cases(z: Sizes, cpu: tuple[int, int] | None, timeout: float | None) ->
             "transfer",
             {"kind": "bytes", "mib": z.transfer_mib, "rounds": z.transfer_rounds},
             t,
+            needs=("limit_raw",),
         ),
         Case(
             "transfer_numpy",
@@ -201,9 +255,39 @@ def build_cases(z: Sizes, cpu: tuple[int, int] | None, timeout: float | None) ->
             {"kind": "numpy", "mib": z.transfer_mib, "rounds": z.transfer_rounds},
             t,
             requires="numpy",
+            needs=("limit_raw",),
         ),
         Case("lambda", "lambda", {"n": z.lambda_n, "chunksize": z.lambda_chunksize}, long_t),
+        Case(
+            "script",
+            "script",
+            {"rounds": z.script_rounds, "libs": ["pool", "hookpool"]},
+            t,
+            libs=(PAIRED,),
+        ),
     ]
+    if forkserver:
+        pair = ("pool", "hookpool")
+        options = {"context": "forkserver", "maxtasksperchild": 1}
+        cases += [
+            Case("limit_forkserver", "limits", {}, t, libs=machine),
+            Case(
+                "startup_forkserver",
+                "forkserver",
+                {"context": "forkserver"},
+                t,
+                libs=pair,
+                needs=("limit_forkserver",),
+            ),
+            Case(
+                "replace_forkserver",
+                "forkserver",
+                {"tasks": z.replace_tasks, "pool": options},
+                t,
+                libs=pair,
+                needs=("limit_forkserver",),
+            ),
+        ]
     if cpu is not None:
         loops, expected = cpu
         params = {
@@ -220,8 +304,19 @@ def build_rows(z: Sizes) -> list[Row]:
     def k(n: int) -> str:
         return f"{n // 1000}k" if n % 1000 == 0 and n < 1_000_000 else f"{n / 1e6:g}M"
 
+    pipe = Ref("limit_pipe", MACHINE, "roundtrip", "pipe RT")
+    raw = Ref("limit_raw", MACHINE, "roundtrip", "raw pipe RT")
+    interpreter = Ref("script", PAIRED, "interpreter", "python -c pass")
     return [
-        Row("startup", "startup", "startup → first result", "ratio", 0.9),
+        Row(
+            "startup",
+            "startup",
+            "startup → first result",
+            "ratio",
+            0.9,
+            ref=Ref("limit_spawn", MACHINE, "first", "spawn Process"),
+            ref_limit=1.1,
+        ),
         Row(
             "startup_loaded",
             "startup",
@@ -241,7 +336,14 @@ def build_rows(z: Sizes) -> list[Row]:
             0.6,
         ),
         Row("latency", "latency", "single-task latency, idle pool", "ratio", 0.7),
-        Row("latency_busy", "latency", "same, back to back (no idle time)", "info"),
+        Row(
+            "latency_busy",
+            "latency",
+            "same, back to back (no idle time)",
+            "info",
+            ref=pipe,
+            ref_limit=1.5,
+        ),
         Row(
             "imap",
             "time",
@@ -258,13 +360,41 @@ def build_rows(z: Sizes) -> list[Row]:
             unit="items",
         ),
         Row("imap", "rss_growth", "imap peak parent RSS growth", "info", unit="bytes"),
-        Row("transfer_bytes", "roundtrip", f"{z.transfer_mib} MiB bytes round trip", "ratio", 0.5),
+        Row(
+            "imap",
+            "time",
+            f"executor.map {k(z.imap_n)} lazy items, chunksize={z.imap_chunksize}",
+            "ratio",
+            0.8,
+            subject="hookpool-ppe",
+            ref=Ref("imap", "hookpool", "time", "hookpool Pool.imap"),
+            ref_limit=1.15,
+        ),
+        Row(
+            "imap",
+            "max_ahead",
+            f"executor.map read-ahead, consumer stalls {z.imap_stall_s:g} s",
+            "bounded",
+            0.1 * z.imap_n,
+            unit="items",
+            subject="hookpool-ppe",
+        ),
+        Row(
+            "transfer_bytes",
+            "roundtrip",
+            f"{z.transfer_mib} MiB bytes round trip",
+            "ratio",
+            0.5,
+            ref=raw,
+            ref_limit=1.3,
+        ),
         Row(
             "transfer_numpy",
             "roundtrip",
             f"{z.transfer_mib} MiB numpy array round trip",
             "ratio",
             0.5,
+            ref=raw,
         ),
         Row(
             "lambda",
@@ -280,6 +410,37 @@ def build_rows(z: Sizes) -> list[Row]:
             "speedup",
             1.9,
             unit="x",
+        ),
+        Row(
+            "script",
+            "script",
+            "whole script from outside: import, Pool(2), 1 task, close, exit",
+            "ratio",
+            0.95,
+            ref=interpreter,
+        ),
+        Row(
+            "script",
+            "import",
+            "`from hookpool import Pool` vs `import multiprocessing.pool`",
+            "info",
+            ref=interpreter,
+        ),
+        Row(
+            "startup_forkserver",
+            "startup",
+            "forkserver: startup → first result",
+            "ratio",
+            1.0,
+            ref=Ref("limit_forkserver", MACHINE, "first", "forkserver Process, 1st"),
+        ),
+        Row(
+            "replace_forkserver",
+            "per_task",
+            f"forkserver, maxtasksperchild=1: {z.replace_tasks} tasks, per task",
+            "ratio",
+            1.0,
+            ref=Ref("limit_forkserver", MACHINE, "warm", "forkserver Process"),
         ),
     ]
 
@@ -407,7 +568,7 @@ def run_child(case: Case, lib: str, repeat: int, timeout_s: float, workdir: Path
                 str(HERE / "_main.py"),
                 str(spec_path),
                 LIBRARIES[lib].entry,
-                *([lib] if case.name == "startup" else []),
+                *([lib, case.name] if case.name in EARLY_CASES else []),
             ],
             stdin=subprocess.DEVNULL,
             stdout=log,
@@ -635,6 +796,14 @@ class TableRow:
     ratio_ppe: float | None
     target: str
     verdict: str
+    ref_name: str | None = None
+    ref_value: float | None = None
+    ratio_ref: float | None = None
+    """The row's subject (hookpool, or hookpool PPE) ÷ the reference."""
+
+
+STDLIB_OF = {"hookpool": "pool", "hookpool-ppe": "ppe"}
+"""The standard library's counterpart of each hookpool API: what ``Row.limit`` divides by."""
 
 
 class Report:
@@ -650,30 +819,40 @@ class Report:
         self.libs = libs
         self.results = results
 
+    def source(self, case: str, lib: str, metric: str) -> tuple[Cell | None, str]:
+        """Where ``metric`` of ``lib`` in ``case`` is: a paired case keeps every library's
+        values in the ``PAIRED`` pseudo-library's cell, as ``metric@lib``."""
+        spec = self.cases.get(case)
+        if spec is not None and spec.libs == (PAIRED,) and lib not in PSEUDO:
+            if lib not in spec.params["libs"]:
+                return None, metric
+            return self.results.get(case, {}).get(PAIRED), f"{metric}@{lib}"
+        return self.results.get(case, {}).get(lib), metric
+
     def cell(self, case: str, lib: str) -> Cell | None:
-        return self.results.get(case, {}).get(lib)
+        return self.source(case, lib, "")[0]
 
     def raw(self, case: str, lib: str, metric: str) -> float | None:
-        cell = self.cell(case, lib)
+        cell, name = self.source(case, lib, metric)
         if cell is None or cell.failures:
             return None
-        return cell.value(metric)
+        return cell.value(name)
 
     def cell_text(self, row: Row, lib: str) -> str:
-        cell = self.cell(row.case, lib)
+        cell, name = self.source(row.case, lib, row.metric)
         if cell is None:
             return "—"
         if cell.skipped:
             return cell.skipped
         if (text := cell.failure_text()) is not None:
             return text
-        if row.kind == "lambda" and not cell.count(row.metric):
+        if row.kind == "lambda" and not cell.count(name):
             return "n/a"
-        value = self.raw(row.case, lib, row.metric)
+        value = cell.value(name)
         if value is None:
             return "n/a"
         text = fmt_value(value, row.unit)
-        if cell.count(row.metric) < self.sizes.repeats:
+        if cell.count(name) < self.sizes.repeats:
             text += "*"
         if cell.notes:
             text += "†"
@@ -690,53 +869,78 @@ class Report:
             num, den = den, num
         return num / den if num is not None and den else None
 
-    def target_text(self, row: Row) -> str:
-        if row.kind == "ratio":
-            return f"≤ {row.limit:.1f}"
-        if row.kind == "lambda":
-            return f"≤ {row.limit:.1f} (lambda ÷ function)"
-        if row.kind == "bounded":
-            return f"bounded: ≤ {row.limit:,.0f} items (10% of input)"
-        if row.kind == "speedup":
-            return f"speedup ≥ {row.limit:g}x"
-        return "—"
+    def ratio_ref(self, row: Row) -> float | None:
+        if row.ref is None:
+            return None
+        num = self.raw(row.case, row.subject, row.metric)
+        den = self.raw(row.ref.case, row.ref.lib, row.ref.metric)
+        return num / den if num is not None and den else None
 
-    def verdict(self, row: Row, ratio: float | None) -> str:
-        if row.kind == "info" or row.limit is None:
-            return "—"
-        cell = self.cell(row.case, "hookpool")
+    def target_text(self, row: Row) -> str:
+        of = "" if row.subject == "hookpool" else " (PPE ÷ PPE)"
+        if row.kind == "ratio":
+            text = f"≤ {row.limit:g}{of}"
+        elif row.kind == "lambda":
+            text = f"≤ {row.limit:.1f} (lambda ÷ function)"
+        elif row.kind == "bounded":
+            text = f"bounded: ≤ {row.limit:,.0f} items (10% of input){of.replace(' ÷ PPE', '')}"
+        elif row.kind == "speedup":
+            text = f"speedup ≥ {row.limit:g}x"
+        else:
+            text = ""
+        if row.ref_limit is not None:
+            text += ("; " if text else "") + f"≤ {row.ref_limit:g}x ref"
+        return text or "—"
+
+    def verdict(self, row: Row, ratio: float | None, ratio_ref: float | None) -> str:
+        """'met' or 'missed' for each target, in the order ``target_text`` lists them."""
+        cell = self.cell(row.case, row.subject)
         if cell is None:
             return "—"
         if cell.skipped:
             return "skipped"
         if cell.failures:
             return "FAILED"
-        if row.kind in ("ratio", "lambda"):
-            if ratio is None:
-                return "?"
-            return "met" if ratio <= row.limit else "missed"
-        value = self.raw(row.case, "hookpool", row.metric)
-        if value is None:
-            return "?"
-        if row.kind == "bounded":
-            return "met" if value <= row.limit else "missed"
-        return "met" if value >= row.limit else "missed"
+        verdicts = []
+        if row.kind != "info" and row.limit is not None:
+            if row.kind in ("ratio", "lambda"):
+                met = None if ratio is None else ratio <= row.limit
+            else:
+                value = self.raw(row.case, row.subject, row.metric)
+                if value is None:
+                    met = None
+                elif row.kind == "bounded":
+                    met = value <= row.limit
+                else:
+                    met = value >= row.limit
+            verdicts.append(met)
+        if row.ref_limit is not None:
+            verdicts.append(None if ratio_ref is None else ratio_ref <= row.ref_limit)
+        if not verdicts:
+            return "—"
+        return "; ".join("?" if v is None else "met" if v else "missed" for v in verdicts)
 
     def table(self, rows: list[Row]) -> list[TableRow]:
         out = []
         for row in rows:
             if row.case not in self.cases:
                 continue
-            ratio = self.ratio(row, "hookpool", "pool")
+            ratio = self.ratio(row, row.subject, STDLIB_OF[row.subject])
+            ratio_ref = self.ratio_ref(row)
             out.append(
                 TableRow(
                     label=row.label,
                     cells={lib: self.cell_text(row, lib) for lib in self.libs},
                     values={lib: self.raw(row.case, lib, row.metric) for lib in self.libs},
-                    ratio=ratio,
+                    ratio=ratio if row.subject == "hookpool" else None,
                     ratio_ppe=self.ratio(row, "hookpool-ppe", "ppe"),
                     target=self.target_text(row),
-                    verdict=self.verdict(row, ratio),
+                    verdict=self.verdict(row, ratio, ratio_ref),
+                    ref_name=row.ref.name if row.ref else None,
+                    ref_value=(
+                        self.raw(row.ref.case, row.ref.lib, row.ref.metric) if row.ref else None
+                    ),
+                    ratio_ref=ratio_ref,
                 )
             )
         return out
@@ -771,15 +975,24 @@ def table_grid(report: Report, rows: list[Row]) -> tuple[list[list[str]], list[l
     trows = report.table(rows)
     main = main_columns(report.libs)
     has_hp_ppe = "hookpool-ppe" in main
+    has_ref = any(tr.ref_name for tr in trows)
     header = ["Workload", *(LIBRARIES[lib].title for lib in main), "hookpool / Pool"]
     if has_hp_ppe:
         header.append("hookpool PPE / PPE")
+    if has_ref:
+        header += ["Reference", "hookpool / ref"]
     header += ["Target", "Met"]
     body = []
     for tr in trows:
         line = [tr.label, *(tr.cells[lib] for lib in main), fmt_ratio(tr.ratio)]
         if has_hp_ppe:
             line.append(fmt_ratio(tr.ratio_ppe))
+        if has_ref:
+            if tr.ref_name is None:
+                line += ["", ""]
+            else:
+                value = "n/a" if tr.ref_value is None else fmt_value(tr.ref_value, "s")
+                line += [f"{value} ({tr.ref_name})", fmt_ratio(tr.ratio_ref)]
         line += [tr.target, tr.verdict]
         body.append(line)
     main_grid = [header, *body]
@@ -800,7 +1013,34 @@ def table_grid(report: Report, rows: list[Row]) -> tuple[list[list[str]], list[l
     return main_grid, other_grid
 
 
-LEFT = {"Workload", "Target", "Met"}
+#: The machine limits, as the limits table shows them: (case, metric, what).
+LIMITS = (
+    ("limit_pipe", "roundtrip", "pickled round trip of a tiny object over a pipe (pipe RT)"),
+    ("limit_raw", "roundtrip", "raw round trip of the transfer size over os.pipe (raw pipe RT)"),
+    ("limit_spawn", "first", "bare spawn Process start + join, first in a process"),
+    ("limit_spawn", "warm", f"same, median of the next {WARM_STARTS}"),
+    ("limit_forkserver", "first", "bare forkserver Process start + join, first (server start)"),
+    ("limit_forkserver", "warm", f"same, server running, median of the next {WARM_STARTS}"),
+    ("script", "interpreter", "python -c pass, timed from outside"),
+)
+
+
+def limits_grid(report: Report) -> list[list[str]]:
+    """The machine limits measured in this run (empty if none was)."""
+    body = []
+    for case, metric, what in LIMITS:
+        lib = PAIRED if case == "script" else MACHINE
+        cell = report.results.get(case, {}).get(lib)
+        if cell is None:
+            continue
+        text = cell.failure_text() or (
+            fmt_value(v, "s") if (v := cell.value(metric)) is not None else "n/a"
+        )
+        body.append([what, text, str(cell.count(metric))])
+    return [["Machine limit", "Median", "Samples"], *body] if body else []
+
+
+LEFT = {"Workload", "Target", "Met", "Machine limit"}
 """Columns aligned left; all others hold numbers and are aligned right."""
 
 
@@ -923,6 +1163,13 @@ def render_markdown(
             render_markdown_table(other_grid),
             "",
         ]
+    if limits := limits_grid(report):
+        parts += [
+            "### Machine limits (measured in the same run)",
+            "",
+            render_markdown_table(limits),
+            "",
+        ]
     parts += ["## Method", "", *(f"- {line}" for line in method_lines(report.sizes, quick, cpu))]
     all_notes = notes + report.failures()
     if all_notes:
@@ -997,7 +1244,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def select_libs(requested: list[str] | None, notes: list[str]) -> list[str]:
     libs = []
     for key, lib in LIBRARIES.items():
-        if requested is not None and key not in requested:
+        if key in PSEUDO or (requested is not None and key not in requested):
             continue
         if key == "hookpool-ppe":
             ok, why = probe_hookpool_executor()
@@ -1030,23 +1277,31 @@ class Runner:
         self.done = 0
         self.total = 0
 
+    def case_libs(self, case: Case) -> list[str]:
+        if case.libs is None:
+            return self.libs
+        return [lib for lib in case.libs if lib in PSEUDO or lib in self.libs]
+
     def run(self, cases: list[Case]) -> None:
-        self.total = len(self.libs) * len(cases) * self.sizes.repeats
+        self.total = sum(len(self.case_libs(c)) for c in cases) * self.sizes.repeats
         with tempfile.TemporaryDirectory(prefix="hookpool-bench-") as tmp:
             for case in cases:
                 self.run_case(case, Path(tmp))
 
     def run_case(self, case: Case, workdir: Path) -> None:
-        cells = self.results[case.name] = {lib: Cell() for lib in self.libs}
+        libs = self.case_libs(case)
+        cells = self.results[case.name] = {lib: Cell() for lib in libs}
+        if not libs:
+            return
         if case.requires and importlib.util.find_spec(case.requires) is None:
             for cell in cells.values():
                 cell.skipped = f"skipped ({case.requires} missing)"
             self.notes.append(f"{case.name}: skipped, {case.requires} is not installed")
-            self.done += len(self.libs) * self.sizes.repeats
+            self.done += len(libs) * self.sizes.repeats
             return
         for repeat in range(self.sizes.repeats):
-            shift = repeat % len(self.libs)
-            for lib in self.libs[shift:] + self.libs[:shift]:
+            shift = repeat % len(libs)
+            for lib in libs[shift:] + libs[:shift]:
                 self.done += 1
                 if self.should_run(cells[lib], lib):
                     self.sample(case, lib, repeat, cells, workdir)
@@ -1062,7 +1317,7 @@ class Runner:
 
     def time_limit(self, case: Case, lib: str, cells: dict[str, Cell]) -> tuple[float, str]:
         """The limit for one sample, and how it was chosen (for the failure message)."""
-        if self.fixed_timeout or lib in REFERENCE_LIBS:
+        if self.fixed_timeout or lib in REFERENCE_LIBS or lib in PSEUDO:
             return case.timeout_s, ""
         walls = [
             cells[ref].max_wall_s for ref in REFERENCE_LIBS if ref in cells and cells[ref].samples
@@ -1168,11 +1423,12 @@ def run(args: argparse.Namespace) -> int:
     if not args.only or "cpu" in args.only:
         cpu = calibrate_spin(sizes.cpu_task_ms)
         log(f"CPU task calibrated: spin({cpu[0]:,}) ≈ {sizes.cpu_task_ms:g} ms")
-    cases = [
-        c
-        for c in build_cases(sizes, cpu, args.timeout)
-        if not args.only or c.group in args.only or c.name in args.only
-    ]
+    all_cases = build_cases(sizes, cpu, args.timeout)
+    wanted = {
+        c.name for c in all_cases if not args.only or c.group in args.only or c.name in args.only
+    }
+    wanted |= {need for c in all_cases if c.name in wanted for need in c.needs}
+    cases = [c for c in all_cases if c.name in wanted]
     rows = build_rows(sizes)
 
     runner = Runner(sizes, libs, args.max_timeouts, fixed_timeout=args.timeout is not None)
@@ -1206,11 +1462,15 @@ def run(args: argparse.Namespace) -> int:
     )
     for line in machine_lines(info):
         print("  " + line)
-    print()
-    print(render_text(main_grid))
+    if len(main_grid) > 1:
+        print()
+        print(render_text(main_grid))
     if other_grid:
         print()
         print(render_text(other_grid))
+    if limits := limits_grid(report):
+        print()
+        print(render_text(limits))
     print()
     for line in notes + report.failures():
         print(f"- {line}")
