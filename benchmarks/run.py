@@ -883,7 +883,8 @@ class Report:
         elif row.kind == "lambda":
             text = f"≤ {row.limit:.1f} (lambda ÷ function)"
         elif row.kind == "bounded":
-            text = f"bounded: ≤ {row.limit:,.0f} items (10% of input){of.replace(' ÷ PPE', '')}"
+            whose = "" if row.subject == "hookpool" else ", hookpool PPE"
+            text = f"bounded: ≤ {row.limit:,.0f} items (10% of input{whose})"
         elif row.kind == "speedup":
             text = f"speedup ≥ {row.limit:g}x"
         else:
@@ -1107,6 +1108,31 @@ def method_lines(z: Sizes, quick: bool, cpu: tuple[int, int] | None) -> list[str
         ),
         "Lambda: `lambda x: x * k + 1` closing over a local vs the module function "
         "`x * 3 + 1`; the stdlib cannot pickle lambdas under spawn, so it runs the function only.",
+    ]
+    lines += [
+        "Reference: measured in the same run, each sample in a fresh process; hookpool / ref "
+        "is the row's hookpool value (hookpool PPE on executor rows) ÷ the reference; "
+        "`≤ Nx ref` targets that ratio. pipe RT: median of "
+        f"{z.pipe_roundtrips} back-to-back pickled round trips of a tiny object (an int and a "
+        "function reference) with a spawn child that echoes, over two `os.pipe` pipes. raw "
+        f"pipe RT: {z.transfer_mib} MiB through `os.pipe` to a spawn child and back, no "
+        f"pickling, new buffers on both sides, median of {z.raw_rounds} after a warm-up. "
+        "spawn/forkserver Process: a bare `Process(target=nothing)` start + join, the first "
+        "in a process that has imported only `multiprocessing` (spawn: with the resource "
+        f"tracker's start; forkserver: with the server's), or the median of the next "
+        f"{WARM_STARTS} (forkserver, per task row).",
+        "executor.map: the imap workload's `ProcessPoolExecutor.map(..., chunksize=)` run, "
+        "compared with hookpool's own `Pool.imap` on the same input (reference) and with "
+        "the stdlib PPE (PPE ÷ PPE column).",
+        f"Whole script: `python script.py` timed from outside ({z.script_rounds} interleaved "
+        "pairs per sample, order alternating): the script imports the library, makes a "
+        "2-worker spawn Pool, runs one `apply` of its own function, closes, joins and exits; "
+        "import: `python -c` of `from hookpool import Pool` / `import multiprocessing.pool`, "
+        "paired the same way; reference: `python -c pass`.",
+        "Forkserver: `Pool(2, context='forkserver')` vs the stdlib's forkserver Pool; "
+        "startup as above; then "
+        f"{z.replace_tasks} tasks, `map(chunksize=1)`, with `maxtasksperchild=1` (a new "
+        "worker per task), time per task.",
     ]
     if cpu is not None:
         lines.append(
