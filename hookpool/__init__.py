@@ -17,7 +17,13 @@ TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing in every
 if TYPE_CHECKING:
     from typing import Any
 
-    from ._errors import HookpoolError, PoolTerminatedError, RemoteError, TaskTimeoutError
+    from ._errors import (
+        HookpoolError,
+        PoolTerminatedError,
+        ReentrantCallError,
+        RemoteError,
+        TaskTimeoutError,
+    )
     from ._executor import ProcessPoolExecutor
     from ._identity import WorkerInfo, current_worker
     from ._pool import Pool
@@ -41,6 +47,7 @@ __all__ = [
     "PoolBrokenError",
     "PoolTerminatedError",
     "ProcessPoolExecutor",
+    "ReentrantCallError",
     "RemoteError",
     "RemoteTraceback",
     "ResultEncodingError",
@@ -63,7 +70,14 @@ _HOMES = {
     "WorkerInfo": "._identity",
     "current_worker": "._identity",
     **dict.fromkeys(
-        ["HookpoolError", "PoolTerminatedError", "RemoteError", "TaskTimeoutError"], "._errors"
+        [
+            "HookpoolError",
+            "PoolTerminatedError",
+            "ReentrantCallError",
+            "RemoteError",
+            "TaskTimeoutError",
+        ],
+        "._errors",
     ),
     **dict.fromkeys(
         [

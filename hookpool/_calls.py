@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, InvalidStateError
 
 from . import _protocol as wire
-from ._manager import Task
+from ._engine import Task
 from ._progress import report_map, start
 from ._records import TYPE_CHECKING
 from ._results import ChunkSlot, IMapIterator, MapGather, chunked
@@ -27,7 +27,7 @@ from ._serialize import callable_name, dumps_callable, dumps_data
 if TYPE_CHECKING:
     from typing import Any, TypeVar
 
-    from ._manager import Engine, Outcome
+    from ._engine import DirectOutcome, Engine, Outcome
     from ._progress import ProgressOption
 
     R = TypeVar("R")
@@ -72,9 +72,11 @@ def submit_call(
     outcome: Outcome,
     *,
     timeout: float | None = None,
+    direct: DirectOutcome | None = None,
 ) -> None:
     """Queue ``fn(*args, **kwargs)``, to settle ``outcome`` (a Future, or the lighter
-    ApplyOutcome): attach callbacks to it first, since the task may finish before this
+    ApplyOutcome; ``direct``: the same, if the thread waiting for it may read its answer
+    itself): attach callbacks to it first, since the task may finish before this
     returns. If ``fn`` or an argument cannot be pickled, nothing is queued: ``outcome``
     fails with that error on the manager thread, where its callbacks run for any other
     outcome (a caller holding a lock its error callback takes must not deadlock)."""
@@ -86,7 +88,9 @@ def submit_call(
         manager.call_soon(functools.partial(_fail, outcome, exc))
         return
     name = callable_name(fn)
-    task = Task(wire.CallKind.APPLY, fn_data, args_data, outcome, name, None, timeout, buffers)
+    task = Task(
+        wire.CallKind.APPLY, fn_data, args_data, outcome, name, None, timeout, buffers, direct
+    )
     manager.submit(task)
 
 

@@ -33,7 +33,13 @@ from __future__ import annotations
 import concurrent.futures
 import multiprocessing
 
-__all__ = ["HookpoolError", "PoolTerminatedError", "RemoteError", "TaskTimeoutError"]
+__all__ = [
+    "HookpoolError",
+    "PoolTerminatedError",
+    "ReentrantCallError",
+    "RemoteError",
+    "TaskTimeoutError",
+]
 
 
 class HookpoolError(Exception):
@@ -80,3 +86,9 @@ if not issubclass(TaskTimeoutError, concurrent.futures.TimeoutError):  # pragma:
         concurrent.futures.TimeoutError,
     ):
         """A task ran longer than its timeout: its worker was stopped and replaced."""
+
+
+class ReentrantCallError(HookpoolError, RuntimeError):
+    """A signal handler called the pool while the thread it interrupted was inside the
+    pool's own bookkeeping, in a way that would wait for that bookkeeping to end: a
+    deadlock. ``close()`` and ``terminate()`` are always allowed there."""

@@ -27,8 +27,8 @@ if TYPE_CHECKING:  # at run time, imported with the first executor: see _import_
     from typing import Any, ParamSpec, TypeVar
 
     from ._calls import feed_in_background, lazy_map, submit_call
+    from ._engine import Engine
     from ._errors import TaskTimeoutError
-    from ._manager import Engine
     from ._progress import ProgressOption, total_of
     from ._results import IMapIterator
 

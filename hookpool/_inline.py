@@ -47,8 +47,9 @@ from multiprocessing.process import BaseProcess
 from types import FrameType
 
 from . import _worker
+from ._answers import resolve as _resolve
+from ._engine import Task, refusal
 from ._hooks import Hooks
-from ._manager import Task, _resolve, refusal
 from ._records import TYPE_CHECKING
 from ._serialize import describe, dumps, loads, loads_data
 from ._state import PoolState
@@ -58,7 +59,7 @@ if TYPE_CHECKING:
     from typing import Any
 
     from ._dialect import Dialect
-    from ._manager import Outcome
+    from ._engine import Outcome
 
 __all__ = ["InlineManager"]
 

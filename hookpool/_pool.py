@@ -26,7 +26,7 @@ if TYPE_CHECKING:  # at run time, imported with the first pool: see _import_engi
     from typing import Any, ParamSpec, TypeVar
 
     from ._calls import feed_in_background, lazy_map, submit_call, submit_map
-    from ._manager import Engine
+    from ._engine import Engine
     from ._progress import ProgressOption, total_of
     from ._results import (
         ApplyOutcome,
@@ -173,7 +173,11 @@ class Pool:
         # as the standard library's does.
         outcome: ApplyOutcome[R] = ApplyOutcome(callback, error_callback)
         result = AsyncResult(outcome, owner=self)
-        submit_call(self._manager, func, tuple(args), dict(kwds), outcome, timeout=timeout)
+        # Without callbacks, the thread that waits for it may read its answer itself.
+        direct = outcome if callback is None and error_callback is None else None
+        submit_call(
+            self._manager, func, tuple(args), dict(kwds), outcome, timeout=timeout, direct=direct
+        )
         return result
 
     def submit(self, fn: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs) -> Future[R]:

@@ -62,16 +62,19 @@ __all__ = [
     "FunctionDef",
     "Inbox",
     "InitFailed",
+    "Interrupted",
     "Log",
     "Message",
     "PipeEnd",
     "Ready",
     "Retiring",
+    "SharedFd",
     "Skip",
     "Skipped",
     "Stage",
     "Stop",
     "blob",
+    "first_frame",
     "pipe",
     "scratch_buffer",
     "send",
@@ -205,6 +208,13 @@ class Skipped(NamedTuple):
     task_id: int
 
 
+class Interrupted(NamedTuple):
+    """A stop aimed at this task (cancel, timeout; see ``_workers.StopSlot``) interrupted
+    it: the worker runs nothing more, and leaves through its finalizer."""
+
+    task_id: int
+
+
 class FinalizerFailed(NamedTuple):
     """The finalizer raised; reported in the parent through logging."""
 
@@ -237,6 +247,7 @@ Message = (
     | FinalizerFailed
     | Log
     | Retiring
+    | Interrupted
 )
 
 #: On the wire a message is the tuple ``(tag, *fields)``: pickling a class reference
@@ -253,6 +264,7 @@ _MESSAGE_TYPES: tuple[type[Message], ...] = (
     FinalizerFailed,
     Log,
     Retiring,
+    Interrupted,
 )
 _TAGS: dict[type[Message], int] = {kind: tag for tag, kind in enumerate(_MESSAGE_TYPES)}
 
@@ -283,6 +295,24 @@ def send(conn: Sender, messages: list[Message]) -> None:
     conn.send_bytes(_COUNT[len(views)] + flags + head)
     for view in views:
         conn.send_bytes(view)
+
+
+def first_frame(data: memoryview) -> tuple[int, list[Message] | None]:
+    """The frame at the start of ``data`` (bytes peeked at on a pipe): its length with
+    its header, and its messages if it is all there and carries no out-of-band buffer
+    (else None). A length of 0: not even its header is there."""
+    if len(data) < 4:
+        return 0, None
+    (size,) = _HEADER.unpack_from(data, 0)
+    if size == -1:
+        if len(data) < 12:
+            return 0, None
+        (size,) = _LONG_HEADER.unpack_from(data, 4)
+        return 12 + size, None
+    end = 4 + size
+    if end > len(data) or size == 0 or data[4] != 0:
+        return end, None
+    return end, _decode(data[4:end], [])
 
 
 def pipe() -> tuple[PipeEnd, PipeEnd]:
@@ -356,6 +386,21 @@ class PipeEnd:
     @staticmethod
     def _rebuild(dup: Any) -> PipeEnd:
         return PipeEnd(dup.detach())
+
+
+class SharedFd:
+    """A descriptor handed to a worker as it is spawned, as a Connection's is (the worker
+    gets its own copy); in the worker, ``fd`` is that copy."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return SharedFd._rebuild, (multiprocessing.reduction.DupFd(self.fd),)
+
+    @staticmethod
+    def _rebuild(dup: Any) -> SharedFd:
+        return SharedFd(dup.detach())
 
 
 class Inbox:

@@ -22,6 +22,7 @@ from concurrent.futures import CancelledError, Future, InvalidStateError
 
 from ._errors import PoolTerminatedError
 from ._records import TYPE_CHECKING, Generic, TypeVar
+from ._reentry import check_may_block, critical
 
 if TYPE_CHECKING:
     from typing import Any
@@ -97,7 +98,9 @@ class AsyncResult(Generic[T]):
 
     def wait(self, timeout: float | None = None) -> None:
         """Wait until the result is ready or ``timeout`` seconds pass."""
-        self._settled.wait(timeout)
+        if not self._settled.ready():
+            check_may_block("AsyncResult.wait()")
+            self._settled.wait(timeout)
 
     def get(self, timeout: float | None = None) -> T:
         """Return the result, or raise the task's exception (with the worker's frames).
@@ -107,8 +110,10 @@ class AsyncResult(Generic[T]):
             concurrent.futures.CancelledError: the task was cancelled before it ran
                 (``terminate()`` cancels queued tasks).
         """
-        if not self._settled.wait(timeout):
-            raise multiprocessing.TimeoutError
+        if not self._settled.ready():
+            check_may_block("AsyncResult.get()")
+            if not self._settled.wait(timeout):
+                raise multiprocessing.TimeoutError
         return self._settled.value()
 
 
@@ -343,23 +348,19 @@ class ApplyOutcome(Generic[T]):
         self._mirror: Future[T] | None = None
         self._direct_read: Callable[[float | None], None] | None = None
 
-    # -- the manager's side (``_manager.Outcome``) -----------------------------------------
+    # -- the engine's side (``_engine.DirectOutcome``) ------------------------------------
 
     def offer_direct_read(self, read: Callable[[float | None], None]) -> None:
         """The task went straight to an idle worker: ``read(timeout)`` lets a thread that
-        waits for it read the answer from that worker itself (``Manager._read_directly``).
-        Not with callbacks: they run in the manager's thread, as the standard library
-        runs them in its result thread, never in the thread that waits."""
-        if self._callback is None and self._error_callback is None:
-            self._direct_read = read
+        waits for it read the answer from that worker itself (``_fastpath``). Only
+        offered for outcomes without callbacks: those run in the manager's thread, as the
+        standard library runs them in its result thread, never in the thread that waits."""
+        self._direct_read = read
 
-    def may_settle_here(self) -> bool:
-        """Whether ``settle_here`` would (checked first, to decode the answer only once)."""
-        return self._mirror is None and self._state == _RUNNING
-
+    @critical
     def settle_here(self, value: T | None, error: BaseException | None) -> bool:
-        """Settle from the waiting thread that read the answer (see above). False if a
-        mirror Future exists (its callbacks must not run here): the manager settles."""
+        """Settle from the waiting thread that read the answer. False if a mirror Future
+        exists (its callbacks must not run here): the manager settles."""
         with self._lock:
             if self._mirror is not None or self._state != _RUNNING:
                 return False
@@ -369,9 +370,8 @@ class ApplyOutcome(Generic[T]):
         return True
 
     def complete_settling(self) -> None:
-        """From the manager, once no thread can be settling this any more: finish what a
-        ``settle_here`` that a signal handler interrupted in the main thread left half
-        done (settled, but not ready: its waiters would wait forever)."""
+        """From the manager: finish what a ``settle_here`` that a signal handler cut short
+        left half done (settled, but not ready: its waiters would wait forever)."""
         if self.done() and not self._ready:
             self._finish()
 
@@ -463,14 +463,17 @@ class ApplyOutcome(Generic[T]):
                 return True
             if timeout is not None:
                 timeout = max(0.0, timeout - (time.monotonic() - started))
+        self._waiting_event().wait(timeout)
+        return self._ready
+
+    @critical
+    def _waiting_event(self) -> threading.Event:
         with self._lock:
-            if self._ready:
-                return True
             if self._waiters is None:
                 self._waiters = threading.Event()
-            waiters = self._waiters
-        waiters.wait(timeout)
-        return self._ready
+                if self._ready:
+                    self._waiters.set()
+            return self._waiters
 
     def exception(self) -> BaseException | None:
         return self._error

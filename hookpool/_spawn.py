@@ -14,6 +14,7 @@ Pool``. The engine (the manager, ``concurrent.futures``, ``logging``) is importe
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import multiprocessing
 import multiprocessing.context
@@ -29,7 +30,7 @@ from ._serialize import SpawnedHooks
 
 if TYPE_CHECKING:
     from ._dialect import Dialect
-    from ._manager import Engine
+    from ._engine import Engine
 
 __all__ = [
     "ALLOWED_START_METHODS",
@@ -108,6 +109,8 @@ class StartedWorker(NamedTuple):
     name: str
     process: multiprocessing.process.BaseProcess
     conn: wire.PipeEnd
+    #: The parent's descriptor of the worker's ``_workers.StopSlot``.
+    stop_fd: int
 
 
 class Spawner:
@@ -140,8 +143,15 @@ class Spawner:
         # Read at each spawn: a worker's records at levels the parent's root logger would
         # drop are not even sent.
         level = _root_level() if self.forward_logging else None
+        from ._workers import StopSlot
+
+        stop_fd = StopSlot.create()
         config = _worker.WorkerConfig(
-            number=number, name=name, log_level=level, max_memory=self.max_memory
+            number=number,
+            name=name,
+            log_level=level,
+            max_memory=self.max_memory,
+            stop_slot=wire.SharedFd(stop_fd),
         )
         parent_end, child_end = wire.pipe()
         process = self.context.Process(
@@ -154,10 +164,11 @@ class Spawner:
             process.start()
         except BaseException:
             parent_end.close()
+            os.close(stop_fd)
             raise
         finally:
             child_end.close()
-        return StartedWorker(name, process, parent_end)
+        return StartedWorker(name, process, parent_end, stop_fd)
 
     def start_many(self, count: int) -> list[StartedWorker]:
         """Start ``count`` workers; if one fails to start, kill those already started."""
@@ -273,5 +284,7 @@ def _root_level() -> int:
 def _kill(started: list[StartedWorker]) -> None:
     for worker in started:
         worker.conn.close()
+        with contextlib.suppress(OSError):
+            os.close(worker.stop_fd)
         worker.process.kill()
         worker.process.join(5.0)

@@ -78,6 +78,11 @@ _FINALIZE_PRIORITY = 100  # before multiprocessing's own exit-time finalizers
 #: The exit code of a worker that SIGTERM stopped (after running its finalizer), as a
 #: shell reports a process killed by that signal: the parent can tell why it left.
 SIGTERM_EXIT_CODE = 128 + signal.SIGTERM
+#: The signal of a stop aimed at one task (cancel, timeout): the worker stops the task
+#: named in its stop slot if that is the one it runs (``_workers.StopSlot``). Not SIGTERM,
+#: which stops whatever runs (terminate, or someone outside); a real-time signal where
+#: there are some, which user code hardly ever uses.
+STOP_SIGNAL = signal.SIGRTMIN + 1 if hasattr(signal, "SIGRTMIN") else signal.SIGUSR1
 #: After the parent died, how long the worker has to finish its finalizer (as long as
 #: ``terminate()`` gives it) before it exits regardless.
 ORPHAN_GRACE_SECONDS = 5.0
@@ -100,6 +105,8 @@ class WorkerConfig(NamedTuple):
     log_level: int | None
     #: ``max_memory_per_child`` in bytes, or None: do not measure.
     max_memory: int | None = None
+    #: Which task a ``STOP_SIGNAL`` is for (``_workers.StopSlot``).
+    stop_slot: wire.SharedFd | None = None
 
 
 class _StopWorker(SystemExit):
@@ -144,12 +151,18 @@ class _Worker:
         self.writer: int | None = None
         self.queued_sends: collections.deque[wire.Message] = collections.deque()
         self.stop_after_write = False  # SIGTERM arrived while the main thread was writing
+        # The task the main thread runs (from before it unpickles it until it answered),
+        # and one a SIGTERM was aimed at before it started: it is skipped when it comes.
+        self.current_task = 0
+        self.skip_target = 0
+        self.stop_slot = -1 if config.stop_slot is None else config.stop_slot.fd
 
     # -- lifecycle ---------------------------------------------------------------------
 
     def run(self, spawned: SpawnedHooks) -> None:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, self._on_sigterm)
+        signal.signal(STOP_SIGNAL, self._on_aimed_stop)
         self._watch_parent()
         _identity.set_process_title(self.config.name)
         if self.config.max_memory is not None:
@@ -229,7 +242,14 @@ class _Worker:
             if type(message) is wire.Call:
                 if self.retired:
                     continue  # not run, not answered: the manager puts it back in its queue
-                if message.task_id in self.skipped:
+                # First the current task, then the skip target: a SIGTERM aimed at this
+                # task in between sees it as current (and stops it), or set the target.
+                skip = message.task_id in self.skipped
+                if not skip:
+                    self.current_task = message.task_id
+                    skip = message.task_id == self.skip_target
+                if skip:
+                    self.current_task = 0
                     self.skipped.discard(message.task_id)
                     if not isinstance(message.fn, int):  # later calls refer to it
                         self._define(message.fn)
@@ -269,6 +289,10 @@ class _Worker:
                 self.phase = _Phase.BUSY
             del fn, args
         except _StopWorker:
+            # Stopped in the middle of it: say so, so that the manager can settle it now
+            # (the finalizer may take a while), then leave.
+            with contextlib.suppress(OSError, EOFError):
+                self._send(wire.Interrupted(call.task_id))
             raise
         except BaseException as exc:
             # A SystemExit, from the task or from unpickling it: the worker leaves (its
@@ -293,6 +317,8 @@ class _Worker:
     def _answer(self, message: wire.Done | wire.Failed) -> None:
         # Counted as the manager counts them (for maxtasksperchild): every answered Call.
         self.identity.tasks_done += 1
+        # Answered: a stop aimed at it from now on comes too late, and stops nothing.
+        self.current_task = 0
         self._send(message)
 
     def _measure(self) -> int | None:
@@ -369,6 +395,15 @@ class _Worker:
 
     # -- signals and the parent --------------------------------------------------------
 
+    def _on_aimed_stop(self, signum: int, frame: FrameType | None) -> None:
+        target = self._stop_target()
+        if target != self.current_task:
+            # Aimed at a task this worker has finished, or not started yet (then it is
+            # skipped when it comes): not a stop of this one.
+            self.skip_target = target
+            return
+        self._on_sigterm(signum, frame)
+
     def _on_sigterm(self, signum: int, frame: FrameType | None) -> None:
         self.stop_requested = True
         self.identity.leave("stopped")
@@ -376,6 +411,13 @@ class _Worker:
             self.stop_after_write = True  # raising now would cut a frame in half
             return
         self._honour_stop()
+
+    def _stop_target(self) -> int:
+        """The task an aimed stop is for (0: none, never a task's id)."""
+        try:
+            return int.from_bytes(os.pread(self.stop_slot, 8, 0), "little")
+        except OSError:
+            return 0
 
     def _honour_stop(self) -> None:
         """Raise the requested stop if the main thread is where it may be raised."""

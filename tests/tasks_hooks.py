@@ -91,6 +91,14 @@ def wait_ready(pool: Any, n: int) -> None:
     wait_for(ready, what=f"{n} ready workers")
 
 
+def parked(pool: Any) -> int:
+    """How many of the pool's workers are parked: idle, the manager asleep, so that a
+    task goes straight to one (``hookpool._fastpath``)."""
+    from hookpool._workers import WorkerState
+
+    return sum(1 for w in list(pool._manager._workers) if w.state is WorkerState.PARKED)
+
+
 # -- a per-worker sqlite writer --------------------------------------------------------
 
 _db: dict[str, Any] = {}

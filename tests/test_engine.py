@@ -35,6 +35,7 @@ from tasks import (
     square,
 )
 from tasks_crash import exit_abruptly_once
+from tasks_hooks import parked
 from test_facades import wait_for
 
 import hookpool
@@ -472,7 +473,7 @@ def test_a_maps_first_chunks_go_straight_to_the_idle_workers(
 
     pool = make_pool(2)
     pool.map(square, range(4), 1)  # both workers up, then idle: parked
-    wait_for(lambda: len(pool._manager._parked) == 2, what="both workers parked")
+    wait_for(lambda: parked(pool) == 2, what="both workers parked")
     real_send = wire.send
     writers: list[tuple[str, int]] = []
 
@@ -514,7 +515,7 @@ def test_ctrl_c_while_a_map_writes_its_first_chunk(
 
     pool = make_pool(2)
     pool.map(square, range(4), 1)
-    wait_for(lambda: len(pool._manager._parked) == 2, what="both workers parked")
+    wait_for(lambda: parked(pool) == 2, what="both workers parked")
     restore = _interrupt_writes_from_the_main_thread(monkeypatch)
     with pytest.raises(KeyboardInterrupt):
         pool.map(tasks_exec.write_marker, [str(tmp_path / f"m{i}") for i in range(10)], 1)

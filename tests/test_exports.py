@@ -27,6 +27,7 @@ PUBLIC = {
     "PoolBrokenError",
     "PoolTerminatedError",
     "ProcessPoolExecutor",
+    "ReentrantCallError",
     "RemoteError",
     "RemoteTraceback",
     "ResultEncodingError",

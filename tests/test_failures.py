@@ -560,7 +560,7 @@ def test_manager_internal_error_fails_running_and_queued_tasks(
     with caplog.at_level(logging.ERROR, logger="hookpool"):
         trigger = pool.submit(tasks.square, 0)  # queued behind: wakes the manager
         pool._manager._commands.append(lambda: broken_result(None, None, None))
-        pool._manager._wake()
+        pool._manager.wake()
         for future in [running, *queued, trigger]:
             with pytest.raises(hookpool.PoolBrokenError) as info:
                 future.result(timeout=30)

@@ -1,0 +1,97 @@
+"""Signal handlers that call back into the pool: allowed, or refused with a clear error;
+never a deadlock.
+
+Python runs a signal handler in the main thread, between two bytecodes of whatever that
+thread was running: possibly hookpool's own bookkeeping, holding the engine's lock or in
+the middle of reading a worker's answer. A handler that then waited for the pool (``get``,
+``apply``, ``join``, a ``cancel`` that waits for its outcome) would wait for something only
+the interrupted frame can finish.
+
+So the functions that hold such state in a caller's thread are marked ``@critical``, and
+a call that could end up waiting checks first (``check_may_block``) whether the thread's
+stack holds one of them: from a handler that interrupted one, it raises
+``ReentrantCallError`` instead. The check looks at the stack itself, not at a flag the
+critical function sets: a flag could be left behind by an exception raised at the wrong
+moment (a handler raising KeyboardInterrupt), the stack cannot. Only the main thread runs
+signal handlers, so only there is the stack looked at.
+
+``close()`` and ``terminate()`` never wait for the interrupted frame, and are always
+allowed: the engine's lock is re-entrant, and they only change the state and wake the
+manager thread. Everywhere else (a handler that interrupted user code, or a wait for a
+result) every call works.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+import threading
+from collections.abc import Callable
+from types import CodeType
+
+from ._errors import ReentrantCallError
+from ._records import TYPE_CHECKING, TypeVar
+
+if TYPE_CHECKING:
+    from typing import Any
+
+__all__ = ["check_may_block", "critical", "depth", "reentered"]
+
+F = TypeVar("F", bound=Callable[..., object])
+
+_CRITICAL: set[CodeType] = set()
+_MAIN_THREAD = threading.main_thread().ident
+
+
+class _Depth(threading.local):
+    #: How many ``@critical`` functions this thread is inside, as counted by their own
+    #: ``depth.value += 1`` (before the work) and ``-= 1`` (in a ``finally``). A signal
+    #: handler raising between the two may leave it too high, never too low: so 0 is
+    #: trusted at once, and anything else is checked against the stack (and repaired).
+    value = 0
+
+
+depth = _Depth()
+
+
+def critical(function: F) -> F:
+    """Mark ``function`` as holding engine state that a signal handler must not wait on.
+    It counts itself in ``depth`` while it runs."""
+    _CRITICAL.add(function.__code__)
+
+    @functools.wraps(function)
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        depth.value += 1
+        try:
+            return function(*args, **kwargs)
+        finally:
+            depth.value = max(0, depth.value - 1)
+
+    return counted  # type: ignore[return-value]
+
+
+def reentered() -> bool:
+    """Whether the function calling this was called from a signal handler that
+    interrupted a ``@critical`` function: one is on the main thread's stack below it."""
+    if not depth.value or threading.get_ident() != _MAIN_THREAD:
+        return False
+    frame = sys._getframe(2)  # the caller's caller: documented in the sys module
+    critical_code = _CRITICAL
+    while frame is not None:
+        if frame.f_code in critical_code:
+            return True
+        frame = frame.f_back  # type: ignore[assignment]
+    depth.value = 0  # left behind by an interrupted count: there is none below
+    return False
+
+
+def check_may_block(what: str) -> None:
+    """Raise ``ReentrantCallError`` if ``what`` comes from a signal handler that
+    interrupted the pool's bookkeeping, which it would wait for."""
+    if reentered():
+        raise ReentrantCallError(
+            f"{what} was called from a signal handler that interrupted this thread inside "
+            f"hookpool's own bookkeeping, which it would wait for: a deadlock. In a signal "
+            f"handler, set a flag (or call close() or terminate(), which are always "
+            f"allowed) and call the pool after the handler has returned"
+        )
