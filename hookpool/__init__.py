@@ -26,8 +26,9 @@ if TYPE_CHECKING:
     )
     from ._executor import ProcessPoolExecutor
     from ._identity import WorkerInfo, current_worker
+    from ._imap import IMapIterator
     from ._pool import Pool
-    from ._results import AsyncResult, IMapIterator, MapResult
+    from ._results import AsyncResult, MapResult
     from ._std_errors import (
         InitializerError,
         PoolBrokenError,
@@ -63,7 +64,7 @@ __version__ = "0.1.0"
 
 _HOMES = {
     "AsyncResult": "._results",
-    "IMapIterator": "._results",
+    "IMapIterator": "._imap",
     "MapResult": "._results",
     "Pool": "._pool",
     "ProcessPoolExecutor": "._executor",

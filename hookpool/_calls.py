@@ -19,9 +19,10 @@ from concurrent.futures import Future, InvalidStateError
 
 from . import _protocol as wire
 from ._engine import Task
+from ._imap import IMapIterator, chunked
 from ._progress import report_map, start
 from ._records import TYPE_CHECKING
-from ._results import ChunkSlot, IMapIterator, MapGather, chunked
+from ._results import ChunkSlot, MapGather
 from ._serialize import callable_name, dumps_callable, dumps_data
 
 if TYPE_CHECKING:

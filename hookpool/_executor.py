@@ -29,8 +29,8 @@ if TYPE_CHECKING:  # at run time, imported with the first executor: see _import_
     from ._calls import feed_in_background, lazy_map, submit_call
     from ._engine import Engine
     from ._errors import TaskTimeoutError
+    from ._imap import IMapIterator
     from ._progress import ProgressOption, total_of
-    from ._results import IMapIterator
 
     R = TypeVar("R")
     P = ParamSpec("P")
@@ -246,5 +246,5 @@ def _import_engine() -> None:
     global feed_in_background, lazy_map, submit_call, TaskTimeoutError, total_of, IMapIterator
     from ._calls import feed_in_background, lazy_map, submit_call
     from ._errors import TaskTimeoutError
+    from ._imap import IMapIterator
     from ._progress import total_of
-    from ._results import IMapIterator

@@ -198,8 +198,10 @@ class FastPath:
             return False
         worker.borrower = token
         self._poller.mute(worker.conn.fileno())
-        with contextlib.suppress(OSError):  # drain a nudge left from an earlier lend
-            os.eventfd_read(worker.nudge)
+        if worker.nudged:  # drain the nudge of an earlier take-back
+            worker.nudged = False
+            with contextlib.suppress(OSError):
+                os.eventfd_read(worker.nudge)
         return True
 
     @critical
@@ -247,7 +249,10 @@ class FastPath:
             return None
         if not data:
             return None  # it is leaving: the manager sees to it
-        length, messages = wire.first_frame(memoryview(data))
+        try:
+            length, messages = wire.first_frame(memoryview(data))
+        except Exception:  # not a frame we can read: the manager's reader decides
+            return None
         if messages is None:  # not whole yet, or too large, or with out-of-band buffers
             return _NOT_YET if length == 0 or len(data) < length <= PEEK_BYTES else None
         if len(messages) != 1:
@@ -303,5 +308,6 @@ class FastPath:
 
 def _nudge(worker: WorkerHandle) -> None:
     """Wake a thread that may be polling ``worker``'s pipe as a borrower."""
+    worker.nudged = True
     with contextlib.suppress(OSError):
         os.eventfd_write(worker.nudge, 1)

@@ -27,15 +27,9 @@ if TYPE_CHECKING:  # at run time, imported with the first pool: see _import_engi
 
     from ._calls import feed_in_background, lazy_map, submit_call, submit_map
     from ._engine import Engine
+    from ._imap import IMapIterator, chunked
     from ._progress import ProgressOption, total_of
-    from ._results import (
-        ApplyOutcome,
-        AsyncResult,
-        IMapIterator,
-        MapResult,
-        chunked,
-        outcome_of,
-    )
+    from ._results import ApplyOutcome, AsyncResult, MapResult, outcome_of
 
     T = TypeVar("T")
     R = TypeVar("R")
@@ -466,5 +460,6 @@ def _import_engine() -> None:
     from concurrent.futures import Future
 
     from ._calls import feed_in_background, lazy_map, submit_call, submit_map
+    from ._imap import IMapIterator, chunked
     from ._progress import total_of
-    from ._results import ApplyOutcome, AsyncResult, IMapIterator, MapResult, chunked, outcome_of
+    from ._results import ApplyOutcome, AsyncResult, MapResult, outcome_of

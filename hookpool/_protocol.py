@@ -509,6 +509,11 @@ class FrameReader:
         self._big_filled = 0
         self._frames: list[bytes | bytearray] = []  # complete frames of a partial batch
 
+    @property
+    def between_frames(self) -> bool:
+        """Nothing of a frame is held back: the pipe's next byte starts a frame."""
+        return not self._buffer and self._big is None and not self._frames
+
     def read(self, scratch: memoryview | None = None) -> list[Message]:
         """Call when the connection is readable. Raises EOFError when it is closed.
 

@@ -130,6 +130,8 @@ class WorkerHandle:
         #: An eventfd the manager signals as it takes the worker back, so that a borrower
         #: polling the pipe wakes; -1 where workers are not lent (no epoll).
         self.nudge = -1
+        #: The nudge was signalled and not drained since.
+        self.nudged = False
 
     def __repr__(self) -> str:
         return f"<WorkerHandle {self.name} pid={self.pid} {self.state.value}>"

@@ -17,6 +17,7 @@ from faces import Face, MakeFace
 from tasks_api import LOST_WAKEUP, LostWakeupWatchdog
 
 import hookpool
+import hookpool._events
 import hookpool._manager
 
 HERE = Path(__file__).parent
@@ -25,7 +26,7 @@ HERE = Path(__file__).parent
 @pytest.fixture(autouse=True)
 def _short_grace(monkeypatch: pytest.MonkeyPatch) -> None:
     """Keep terminate's finalizer grace period short in tests (it is a module constant)."""
-    monkeypatch.setattr(hookpool._manager, "TERMINATE_GRACE_SECONDS", 3.0)
+    monkeypatch.setattr(hookpool._events, "TERMINATE_GRACE_SECONDS", 3.0)
 
 
 @pytest.fixture

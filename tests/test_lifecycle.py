@@ -32,6 +32,7 @@ from tasks_hooks import (
 )
 
 import hookpool
+import hookpool._events
 import hookpool._manager
 
 MakePool = Callable[..., hookpool.Pool]
@@ -148,7 +149,7 @@ def test_recycling_then_terminate(make_pool: MakePool, tmp_path: Path) -> None:
 
 @pytest.fixture
 def short_grace(monkeypatch: pytest.MonkeyPatch) -> float:
-    monkeypatch.setattr(hookpool._manager, "TERMINATE_GRACE_SECONDS", 0.5)
+    monkeypatch.setattr(hookpool._events, "TERMINATE_GRACE_SECONDS", 0.5)
     return 0.5
 
 
@@ -325,6 +326,7 @@ def test_garbage_collected_pool(tmp_path: Path, busy: bool) -> None:
 EXIT_SCRIPT = """
 import sys, time
 import hookpool
+import hookpool._events
 import tasks, tasks_hooks
 
 if __name__ == "__main__":
@@ -362,6 +364,7 @@ def test_parent_exits_without_closing(tmp_path: Path, busy: str) -> None:
 DRAIN_DEATH_SCRIPT = """
 import os, time
 import hookpool
+import hookpool._events
 
 def die_later(seconds):
     time.sleep(seconds)
@@ -401,6 +404,7 @@ def kill_if_worker(p: int) -> None:
 KILLED_SCRIPT = """
 import os, sys, time
 import hookpool
+import hookpool._events
 import tasks, tasks_hooks
 
 if __name__ == "__main__":

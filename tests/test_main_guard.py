@@ -12,12 +12,13 @@ from pathlib import Path
 import pytest
 from conftest import assert_gone, run_script
 
+import hookpool._events
 import hookpool._manager
 
 PROCESSES = 2
 #: The initial workers, plus the few replacements hookpool allows for workers that die
 #: while starting, before it declares the pool broken.
-MAX_WORKERS = PROCESSES + getattr(hookpool._manager, "STARTUP_FAILURES_TO_BREAK", 1)
+MAX_WORKERS = PROCESSES + getattr(hookpool._events, "STARTUP_FAILURES_TO_BREAK", 1)
 
 # Every process that imports the script leaves a marker: the parent, and each worker
 # (which re-imports the main script as __mp_main__ under spawn).

@@ -16,6 +16,7 @@ from conftest import assert_gone
 from tasks_hooks import sqlite_add, sqlite_flush, sqlite_flush_slow, sqlite_open
 
 import hookpool
+import hookpool._events
 import hookpool._manager
 
 MakePool = Callable[..., hookpool.Pool]
@@ -143,7 +144,7 @@ def test_slow_flush_on_close_join(
     make_pool: MakePool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A flush slower than terminate's grace period still completes on close()+join()."""
-    monkeypatch.setattr(hookpool._manager, "TERMINATE_GRACE_SECONDS", 0.5)
+    monkeypatch.setattr(hookpool._events, "TERMINATE_GRACE_SECONDS", 0.5)
     path = make_db(tmp_path)
     pool = make_pool(
         2,

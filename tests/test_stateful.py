@@ -20,6 +20,7 @@ from hypothesis import HealthCheck, settings
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 import hookpool
+import hookpool._events
 import hookpool._manager
 
 #: What a settled future may be, and how many times its task may have started.
@@ -129,4 +130,4 @@ TestPoolUnderFire.settings = settings(
 
 @pytest.fixture(autouse=True)
 def _quick_stop(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(hookpool._manager, "TERMINATE_GRACE_SECONDS", 2.0)
+    monkeypatch.setattr(hookpool._events, "TERMINATE_GRACE_SECONDS", 2.0)
