@@ -60,9 +60,8 @@ def run_scenario(
 def _text(expired: subprocess.TimeoutExpired) -> str:
     parts = []
     for name, data in (("stdout", expired.stdout), ("stderr", expired.stderr)):
-        if isinstance(data, bytes):
-            data = data.decode(errors="replace")
-        parts.append(f"--- {name}\n{(data or '')[-4000:]}")
+        text = data.decode(errors="replace") if isinstance(data, bytes) else (data or "")
+        parts.append(f"--- {name}\n{text[-4000:]}")
     return "\n".join(parts)
 
 
