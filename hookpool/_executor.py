@@ -31,6 +31,7 @@ if TYPE_CHECKING:  # at run time, imported with the first executor: see _import_
     from ._errors import TaskTimeoutError
     from ._imap import IMapIterator
     from ._progress import ProgressOption, total_of
+    from ._reentry import GuardedFuture
 
     R = TypeVar("R")
     P = ParamSpec("P")
@@ -116,7 +117,7 @@ class ProcessPoolExecutor(concurrent.futures.Executor):
             RuntimeError: after ``shutdown()``.
             hookpool.PoolBrokenError: (a ``BrokenProcessPool``) if the initializer failed.
         """
-        future: Future[R] = Future()
+        future: Future[R] = GuardedFuture()
         submit_call(self._manager, fn, args, kwargs, future, timeout=self._task_timeout)
         return future
 
@@ -208,7 +209,8 @@ class ProcessPoolExecutor(concurrent.futures.Executor):
     def cancel(self, future: Future[Any]) -> bool:
         """Cancel a task. A queued one never runs. A running one is stopped on request:
         its worker is interrupted (running its finalizer), replaced, and the future fails
-        with ``concurrent.futures.CancelledError``. False if it already finished.
+        with ``concurrent.futures.CancelledError``. False if it finished first (its
+        result stands): for a running task it waits, boundedly, to know which.
         """
         return self._manager.cancel(future)
 
@@ -244,7 +246,9 @@ def _import_engine() -> None:
     """Import what the methods run on when an executor is made, not with this module: as
     ``_pool._import_engine``, for the workers that re-import the user's main script."""
     global feed_in_background, lazy_map, submit_call, TaskTimeoutError, total_of, IMapIterator
+    global GuardedFuture
     from ._calls import feed_in_background, lazy_map, submit_call
     from ._errors import TaskTimeoutError
     from ._imap import IMapIterator
     from ._progress import total_of
+    from ._reentry import GuardedFuture

@@ -165,27 +165,32 @@ class FastPath:
         """Borrow ``worker`` and read the answer to ``task`` here. Returns once the task
         is settled, or once reading here ends (the timeout; the manager took the worker
         back; the answer is not one to read here): the caller then waits as usual."""
+        message = task.answer
+        if message is not None:  # taken by a read that a signal handler (this?) cut short
+            if not task.future.done():
+                self._settle(task, worker.name, message)
+            return
         token = object()
-        with self._lock:
-            lent = self._lend(worker, task, token)
-        if not lent:
+        if not self._lend(worker, task, token):
             return
         try:
             message = self._wait_for_answer(worker, task, token, timeout)
         except BaseException:  # a signal handler raised: the manager carries on
-            with self._lock:
-                self._return(worker, token)
+            self._return(worker, token)
             if task.answer is not None:  # taken, not settled
                 self._leave_to_manager(task, worker.name, None)
             raise
         if message is None:
-            with self._lock:
-                self._return(worker, token)
+            self._return(worker, token)
             return
         self._settle(task, worker.name, message)
 
     @critical
     def _lend(self, worker: WorkerHandle, task: Task, token: object) -> bool:
+        with self._lock:
+            return self._lend_locked(worker, task, token)
+
+    def _lend_locked(self, worker: WorkerHandle, task: Task, token: object) -> bool:
         if (
             not self.sleeping
             or worker.state is not WorkerState.DIRECT
@@ -207,9 +212,10 @@ class FastPath:
     @critical
     def _return(self, worker: WorkerHandle, token: object) -> None:
         """Give the worker back to the manager's watch, answer unread."""
-        if worker.borrower is token:
-            worker.borrower = None
-            self._poller.unmute(worker.conn.fileno())
+        with self._lock:
+            if worker.borrower is token:
+                worker.borrower = None
+                self._poller.unmute(worker.conn.fileno())
 
     def _wait_for_answer(
         self, worker: WorkerHandle, task: Task, token: object, timeout: float | None
@@ -227,17 +233,20 @@ class FastPath:
                 if wait <= 0:
                     return None
             poller.poll(math.ceil(wait * 1000))
-            with self._lock:
-                taken = self._take_answer(worker, task, token)
+            taken = self._take_answer(worker, task, token)
             if taken is not _NOT_YET:
                 return taken  # type: ignore[return-value]
             time.sleep(0.00005)  # (only when part of a frame is there: the rest is coming)
 
     @critical
     def _take_answer(self, worker: WorkerHandle, task: Task, token: object) -> object:
-        """Under the lock: the answer to ``task``, if it is whole at the head of the pipe
-        (counted, consumed, the worker parked again); ``_NOT_YET``; or None: reading here
-        ends (taken back, or the manager must read what comes)."""
+        """The answer to ``task``, if it is whole at the head of the pipe (counted,
+        consumed, the worker parked again); ``_NOT_YET``; or None: reading here ends
+        (taken back, or the manager must read what comes)."""
+        with self._lock:
+            return self._take_answer_locked(worker, task, token)
+
+    def _take_answer_locked(self, worker: WorkerHandle, task: Task, token: object) -> object:
         sock = worker.socket
         if worker.borrower is not token or sock is None:
             return None
@@ -283,10 +292,11 @@ class FastPath:
             and (maxtasks is None or worker.tasks_done < maxtasks)
         )
 
-    @critical
     def _settle(self, task: Task, worker_name: str, message: wire.Done | wire.Failed) -> None:
         """Settle ``task`` from its answer, in the thread that read it; what cannot be
-        settled here, or is cut short, the manager settles (``unsettled``)."""
+        settled here, or is cut short, the manager settles (``unsettled``). Not
+        ``@critical``: a signal handler may call the pool while the value is unpickled
+        (user code); one that waits for this very task settles it itself (``read``)."""
         assert task.direct is not None
         decoded: tuple[Any, BaseException | None] | None = None
         try:

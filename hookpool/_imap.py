@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future
 
 from ._records import TYPE_CHECKING, TypeVar
+from ._reentry import check_may_block
 
 if TYPE_CHECKING:
     from typing import Any
@@ -157,10 +158,12 @@ class IMapIterator(Iterator[T]):
         if self._ordered:
             future = self._pending[0]
             if not future.done():  # (wait() costs more than the check, even when done)
+                check_may_block("next() on a lazy map")
                 concurrent.futures.wait([future], timeout)
                 if not future.done():
                     raise multiprocessing.TimeoutError
             return self._pending.popleft()
+        check_may_block("next() on a lazy map")
         try:
             future = self._done.get(timeout=timeout)
         except queue.Empty:

@@ -54,7 +54,7 @@ from ._events import REAP_SECONDS, TERMINATE_GRACE_SECONDS, WorkerEvents
 from ._fastpath import FastPath
 from ._poller import Poller
 from ._records import TYPE_CHECKING
-from ._reentry import check_may_block, critical, reentered
+from ._reentry import critical, reentered
 from ._state import PoolState
 from ._workers import WorkerHandle, WorkerState
 
@@ -171,14 +171,15 @@ class Manager(WorkerEvents):
     def queued(self) -> bool:
         return bool(self._queue)
 
+    @critical
     def submit(self, task: Task, *, while_closing: bool = False) -> None:
         """Queue ``task``, or send it to a parked worker. Raises if the pool does not
-        accept tasks, or if called from a signal handler that interrupted the pool."""
-        check_may_block("submitting a task")
-        self._submit(task, while_closing)
+        accept tasks.
 
-    @critical
-    def _submit(self, task: Task, while_closing: bool) -> None:
+        From a signal handler that interrupted this thread in the middle of a submit
+        (or another ``@critical`` function), it queues the task: the lock is re-entrant,
+        and every step here leaves the state whole. What a handler must not do there is
+        wait for the result (``_reentry``)."""
         with self.lock:
             state = self._state
             if not state.accepts(while_closing=while_closing):
@@ -189,14 +190,10 @@ class Manager(WorkerEvents):
             self._queue.append(task)
         self.wake()
 
+    @critical
     def submit_many(self, tasks: list[Task], *, while_closing: bool = False) -> None:
         """Queue several tasks at once (one lock, one wake-up); the first ones go straight
         to the parked workers, as with ``submit``."""
-        check_may_block("submitting tasks")
-        self._submit_many(tasks, while_closing)
-
-    @critical
-    def _submit_many(self, tasks: list[Task], while_closing: bool) -> None:
         with self.lock:
             state = self._state
             if not state.accepts(while_closing=while_closing):

@@ -29,6 +29,7 @@ if TYPE_CHECKING:  # at run time, imported with the first pool: see _import_engi
     from ._engine import Engine
     from ._imap import IMapIterator, chunked
     from ._progress import ProgressOption, total_of
+    from ._reentry import GuardedFuture
     from ._results import ApplyOutcome, AsyncResult, MapResult, outcome_of
 
     T = TypeVar("T")
@@ -180,7 +181,7 @@ class Pool:
         Usable with ``concurrent.futures.as_completed`` and ``wait``, and with
         ``asyncio.wrap_future``. Cancelling it while it is still queued means it never runs.
         """
-        future: Future[R] = Future()
+        future: Future[R] = GuardedFuture()
         submit_call(self._manager, fn, args, kwargs, future, timeout=self._task_timeout)
         future._hookpool_pool = self  # type: ignore[attr-defined]  # keeps the pool alive
         return future
@@ -362,7 +363,8 @@ class Pool:
     def cancel(self, task: AsyncResult[Any] | Future[Any]) -> bool:
         """Cancel a task. A queued one never runs. A running one is stopped on request:
         its worker is interrupted (running its finalizer), replaced, and the task fails
-        with ``concurrent.futures.CancelledError``. Returns False if it already finished.
+        with ``concurrent.futures.CancelledError``. Returns False if it finished first
+        (its result stands): for a running task it waits, boundedly, to know which.
         """
         futures = task.tasks if isinstance(task, AsyncResult) else [outcome_of(task)]
         return any([self._manager.cancel(future) for future in futures])
@@ -455,11 +457,10 @@ def _import_engine() -> None:
     with ``concurrent.futures``) would cost each worker some 10 ms of start-up, for code
     that only ever runs in the parent. See ``_spawn`` for the manager's part.
     """
-    global Future, feed_in_background, lazy_map, submit_call, submit_map, total_of
+    global GuardedFuture, feed_in_background, lazy_map, submit_call, submit_map, total_of
     global ApplyOutcome, AsyncResult, IMapIterator, MapResult, chunked, outcome_of
-    from concurrent.futures import Future
-
     from ._calls import feed_in_background, lazy_map, submit_call, submit_map
     from ._imap import IMapIterator, chunked
     from ._progress import total_of
+    from ._reentry import GuardedFuture
     from ._results import ApplyOutcome, AsyncResult, MapResult, outcome_of

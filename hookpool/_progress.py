@@ -40,6 +40,7 @@ from collections.abc import Callable, Iterable, Sized
 from concurrent.futures import Future
 
 from ._records import TYPE_CHECKING
+from ._reentry import GuardedFuture
 
 if TYPE_CHECKING:
     from typing import Any, Protocol
@@ -181,7 +182,7 @@ def report_map(
     final report: a caller waiting on it sees the bar closed. A slow callback delays
     only this map's result, never the pool.
     """
-    settled: Future[list[Any]] = Future()
+    settled: Future[list[Any]] = GuardedFuture()
     settled.set_running_or_notify_cancel()
 
     def report() -> None:

@@ -27,6 +27,7 @@ import functools
 import sys
 import threading
 from collections.abc import Callable
+from concurrent.futures import Future
 from types import CodeType
 
 from ._errors import ReentrantCallError
@@ -35,9 +36,10 @@ from ._records import TYPE_CHECKING, TypeVar
 if TYPE_CHECKING:
     from typing import Any
 
-__all__ = ["check_may_block", "critical", "depth", "reentered"]
+__all__ = ["GuardedFuture", "check_may_block", "critical", "depth", "reentered"]
 
 F = TypeVar("F", bound=Callable[..., object])
+T = TypeVar("T")
 
 _CRITICAL: set[CodeType] = set()
 _MAIN_THREAD = threading.main_thread().ident
@@ -95,3 +97,19 @@ def check_may_block(what: str) -> None:
             f"handler, set a flag (or call close() or terminate(), which are always "
             f"allowed) and call the pool after the handler has returned"
         )
+
+
+class GuardedFuture(Future[T]):
+    """The ``concurrent.futures.Future`` hookpool hands out: ``result()`` and
+    ``exception()`` refuse to wait (``ReentrantCallError``) when called from a signal
+    handler that interrupted the pool's bookkeeping, instead of deadlocking."""
+
+    def result(self, timeout: float | None = None) -> T:
+        if not self.done():
+            check_may_block("Future.result()")
+        return super().result(timeout)
+
+    def exception(self, timeout: float | None = None) -> BaseException | None:
+        if not self.done():
+            check_may_block("Future.exception()")
+        return super().exception(timeout)

@@ -20,7 +20,7 @@ from concurrent.futures import CancelledError, Future, InvalidStateError
 
 from ._errors import PoolTerminatedError
 from ._records import TYPE_CHECKING, Generic, TypeVar
-from ._reentry import check_may_block, critical
+from ._reentry import GuardedFuture, check_may_block, critical
 
 if TYPE_CHECKING:
     from typing import Any
@@ -129,7 +129,7 @@ class _AfterCallbacks(Generic[T]):
     ) -> None:
         self._visible = future
         if callback is not None or error_callback is not None:
-            self._visible = Future()
+            self._visible = GuardedFuture()
             future.add_done_callback(self._run_callbacks(callback, error_callback))
 
     def _run_callbacks(
@@ -202,7 +202,7 @@ class MapGather:
 
     def __init__(self, sizes: list[int]) -> None:
         count = len(sizes)
-        self.future: Future[list[Any]] = Future()
+        self.future: Future[list[Any]] = GuardedFuture()
         self.future.set_running_or_notify_cancel()
         self.slots = [ChunkSlot(self, index) for index in range(count)]
         self._starts = list(itertools.accumulate(sizes, initial=0))  # chunk i: [i, i + 1)
@@ -317,6 +317,7 @@ class ApplyOutcome(Generic[T]):
 
     __slots__ = (
         "_callback",
+        "_direct",
         "_direct_read",
         "_error",
         "_error_callback",
@@ -343,6 +344,7 @@ class ApplyOutcome(Generic[T]):
         self._error_callback = error_callback
         self._mirror: Future[T] | None = None
         self._direct_read: Callable[[float | None], None] | None = None
+        self._direct = False  # offered a direct read once: it never has callbacks
 
     # -- the engine's side (``_engine.DirectOutcome``) ------------------------------------
 
@@ -352,6 +354,7 @@ class ApplyOutcome(Generic[T]):
         offered for outcomes without callbacks: those run in the manager's thread, as the
         standard library runs them in its result thread, never in the thread that waits."""
         self._direct_read = read
+        self._direct = True
 
     @critical
     def settle_here(self, value: T | None, error: BaseException | None) -> bool:
@@ -360,8 +363,8 @@ class ApplyOutcome(Generic[T]):
         with self._lock:
             if self._mirror is not None or self._state != _RUNNING:
                 return False
+            self._value, self._error = value, error  # first: the state says they are set
             self._state = _FINISHED
-            self._value, self._error = value, error
         self._finish()
         return True
 
@@ -387,6 +390,7 @@ class ApplyOutcome(Generic[T]):
         self._finish()
         return False
 
+    @critical
     def cancel(self) -> bool:
         with self._lock:
             if self._state == _CANCELLED:
@@ -410,8 +414,8 @@ class ApplyOutcome(Generic[T]):
         with self._lock:
             if self._state == _FINISHED or self._state == _CANCELLED:
                 raise InvalidStateError("this task's outcome is already settled")
+            self._value, self._error = value, error  # first: the state says they are set
             self._state = _FINISHED
-            self._value, self._error = value, error
             mirror = self._mirror
         if mirror is not None:
             with contextlib.suppress(InvalidStateError):  # cancelled by its user just now
@@ -431,8 +435,8 @@ class ApplyOutcome(Generic[T]):
                 _run_callback(self._state == _CANCELLED, self, callback, error_callback)
         finally:
             self._ready = True
-            with self._lock:
-                waiters = self._waiters
+            # (No lock: _waiting_event makes the Event, then looks at _ready.)
+            waiters = self._waiters
             if waiters is not None:
                 waiters.set()
 
@@ -457,6 +461,11 @@ class ApplyOutcome(Generic[T]):
             read(timeout)  # returns once settled, or once it may not read any more
             if self._ready:
                 return True
+        if self._direct and self.done():
+            # Settled, not yet ready: in this thread, by the frame a signal handler (this
+            # call) interrupted. That frame cannot go on until this returns: finish here.
+            self._finish()
+            return True
             if timeout is not None:
                 timeout = max(0.0, timeout - (time.monotonic() - started))
         self._waiting_event().wait(timeout)
@@ -488,11 +497,12 @@ class ApplyOutcome(Generic[T]):
             raise self._error
         return self._value  # type: ignore[return-value]
 
+    @critical
     def future(self) -> Future[T]:
         """A ``concurrent.futures.Future`` that mirrors this task from now on."""
         with self._lock:
             if self._mirror is None:
-                mirror: Future[T] = Future()
+                mirror: Future[T] = GuardedFuture()
                 state = self._state
                 if state == _CANCELLED:
                     mirror.cancel()

@@ -155,6 +155,7 @@ class _Worker:
         # and one a SIGTERM was aimed at before it started: it is skipped when it comes.
         self.current_task = 0
         self.skip_target = 0
+        self.aimed_stop = 0  # a stop aimed at the current task, while it is unpickled
         self.stop_slot = -1 if config.stop_slot is None else config.stop_slot.fd
 
     # -- lifecycle ---------------------------------------------------------------------
@@ -283,6 +284,8 @@ class _Worker:
             # before the task: the handler sets the flag first, then looks at the phase.
             if self.stop_requested:
                 self._honour_stop()
+            if self.aimed_stop == call.task_id:
+                self._stop_task()
             try:
                 result = _run(call.kind, fn, args)
             finally:
@@ -402,7 +405,11 @@ class _Worker:
             # skipped when it comes): not a stop of this one.
             self.skip_target = target
             return
-        self._on_sigterm(signum, frame)
+        # Aimed at the task this worker has: it stops that task if it runs it now, or
+        # before it starts it (unpickling it: see _call); once it has run, too late.
+        self.aimed_stop = target
+        if self.phase is _Phase.RUNNING:
+            self._stop_task()
 
     def _on_sigterm(self, signum: int, frame: FrameType | None) -> None:
         self.stop_requested = True
@@ -418,6 +425,13 @@ class _Worker:
             return int.from_bytes(os.pread(self.stop_slot, 8, 0), "little")
         except OSError:
             return 0
+
+    def _stop_task(self) -> None:
+        """Leave now, from the middle of the task (an aimed stop)."""
+        if not self.interrupted:
+            self.interrupted = True
+            self.identity.leave("stopped")
+            raise _StopWorker(SIGTERM_EXIT_CODE)
 
     def _honour_stop(self) -> None:
         """Raise the requested stop if the main thread is where it may be raised."""
