@@ -123,7 +123,7 @@ def log_while_sending(count: int) -> int:
             log.info("logged mid-write %d", writes)  # re-enters the worker's _send
         original(conn, messages)
 
-    hookpool._protocol.send = send  # type: ignore[assignment]
+    hookpool._protocol.send = send  # type: ignore[assignment, unused-ignore]
     try:
         log.info("first")
     finally:

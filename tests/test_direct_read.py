@@ -1,177 +1,194 @@
-"""A thread waiting for a task sent straight to an idle worker reads the answer from that
-worker itself (``Manager._read_directly``): the manager lends it the worker while it
-sleeps and takes it back when it wakes. These tests check that nothing is lost, run
-twice, reordered or left unwatched, whatever interrupts the waiting thread."""
+"""The direct read: on an idle pool, ``apply_async`` writes the task to a parked worker
+from the caller's thread, and the thread that then waits in ``get()`` reads the answer
+from that worker itself (``hookpool._fastpath``), while the manager thread sleeps on.
+
+These tests check, through the public API and with real signals, threads and processes,
+that nothing is lost, run twice, reordered or left unwatched, whatever interrupts the
+waiting thread. The one internal they read is ``tasks_hooks.parked`` (the workers are
+idle and parked, so that a task goes straight to one); ``tasks_direct`` results note
+which thread decoded them, which shows whether the waiting thread read the answer.
+"""
 
 from __future__ import annotations
 
 import logging
 import multiprocessing
 import os
+import random
+import select
 import signal
-import sys
 import threading
 import time
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 import tasks
+import tasks_direct
 import tasks_logging
-from tasks_hooks import wait_for
+from tasks_hooks import parked, wait_for
 
 import hookpool
-from hookpool import _manager, _protocol, _results
 
 MakePool = Callable[..., hookpool.Pool]
+
+
+@pytest.fixture(autouse=True)
+def _clean_state() -> Iterator[None]:
+    """Fresh ``tasks_direct`` notes, and SIGINT raising KeyboardInterrupt (as it does by
+    default), put back as it was after the test."""
+    tasks_direct.reset()
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
 
 
 def _idle_pool(make_pool: MakePool, processes: int = 1, **kwargs: Any) -> hookpool.Pool:
     """A pool whose workers are all up, idle and parked (so a task goes straight to one)."""
     pool = make_pool(processes, **kwargs)
     assert pool.map(tasks.square, range(2 * processes), 1) == [i * i for i in range(2 * processes)]
-    wait_for(lambda: len(pool._manager._parked) == processes, what="the workers parked")
+    _wait_parked(pool, processes)
     return pool
 
 
-def _settled_here(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, bool]]:
-    """Record each ``settle_here`` call: (thread name, whether it settled)."""
-    calls: list[tuple[str, bool]] = []
-    real = _results.ApplyOutcome.settle_here
-
-    def settle_here(self: Any, value: Any, error: BaseException | None) -> bool:
-        settled = real(self, value, error)
-        calls.append((threading.current_thread().name, settled))
-        return settled
-
-    monkeypatch.setattr(_results.ApplyOutcome, "settle_here", settle_here)
-    return calls
+def _wait_parked(pool: hookpool.Pool, count: int) -> None:
+    wait_for(lambda: parked(pool) == count, what=f"{count} parked workers")
 
 
-def _asleep_with_parked(manager: Any, count: int) -> bool:
-    """The manager sleeps with ``count`` workers parked, no wake-up on its way."""
-    return not manager._wake_pending and len(manager._parked) == count
+def _ctrl_c_at(*seconds: float) -> threading.Thread:
+    """A real Ctrl-C: SIGINT to this process, ``seconds`` from now (each). Join the
+    thread returned before the test ends, so that no SIGINT lands in the next one."""
+    started = time.monotonic()
+
+    def send() -> None:
+        for at in seconds:
+            time.sleep(max(0.0, started + at - time.monotonic()))
+            os.kill(os.getpid(), signal.SIGINT)
+
+    sender = threading.Thread(target=send, name="ctrl-c", daemon=True)
+    sender.start()
+    return sender
 
 
-def _taken_back(pool: hookpool.Pool) -> bool:
-    manager = pool._manager
-    return not manager._lent and not any(w.lent for w in manager._workers)
+def _is_manager(thread_name: str) -> bool:
+    return thread_name.endswith("-manager")
 
 
-def test_the_waiting_thread_reads_its_answer_and_the_worker_returns(
-    make_pool: MakePool, monkeypatch: pytest.MonkeyPatch
+# -- the answer read by the waiting thread ---------------------------------------------
+
+
+def test_the_waiting_thread_reads_its_answer_and_the_worker_is_parked_again(
+    make_pool: MakePool,
 ) -> None:
+    """Also: the same worker keeps serving (nothing is stopped or replaced), and a task
+    through the queue (a timeout: the manager must watch it) still works after."""
     pool = _idle_pool(make_pool)
-    calls = _settled_here(monkeypatch)
+    (worker,) = pool.worker_pids
     for i in range(20):
-        # (A task that answers before get() waits is read by the manager, as before.)
-        assert pool.apply_async(tasks.sleep_then, (0.03, i)).get(timeout=30) == i
-        # The manager takes the worker back and parks it again: the next one goes straight.
-        wait_for(lambda: len(pool._manager._parked) == 1, what="the worker parked again")
-    assert calls == [("MainThread", True)] * 20
-    assert _taken_back(pool)
-    assert pool.apply(tasks.square, (5,), task_timeout=30) == 25  # through the queue too
-
-
-def test_the_waiting_thread_gives_the_worker_back_without_waking_the_manager(
-    make_pool: MakePool, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """An answer read directly, and nothing else: the reading thread parks the worker
-    again itself, and the manager sleeps through a run of calls on an idle pool."""
-    pool = _idle_pool(make_pool)
-    wakes: list[int] = []
-    real = _manager.Manager._unpark_all
-
-    def unpark_all(self: Any) -> None:
-        wakes.append(1)
-        real(self)
-
-    monkeypatch.setattr(_manager.Manager, "_unpark_all", unpark_all)
-    calls = _settled_here(monkeypatch)
-    worker_pid = pool._manager.worker_pids()[0]
-    for i in range(20):
-        assert pool.apply_async(tasks.sleep_then, (0.01, i)).get(timeout=30) == i
-    assert calls == [("MainThread", True)] * 20
-    assert _taken_back(pool)
-    # Without the give-back the manager wakes once per call; here only for its
-    # once-a-second take-back (TAKE_BACK_SECONDS), if the calls took that long.
-    assert len(wakes) <= 3
-    worker = pool._manager._workers[0]
-    assert (worker.pid, worker.tasks_done, len(worker.inflight)) == (worker_pid, 22, 0)
-    assert pool.apply(tasks.square, (5,), task_timeout=30) == 25  # through the queue too
+        # (get() waits before the answer comes: the main thread reads it.)
+        assert pool.apply_async(tasks_direct.sleep_then_traced, (0.02, i)).get(timeout=30) == i
+        _wait_parked(pool, 1)
+    assert tasks_direct.decoded_by == ["MainThread"] * 20
+    assert pool.worker_pids == [worker]
+    assert pool.apply(tasks.square, (5,), task_timeout=30) == 25
 
 
 def test_maxtasksperchild_counts_the_answers_read_directly(make_pool: MakePool) -> None:
-    """A worker due for replacement is not given back: the manager replaces it."""
-    pool = _idle_pool(make_pool, maxtasksperchild=3)  # (its first worker ran 2 tasks)
+    """A worker that reached maxtasksperchild is not parked again: the manager replaces
+    it, and no worker runs one task more or less than its allowance."""
+    pool = _idle_pool(make_pool, maxtasksperchild=3)  # its first worker ran 2 tasks
     pids = [pool.apply_async(tasks.sleep_then_pid, (0.01,)).get(timeout=30) for _ in range(10)]
-    assert len(set(pids)) >= 4
-    assert all(pids.count(pid) <= 3 for pid in pids)
+    runs = [len(list(group)) for group in _runs(pids)]
+    assert runs == [1, 3, 3, 3], pids
+    assert len(set(pids)) == 4
 
 
-def test_an_error_read_directly_keeps_the_workers_frames(
-    make_pool: MakePool, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def _runs(items: list[int]) -> Iterator[list[int]]:
+    """Consecutive equal items, grouped."""
+    group: list[int] = []
+    for item in items:
+        if group and group[-1] != item:
+            yield group
+            group = []
+        group.append(item)
+    if group:
+        yield group
+
+
+def test_an_error_read_directly_keeps_the_workers_frames(make_pool: MakePool) -> None:
     pool = _idle_pool(make_pool)
-    calls = _settled_here(monkeypatch)
     with pytest.raises(ValueError, match="boom") as info:
         pool.apply_async(tasks.sleep_then_raise, (0.2, "boom")).get(timeout=30)
-    assert calls == [("MainThread", True)]
     frames = [entry.name for entry in info.traceback]
     assert frames[-2:] == ["sleep_then_raise", "raise_value_error"]
+    _wait_parked(pool, 1)
+    assert pool.apply(tasks.square, (3,)) == 9
 
 
-def test_log_records_sent_before_the_answer_are_handled_before_it(
-    make_pool: MakePool, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+def test_log_records_sent_before_the_answer_reach_the_handlers_first(
+    make_pool: MakePool, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """The waiting thread settles the task itself only if its answer is the first thing
-    it reads; else the manager replays the records, then settles the task."""
+    """The waiting thread reads an answer only if it is the first thing in the pipe;
+    records before it go through the manager, in order, and the task is ready only once
+    every one of them has been handled."""
     caplog.set_level(logging.INFO)  # before the pool: its workers log at INFO too
     pool = _idle_pool(make_pool)
-    calls = _settled_here(monkeypatch)
-    for round_ in range(10):
-        caplog.clear()
-        pool.apply_async(tasks_logging.sleep_then_log, (0.05, 3)).get(timeout=30)
-        seen = [r.getMessage() for r in caplog.records if r.name == tasks_logging.log.name]
-        assert seen == ["record 0", "record 1", "record 2"], round_
-    assert calls == []  # the records came first: never settled by the waiting thread
+    seen: list[tuple[str, bool]] = []
+    pending: list[hookpool.AsyncResult[int]] = []
+
+    class Handler(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            seen.append((record.getMessage(), pending[-1].ready()))
+
+    handler = Handler()
+    tasks_logging.log.addHandler(handler)
+    try:
+        for round_ in range(10):
+            seen.clear()
+            pending.append(pool.apply_async(tasks_logging.sleep_then_log, (0.05, 3)))
+            assert pending[-1].get(timeout=30) in pool.worker_pids
+            assert seen == [("record 0", False), ("record 1", False), ("record 2", False)], round_
+    finally:
+        tasks_logging.log.removeHandler(handler)
+    _wait_parked(pool, 1)
 
 
-def test_callbacks_still_run_in_the_managers_thread(make_pool: MakePool) -> None:
+def test_callbacks_run_in_the_managers_thread(make_pool: MakePool) -> None:
     """As the standard library runs them in its result thread: never in the thread that
-    waits (it may hold a lock the callback takes)."""
+    waits (it may hold a lock the callback takes). The answer is decoded there too."""
     pool = _idle_pool(make_pool)
     threads: list[str] = []
     result = pool.apply_async(
-        tasks.square, (3,), callback=lambda _: threads.append(threading.current_thread().name)
+        tasks_direct.sleep_then_traced,
+        (0.2, 3),
+        callback=lambda _: threads.append(threading.current_thread().name),
     )
-    assert result.get(timeout=30) == 9
-    assert threads and threads[0] != "MainThread"
+    assert result.get(timeout=30) == 3
+    failed = pool.apply_async(
+        tasks.sleep_then_raise,
+        (0.2, "boom"),
+        error_callback=lambda _: threads.append(threading.current_thread().name),
+    )
+    with pytest.raises(ValueError, match="boom"):
+        failed.get(timeout=30)
+    assert len(threads) == 2 and all(map(_is_manager, threads)), threads
+    assert len(tasks_direct.decoded_by) == 1 and _is_manager(tasks_direct.decoded_by[0])
 
 
-def test_a_future_asked_for_early_is_settled_by_the_manager(
-    make_pool: MakePool, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Its done-callbacks must not run in the waiting thread either; the answer is
-    unpickled once, by the manager."""
+def test_a_future_asked_for_early_is_settled_by_the_manager(make_pool: MakePool) -> None:
+    """Its done-callbacks must not run in the waiting thread either (whichever thread
+    decodes the answer, once)."""
     pool = _idle_pool(make_pool)
-    calls = _settled_here(monkeypatch)
-    real_loads = _manager.loads_data
-    decoded: list[str] = []
-
-    def loads(*args: Any) -> Any:
-        decoded.append(threading.current_thread().name)
-        return real_loads(*args)
-
-    monkeypatch.setattr(_manager, "loads_data", loads)
-    result = pool.apply_async(tasks.sleep_then, (0.2, "v"))
+    result = pool.apply_async(tasks_direct.sleep_then_traced, (0.2, "v"))
     threads: list[str] = []
     result.future.add_done_callback(lambda _: threads.append(threading.current_thread().name))
     assert result.get(timeout=30) == "v"
-    assert calls == []
-    assert len(decoded) == 1 and decoded[0] != "MainThread"
+    assert result.future.result(timeout=30) == "v"
     wait_for(lambda: bool(threads), what="the done-callback")
-    assert threads[0] != "MainThread"
+    assert len(threads) == 1 and _is_manager(threads[0]), threads
+    assert len(tasks_direct.decoded_by) == 1
 
 
 def test_a_timeout_while_reading_then_the_answer(make_pool: MakePool) -> None:
@@ -179,274 +196,193 @@ def test_a_timeout_while_reading_then_the_answer(make_pool: MakePool) -> None:
     result = pool.apply_async(tasks.sleep_then, (0.5, "late"))
     with pytest.raises(multiprocessing.TimeoutError):
         result.get(timeout=0.05)
+    assert not result.ready()
     assert result.get(timeout=30) == "late"
-    wait_for(lambda: _taken_back(pool), what="the worker taken back")
+    _wait_parked(pool, 1)
     assert pool.apply(tasks.square, (4,)) == 16
+    assert pool.apply(tasks.square, (5,), task_timeout=30) == 25
 
 
-def test_a_worker_killed_while_lent_fails_its_task_at_once(make_pool: MakePool) -> None:
+def test_a_worker_killed_while_a_thread_waits_fails_its_task_at_once(
+    make_pool: MakePool,
+) -> None:
     pool = _idle_pool(make_pool)
     (victim,) = pool.worker_pids
     result = pool.apply_async(tasks.sleep_then, (60,))
-    threading.Timer(0.3, os.kill, (victim, signal.SIGKILL)).start()
+    killer = threading.Timer(0.3, os.kill, (victim, signal.SIGKILL))
+    killer.start()
     started = time.monotonic()
     with pytest.raises(hookpool.WorkerLostError, match="SIGKILL"):
         result.get(timeout=30)
-    assert time.monotonic() - started < 10
+    assert time.monotonic() - started < 10  # not the task's 60 s, nor get()'s 30
+    killer.join()
     assert pool.apply(tasks.square, (3,), task_timeout=30) == 9
     assert victim not in pool.worker_pids
+    _wait_parked(pool, 1)
+    assert pool.apply(tasks.square, (4,)) == 16
 
 
-def test_ctrl_c_while_waiting_then_waiting_again(make_pool: MakePool) -> None:
-    """A real SIGINT while the main thread waits in the worker's pipe: KeyboardInterrupt,
-    and the task goes on; waiting for it again gives its answer, once."""
+# -- Ctrl-C while waiting ----------------------------------------------------------------
+
+
+def test_ctrl_c_while_waiting_then_waiting_again(make_pool: MakePool, tmp_path: Path) -> None:
+    """Real SIGINTs while the main thread waits in the worker's pipe: KeyboardInterrupt
+    each time, and the task goes on; waiting for it again gives its answer, and it ran
+    once. The worker is not replaced."""
     pool = _idle_pool(make_pool)
-    result = pool.apply_async(tasks.sleep_then, (0.6, "done"))
-    threading.Timer(0.2, os.kill, (os.getpid(), signal.SIGINT)).start()
-    with pytest.raises(KeyboardInterrupt):
-        result.get(timeout=30)
+    (worker,) = pool.worker_pids
+    runs = tmp_path / "runs"
+    result = pool.apply_async(tasks_direct.sleep_then_record, (str(runs), 1.5, "done"))
+    sender = _ctrl_c_at(0.2, 0.5)
+    for _ in range(2):
+        with pytest.raises(KeyboardInterrupt):
+            result.get(timeout=30)
+    sender.join()
     assert result.get(timeout=30) == "done"
+    assert runs.read_text() == "done\n"
+    assert pool.worker_pids == [worker]
+    _wait_parked(pool, 1)
     assert pool.apply(tasks.square, (6,)) == 36
 
 
-def test_a_read_cut_short_fails_the_task_clearly_and_replaces_the_worker(
-    make_pool: MakePool, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """A signal handler raising just after the waiting thread read the answer (it is
-    gone from the pipe, not yet handed over): the task fails with WorkerLostError saying
-    so, it is not run again, and the worker is replaced."""
+def test_after_ctrl_c_nobody_waits_and_the_task_still_settles(make_pool: MakePool) -> None:
+    """The interrupted thread never waits again: the task is settled all the same (the
+    manager watches the worker again), so polling ready() ends."""
     pool = _idle_pool(make_pool)
-    (victim,) = pool.worker_pids
-    real_read = _protocol.FrameReader.read
-
-    def read_then_interrupted(self: Any, scratch: Any = None) -> list[Any]:
-        messages = real_read(self, scratch)
-        if scratch is not None and messages:  # the waiting thread's read
-            raise KeyboardInterrupt
-        return messages
-
-    monkeypatch.setattr(_protocol.FrameReader, "read", read_then_interrupted)
-    result = pool.apply_async(tasks.sleep_then, (0.3, 7))  # answers once get() waits
+    result = pool.apply_async(tasks.sleep_then, (0.8, "answer"))
+    sender = _ctrl_c_at(0.2)
     with pytest.raises(KeyboardInterrupt):
         result.get(timeout=30)
-    monkeypatch.setattr(_protocol.FrameReader, "read", real_read)
-    with pytest.raises(hookpool.WorkerLostError, match="interrupted by a signal handler"):
-        result.get(timeout=30)
-    assert pool.apply(tasks.square, (8,)) == 64
-    wait_for(lambda: victim not in pool.worker_pids, what="the worker replaced")
-
-
-def _interrupted_twice(pool: hookpool.Pool, monkeypatch: pytest.MonkeyPatch) -> Any:
-    """Wait for a new task, interrupted as the wait starts and again in its clean-up
-    (which then never wakes the manager); returns the task's AsyncResult. The manager
-    sleeps on, not watching the lent worker."""
-    manager = pool._manager
-    real_read_lent, real_wake = manager._read_lent, manager._wake
-    monkeypatch.setattr(manager, "_read_lent", lambda *args: _raise(KeyboardInterrupt))
-    monkeypatch.setattr(manager, "_wake", lambda: _raise(KeyboardInterrupt))
-    result = pool.apply_async(tasks.sleep_then, (0.2, "answer"))
-    with pytest.raises(KeyboardInterrupt):
-        result.get(timeout=30)
-    monkeypatch.setattr(manager, "_read_lent", real_read_lent)
-    monkeypatch.setattr(manager, "_wake", real_wake)
-    assert manager._lent  # still lent, the manager asleep
-    return result
-
-
-def test_an_interrupted_reader_that_never_woke_the_manager(
-    make_pool: MakePool, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Nobody waits for the task again: the manager takes the worker back on its own
-    (within TAKE_BACK_SECONDS) and settles the task, so polling ready() ends."""
-    pool = _idle_pool(make_pool)
-    result = _interrupted_twice(pool, monkeypatch)
-    wait_for(result.ready, timeout=3 * _manager.TAKE_BACK_SECONDS, what="the task settled")
-    assert _taken_back(pool)
-    assert result.get(timeout=30) == "answer"
+    sender.join()
+    wait_for(result.ready, what="the task settled")
+    assert result.successful()
+    assert result.get(timeout=1) == "answer"
+    _wait_parked(pool, 1)
     assert pool.apply(tasks.square, (9,)) == 81
 
 
-def test_a_waiter_interrupted_again_reads_on(
-    make_pool: MakePool, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The task is waited for again before the manager wakes: that thread carries on
-    with the lent worker (nothing hangs)."""
-    monkeypatch.setattr(_manager, "TAKE_BACK_SECONDS", 60.0)
+def test_ctrl_c_while_the_waiting_thread_decodes_the_answer(make_pool: MakePool) -> None:
+    """The SIGINT arrives while the main thread unpickles the answer it read: the
+    KeyboardInterrupt is the caller's, not turned into the task's error; the answer is
+    not lost (the manager decodes it), and a second get() has it."""
     pool = _idle_pool(make_pool)
-    result = _interrupted_twice(pool, monkeypatch)
-    assert result.get(timeout=30) == "answer"
-    wait_for(lambda: _taken_back(pool), what="the worker taken back")
-
-
-def test_ctrl_c_while_the_waiting_thread_unpickles_the_answer(
-    make_pool: MakePool, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """KeyboardInterrupt is the caller's, not the task's: it is not turned into the
-    task's error; the manager decodes the answer instead, and a second get() has it."""
-    pool = _idle_pool(make_pool)
-    real_loads = _manager.loads_data
-    interrupted: list[bool] = []
-
-    def loads_interrupted(*args: Any) -> Any:
-        if threading.current_thread() is threading.main_thread() and not interrupted:
-            interrupted.append(True)
-            raise KeyboardInterrupt
-        return real_loads(*args)
-
-    monkeypatch.setattr(_manager, "loads_data", loads_interrupted)
-    result = pool.apply_async(tasks.sleep_then, (0.2, "value"))
+    tasks_direct.interrupt_next.set()
+    result = pool.apply_async(tasks_direct.sleep_then_interrupted, (0.2, "value"))
     with pytest.raises(KeyboardInterrupt):
         result.get(timeout=30)
-    assert interrupted
+    assert not tasks_direct.interrupt_next.is_set()  # it was interrupted while decoding
     assert result.get(timeout=30) == "value"
+    assert result.successful()
+    _wait_parked(pool, 1)
+    assert pool.apply(tasks.square, (7,)) == 49
 
 
-def test_ctrl_c_half_way_through_settling_the_task(
-    make_pool: MakePool, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Settled but not yet marked ready when the signal handler raised: the manager
-    completes it on taking the worker back, so waiting and polling both end."""
-    pool = _idle_pool(make_pool)
-    real_finish = _results.ApplyOutcome._finish
-    interrupted: list[bool] = []
+def test_ctrl_c_storm_while_two_threads_apply_and_get(make_pool: MakePool) -> None:
+    """SIGINT every few milliseconds while the main thread and another one call
+    apply_async()/get() on an idle pool, some tasks waited for by a second thread too;
+    the handler raises KeyboardInterrupt inside get() (at any point of the read, the
+    counting, the parking, the decoding, the settling), and the loop waits again.
 
-    def finish(self: Any) -> None:
-        if threading.current_thread() is threading.main_thread() and not interrupted:
-            interrupted.append(True)
+    Every task's answer reaches its own result, once (a lost answer hangs, one read
+    twice or left in the pipe goes to the wrong task); each worker is counted exactly
+    its maxtasksperchild tasks; and the manager still watches every worker's pipe
+    after (callbacks and queued tasks are answered)."""
+    maxtasks = 40
+    pool = make_pool(2, maxtasksperchild=maxtasks)
+    ran: list[tuple[Any, int]] = pool.starmap(tasks_direct.value_and_pid, [(0, -1)] * 4, 1)
+    _wait_parked(pool, 2)
+
+    armed = threading.Event()
+    interrupts: list[int] = []
+
+    def on_sigint(signum: int, frame: object) -> None:
+        if armed.is_set():  # only inside get(): the loop's own lines are not cut
+            armed.clear()
+            interrupts.append(1)
             raise KeyboardInterrupt
-        real_finish(self)
 
-    monkeypatch.setattr(_results.ApplyOutcome, "_finish", finish)
-    result = pool.apply_async(tasks.sleep_then, (0.2, "value"))
-    with pytest.raises(KeyboardInterrupt):
-        result.get(timeout=30)
-    assert interrupted
-    wait_for(result.ready, what="the task marked ready")
-    assert result.get(timeout=30) == "value"
+    stop = threading.Event()
 
+    def storm() -> None:
+        rng = random.Random(1234)
+        while not stop.is_set():
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(rng.uniform(0.0005, 0.004))
 
-def test_a_settling_cut_short_is_completed_with_another_thread_waiting_too(
-    make_pool: MakePool, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """As above, with a second thread waiting for the same task that ends its read
-    before the manager wakes: it must not give the worker back (the manager would then
-    never complete the settling, and both threads would wait forever)."""
-    pool = _idle_pool(make_pool)
-    manager = pool._manager
-    real_finish = _results.ApplyOutcome._finish
-    real_read = _manager.Manager._read_directly
-    real_unpark = _manager.Manager._unpark_all
-    other_read = threading.Event()
-    interrupted: list[bool] = []
-    got: list[Any] = []
+    other_results: list[tuple[int, tuple[Any, int]]] = []
+    helper_results: list[tuple[int, Any]] = []
+    errors: list[BaseException] = []
 
-    def finish(self: Any) -> None:
-        if threading.current_thread() is threading.main_thread() and not interrupted:
-            interrupted.append(True)
-            threading.Thread(target=lambda: got.append(result.get(timeout=30))).start()
-            raise KeyboardInterrupt
-        real_finish(self)
-
-    def read_directly(self: Any, *args: Any) -> None:
+    def other() -> None:
         try:
-            real_read(self, *args)
-        finally:
-            if threading.current_thread() is not threading.main_thread():
-                other_read.set()
+            for i in range(150):
+                value = ("other", i)
+                got = pool.apply_async(tasks_direct.value_and_pid, (0.001 * (i % 2), value)).get(
+                    timeout=20
+                )
+                other_results.append((i, got))
+        except BaseException as exc:  # reported by the main thread
+            errors.append(exc)
 
-    def unpark_all(self: Any) -> None:
-        if interrupted:  # the manager wakes only once the other thread's read ended
-            other_read.wait(20)
-        real_unpark(self)
-
-    monkeypatch.setattr(_results.ApplyOutcome, "_finish", finish)
-    monkeypatch.setattr(_manager.Manager, "_read_directly", read_directly)
-    monkeypatch.setattr(_manager.Manager, "_unpark_all", unpark_all)
-    result = pool.apply_async(tasks.sleep_then, (0.2, "value"))
-    with pytest.raises(KeyboardInterrupt):
-        result.get(timeout=30)
-    assert other_read.wait(20)
-    wait_for(result.ready, what="the task marked ready")
-    assert result.get(timeout=30) == "value"
-    wait_for(lambda: got == ["value"], what="the other thread's answer")
-    wait_for(lambda: len(manager._parked) == 1, what="the worker parked again")
-
-
-def test_ctrl_c_at_any_line_of_giving_the_worker_back(make_pool: MakePool) -> None:
-    """A signal handler raising at each line, in turn, of a give-back (and of what it
-    calls): the task is settled and counted once, and the worker is parked again, as
-    when the give-back completes (maxtasksperchild and prefetching rely on the counts)."""
-    pool = _idle_pool(make_pool)
-    manager = pool._manager
-    worker = manager._workers[0]
-    code = _manager.Manager._give_back.__code__
-    line = seen = 0
-    hit = True
-
-    def local(frame: Any, event: str, arg: Any) -> Any:
-        nonlocal seen, hit
-        if event == "line":
-            seen += 1
-            if seen == line:
-                hit = True
-                raise KeyboardInterrupt
-        return local
-
-    def tracer(frame: Any, event: str, arg: Any) -> Any:
-        caller = frame
-        while caller is not None and caller.f_code is not code:
-            caller = caller.f_back
-        return None if caller is None else local
-
-    while hit:
-        line += 1
-        seen = 0
-        hit = False
-        # (Parked by the manager, after the wake-up an interrupted get() sends it.)
-        wait_for(lambda: _asleep_with_parked(manager, 1), what="the worker parked")
-        done_before = worker.tasks_done
-        result = pool.apply_async(tasks.sleep_then, (0.05, line))
-        sys.settrace(tracer)
+    def second_waiter(i: int, result: hookpool.AsyncResult[tuple[Any, int]]) -> None:
         try:
-            value = result.get(timeout=30)
-        except KeyboardInterrupt:
-            value = None
-        finally:
-            sys.settrace(None)
-        assert seen  # it went through the give-back
-        assert value == (None if hit else line)
-        assert result.get(timeout=30) == line
-        wait_for(lambda: len(manager._parked) == 1, what="the worker parked again")
-        assert (worker.tasks_done, list(worker.inflight)) == (done_before + 1, [])
-        assert (worker.inflight_bytes, worker.lent, manager._lent) == (0, False, [])
-    assert line > 20  # every line of it was cut short once
-    assert pool.map(tasks.square, range(10), 1) == [i * i for i in range(10)]
+            helper_results.append((i, result.get(timeout=20)[0]))
+        except BaseException as exc:
+            errors.append(exc)
+
+    results: list[tuple[int, hookpool.AsyncResult[tuple[Any, int]]]] = []
+    helpers: list[threading.Thread] = []
+    previous = signal.signal(signal.SIGINT, on_sigint)
+    threads = [threading.Thread(target=f, daemon=True) for f in (storm, other)]
+    for thread in threads:
+        thread.start()
+    try:
+        for i in range(300):
+            result = pool.apply_async(tasks_direct.value_and_pid, (0.001 * (i % 3 == 0), i))
+            results.append((i, result))
+            if i % 11 == 0:
+                helper = threading.Thread(target=second_waiter, args=(i, result), daemon=True)
+                helper.start()
+                helpers.append(helper)
+            deadline = time.monotonic() + 20  # (each retry waits less: a lost answer fails)
+            while True:
+                try:
+                    armed.set()
+                    got = result.get(timeout=max(0.0, deadline - time.monotonic()))
+                    armed.clear()
+                    break
+                except KeyboardInterrupt:
+                    pass
+            ran.append(got)
+            assert got[0] == i
+    finally:
+        armed.clear()
+        stop.set()
+        for thread in [*threads, *helpers]:
+            thread.join(30)
+        signal.signal(signal.SIGINT, previous)
+    assert not errors, errors
+    assert len(interrupts) > 20  # (typically a few hundred)
+    assert [got[0] for got in (result.get(timeout=10) for _, result in results)] == list(range(300))
+    assert [(i, got[0]) for i, got in other_results] == [(i, ("other", i)) for i in range(150)]
+    assert sorted(helper_results) == [(i, i) for i in range(0, 300, 11)]
+    ran += [got for _, got in other_results]
+    per_worker = Counter(pid for _, pid in ran)
+    assert all(count <= maxtasks for count in per_worker.values()), per_worker
+    gone = [pid for pid in per_worker if pid not in pool.worker_pids]
+    assert [per_worker[pid] for pid in gone] == [maxtasks] * len(gone), per_worker
+
+    _wait_parked(pool, 2)
+    called: list[int] = []
+    with_callbacks = [
+        pool.apply_async(tasks.square, (i,), callback=called.append) for i in range(6)
+    ]
+    assert [r.get(timeout=10) for r in with_callbacks] == [i * i for i in range(6)]
+    assert pool.map(tasks.square, range(20), 1) == [i * i for i in range(20)]
+    assert pool.apply(tasks.square, (7,), task_timeout=10) == 49
 
 
-def test_a_manager_bug_after_an_answer_read_directly_still_breaks_the_pool(
-    make_pool: MakePool, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
-) -> None:
-    """The waiting thread has its answer; the manager meets the bug as it handles that
-    answer (taking the worker back), and the pool breaks loudly from then on."""
-    pool = _idle_pool(make_pool)
-
-    def bug(*args: Any) -> None:
-        raise RuntimeError("simulated manager bug")
-
-    monkeypatch.setattr(_manager.Manager, "_on_result", bug)
-    # (As when the waiting thread read more than its answer: it wakes the manager.)
-    monkeypatch.setattr(_manager.Manager, "_give_back", lambda *args: False)
-    with caplog.at_level(logging.ERROR, logger="hookpool"):
-        assert pool.apply_async(tasks.sleep_then, (0.2, "read here")).get(timeout=30) == (
-            "read here"
-        )
-        wait_for(lambda: "simulated manager bug" in caplog.text, what="the error logged")
-    with pytest.raises(hookpool.PoolBrokenError):
-        pool.submit(tasks.square, 4)
-
-
-def _raise(error: type[BaseException]) -> None:
-    raise error
+# -- many waiters ------------------------------------------------------------------------
 
 
 def test_many_threads_waiting_at_once(make_pool: MakePool) -> None:
@@ -454,6 +390,7 @@ def test_many_threads_waiting_at_once(make_pool: MakePool) -> None:
     two threads at once: every task runs once and every waiter gets its own answer."""
     pool = _idle_pool(make_pool, 2)
     results: dict[int, list[Any]] = {}
+    others: list[tuple[Any, Any]] = []
 
     def caller(n: int) -> None:
         got = []
@@ -461,14 +398,12 @@ def test_many_threads_waiting_at_once(make_pool: MakePool) -> None:
             value = n * 1000 + i
             result = pool.apply_async(tasks.sleep_then, (0.001 * (i % 3), value))
             if i % 7 == 0:  # a second thread waits for the same task
-                other: list[Any] = []
                 helper = threading.Thread(
-                    target=lambda r=result, o=other: o.append(r.get(timeout=30))
+                    target=lambda r=result, v=value: others.append((v, r.get(timeout=30)))
                 )
                 helper.start()
                 got.append(result.get(timeout=30))
                 helper.join(30)
-                assert other == [value]
             else:
                 got.append(result.get(timeout=30))
         results[n] = got
@@ -477,83 +412,137 @@ def test_many_threads_waiting_at_once(make_pool: MakePool) -> None:
     for thread in threads:
         thread.start()
     for thread in threads:
-        thread.join(120)
+        thread.join(60)
     assert results == {n: [n * 1000 + i for i in range(60)] for n in range(4)}
-    wait_for(lambda: _taken_back(pool), what="every worker taken back")
+    assert sorted(others) == sorted(
+        (v, v) for n in range(4) for v in range(n * 1000, n * 1000 + 60, 7)
+    )
+    _wait_parked(pool, 2)
 
 
-def test_no_lending_without_epoll(make_pool: MakePool, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Where the selector is not epoll-based, waiting threads wait for the manager."""
-    monkeypatch.setattr(_manager, "_epoll_of", lambda selector: None)
+def test_two_waiters_for_each_task_in_a_loop_never_stall(make_pool: MakePool) -> None:
+    """One of two threads waiting for a task reads its answer; the other must be let
+    through at once, not after some poll of its own runs out."""
     pool = _idle_pool(make_pool)
-    calls = _settled_here(monkeypatch)
-    assert pool.apply_async(tasks.square, (3,)).get(timeout=30) == 9
-    assert calls == []
+    slow: list[float] = []
+    for i in range(40):
+        result = pool.apply_async(tasks.sleep_then, (0.001, i))
+        other = threading.Thread(target=result.get, args=(30,))
+        started = time.monotonic()
+        other.start()
+        assert result.get(timeout=30) == i
+        other.join(30)
+        if time.monotonic() - started > 0.4:
+            slow.append(time.monotonic() - started)
+    assert len(slow) <= 2, slow
 
 
-def test_a_waiter_wakes_when_the_manager_takes_its_worker_back(
-    make_pool: MakePool, monkeypatch: pytest.MonkeyPatch
+def test_a_waiter_whose_worker_the_manager_takes_back_is_not_left_polling(
+    make_pool: MakePool,
 ) -> None:
-    """The waiting thread is held up between borrowing the worker and polling its pipe;
-    meanwhile the manager wakes (a submit from another thread, a worker's message, the
-    previous waiter done), takes the worker back and reads the answer. The pipe is empty
-    by the time the thread polls it: the manager's nudge must wake it, or it sits out its
-    poll (seen as 0.5 s stalls in a loop of apply() calls)."""
-    monkeypatch.setattr(_manager, "LENT_CHECK_SECONDS", 60.0)
-    pool = _idle_pool(make_pool)
-    manager = pool._manager
-    result = pool.apply_async(tasks.square, (7,))
-    real_read_lent = manager._read_lent
+    """Another thread keeps waking the manager (tasks with a timeout go through it),
+    which takes back the worker a thread is waiting on, and may read its answer itself:
+    that thread must be let go at once, not sit out a poll of the emptied pipe."""
+    pool = _idle_pool(make_pool, 2)
+    stop = threading.Event()
 
-    def read_lent_late(*args: Any) -> None:
-        manager._wake()
-        wait_for(result.ready, what="the manager settled the task")
-        real_read_lent(*args)
+    def wake_the_manager() -> None:
+        while not stop.is_set():
+            assert pool.apply(tasks.square, (3,), task_timeout=30) == 9
 
-    monkeypatch.setattr(manager, "_read_lent", read_lent_late)
-    got: list[Any] = []
-    waiter = threading.Thread(target=lambda: got.append(result.get(timeout=50)), daemon=True)
-    waiter.start()
-    waiter.join(timeout=20)
-    assert got == [49]
-    wait_for(lambda: _taken_back(pool), what="the worker taken back")
-
-
-def test_apply_in_a_loop_never_waits_out_a_poll(
-    make_pool: MakePool, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Back to back, each waiter borrows a worker while the manager is still waking from
-    the previous one: the manager takes it back, and must nudge the waiter."""
-    monkeypatch.setattr(_manager, "LENT_CHECK_SECONDS", 60.0)
-    pool = _idle_pool(make_pool, processes=2)
-    done = threading.Event()
-
-    def loop() -> None:
+    waker = threading.Thread(target=wake_the_manager, daemon=True)
+    waker.start()
+    slow: list[float] = []
+    try:
         for i in range(300):
-            assert pool.apply_async(tasks.square, (i,)).get(timeout=100) == i * i
-        done.set()
+            started = time.monotonic()
+            assert pool.apply_async(tasks.square, (i,)).get(timeout=30) == i * i
+            if time.monotonic() - started > 0.4:
+                slow.append(time.monotonic() - started)
+    finally:
+        stop.set()
+        waker.join(30)
+    assert len(slow) <= 3, slow
 
-    threading.Thread(target=loop, daemon=True).start()
-    assert done.wait(timeout=40), "a waiter sat out its poll after its worker was taken back"
+
+# -- answers the manager reads -------------------------------------------------------------
 
 
-def test_two_waiters_never_wait_out_a_poll_after_a_give_back(
-    make_pool: MakePool, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize(
+    ("size", "read_by_the_waiting_thread"),
+    [(1, True), (60_000, True), (65_500, None), (64 * 1024, False), (1024 * 1024, False)],
+)
+def test_answers_around_and_beyond_64_kib(
+    make_pool: MakePool, size: int, read_by_the_waiting_thread: bool | None
 ) -> None:
-    """Two threads wait for each task: the one that reads the answer gives the worker
-    back, and must nudge the other, still polling the worker's pipe."""
-    monkeypatch.setattr(_manager, "LENT_CHECK_SECONDS", 60.0)
+    """An answer too large for the waiting thread to read (more than 64 KiB, or with an
+    out-of-band buffer) is left to the manager; the worker goes on, parked again. (65,500
+    bytes make a frame just over 64 KiB, or not: either reader will do.)"""
     pool = _idle_pool(make_pool)
-    done = threading.Event()
+    expected = tasks_direct.sleep_then_bytes(0, size)
+    for _ in range(3):
+        result = pool.apply_async(tasks_direct.sleep_then_traced_bytes, (0.05, size))
+        assert result.get(timeout=30)[1] == expected
+        _wait_parked(pool, 1)
+    if read_by_the_waiting_thread is not None:
+        main = read_by_the_waiting_thread
+        assert [
+            name == "MainThread" if main else _is_manager(name) for name in tasks_direct.decoded_by
+        ] == [True] * 3
+    tasks_direct.decoded_by.clear()
+    assert pool.apply_async(tasks_direct.sleep_then_traced, (0.05, "small")).get(30) == "small"
+    assert tasks_direct.decoded_by == ["MainThread"]
 
-    def loop() -> None:
-        for i in range(30):
-            result = pool.apply_async(tasks.sleep_then, (0.001, i))
-            other = threading.Thread(target=result.get, args=(100,))
-            other.start()
-            assert result.get(timeout=100) == i
-            other.join(100)
-        done.set()
 
-    threading.Thread(target=loop, daemon=True).start()
-    assert done.wait(timeout=40), "a second waiter sat out its poll after a give-back"
+def test_a_result_slow_to_decode_does_not_stall_other_threads(make_pool: MakePool) -> None:
+    """The waiting thread decodes its answer outside the engine's lock and off the
+    manager thread: while it spends seconds on it, other threads' tasks (read directly,
+    through the queue, with a callback) are answered at their usual pace."""
+    decode_seconds = 4.0
+    pool = _idle_pool(make_pool, 2)
+    got: list[Any] = []
+    slow = threading.Thread(
+        target=lambda: got.append(
+            pool.apply_async(tasks_direct.sleep_then_slow, (0.05, "slow", decode_seconds)).get(
+                timeout=30
+            )
+        ),
+        daemon=True,
+    )
+    slow.start()
+    assert tasks_direct.decoding.wait(10)
+    calls: list[Callable[[], int]] = [
+        lambda: pool.apply(tasks.square, (2,)),
+        lambda: pool.apply(tasks.square, (2,), task_timeout=30),
+        lambda: pool.apply_async(tasks.square, (2,), callback=lambda _: None).get(timeout=30),
+        lambda: pool.map(tasks.square, [2, 2, 2], 1)[0],
+    ]
+    for call in calls:
+        started = time.monotonic()
+        assert call() == 4
+        assert time.monotonic() - started < 0.9  # vs the 4 s decoding
+    assert slow.is_alive() and not got  # all that while it decoded
+    slow.join(30)
+    assert got == ["slow"]
+
+
+def test_without_epoll_the_manager_reads_every_answer(make_pool: MakePool) -> None:
+    """Where there is no epoll, nothing is parked: every task goes through the manager,
+    which reads and decodes every answer; Ctrl-C while waiting works the same."""
+    mp = pytest.MonkeyPatch()
+    mp.delattr(select, "epoll")
+    try:
+        pool = make_pool(1)
+    finally:
+        mp.undo()
+    assert pool.map(tasks.square, range(4), 1) == [0, 1, 4, 9]
+    for i in range(5):
+        assert pool.apply_async(tasks_direct.sleep_then_traced, (0.02, i)).get(timeout=30) == i
+    assert len(tasks_direct.decoded_by) == 5 and all(map(_is_manager, tasks_direct.decoded_by))
+    assert parked(pool) == 0
+    result = pool.apply_async(tasks.sleep_then, (1.0, "done"))
+    sender = _ctrl_c_at(0.2)
+    with pytest.raises(KeyboardInterrupt):
+        result.get(timeout=30)
+    sender.join()
+    assert result.get(timeout=30) == "done"
