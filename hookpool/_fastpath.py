@@ -49,7 +49,7 @@ from concurrent.futures import CancelledError
 from . import _protocol as wire
 from ._answers import ANSWERS, DECODING_IN_CALLER, answer, resolve
 from ._records import TYPE_CHECKING
-from ._reentry import critical
+from ._reentry import counts_itself, critical, depth
 from ._state import PoolState
 from ._workers import WorkerHandle, WorkerState
 
@@ -114,9 +114,12 @@ class FastPath:
             self._parked = []
             out, self._out = self._out, []
             for worker in out:
+                # Watched again whoever borrowed it (and even if a borrower cut short
+                # between its two steps of giving it back left it unwatched).
+                if not worker.conn_closed:
+                    self._poller.unmute(worker.conn.fileno())
                 if worker.borrower is not None:
                     worker.borrower = None
-                    self._poller.unmute(worker.conn.fileno())
                     _nudge(worker)
                 if worker.state is WorkerState.PARKED or worker.state is WorkerState.DIRECT:
                     worker.move(WorkerState.BUSY if worker.inflight else WorkerState.IDLE)
@@ -125,7 +128,6 @@ class FastPath:
 
     # -- a caller's thread: submit ------------------------------------------------------
 
-    @critical
     def send(self, task: Task) -> bool:
         """Under the lock, in ``submit``: write ``task`` to a parked worker. False if it
         must go through the queue (no parked worker; a timeout, which the manager must
@@ -185,10 +187,14 @@ class FastPath:
             return
         self._settle(task, worker.name, message)
 
-    @critical
+    @counts_itself
     def _lend(self, worker: WorkerHandle, task: Task, token: object) -> bool:
-        with self._lock:
-            return self._lend_locked(worker, task, token)
+        depth.value += 1
+        try:
+            with self._lock:
+                return self._lend_locked(worker, task, token)
+        finally:
+            depth.value -= 1
 
     def _lend_locked(self, worker: WorkerHandle, task: Task, token: object) -> bool:
         if (
@@ -214,8 +220,8 @@ class FastPath:
         """Give the worker back to the manager's watch, answer unread."""
         with self._lock:
             if worker.borrower is token:
-                worker.borrower = None
                 self._poller.unmute(worker.conn.fileno())
+                worker.borrower = None
 
     def _wait_for_answer(
         self, worker: WorkerHandle, task: Task, token: object, timeout: float | None
@@ -238,13 +244,17 @@ class FastPath:
                 return taken  # type: ignore[return-value]
             time.sleep(0.00005)  # (only when part of a frame is there: the rest is coming)
 
-    @critical
+    @counts_itself
     def _take_answer(self, worker: WorkerHandle, task: Task, token: object) -> object:
         """The answer to ``task``, if it is whole at the head of the pipe (counted,
         consumed, the worker parked again); ``_NOT_YET``; or None: reading here ends
         (taken back, or the manager must read what comes)."""
-        with self._lock:
-            return self._take_answer_locked(worker, task, token)
+        depth.value += 1
+        try:
+            with self._lock:
+                return self._take_answer_locked(worker, task, token)
+        finally:
+            depth.value -= 1
 
     def _take_answer_locked(self, worker: WorkerHandle, task: Task, token: object) -> object:
         sock = worker.socket
@@ -273,13 +283,13 @@ class FastPath:
         worker.answered(time.monotonic())
         task.answer = message  # type: ignore[assignment]
         sock.recv(length, socket.MSG_WAITALL)
-        worker.borrower = None
         self._poller.unmute(worker.conn.fileno())  # a Retiring, a log record, its death
+        worker.borrower = None
         if self._may_park(worker):
             worker.move(WorkerState.PARKED)
             self._parked.append(worker)
         else:
-            self._manager.wake()  # (leaving, recycling: the manager sees to it)
+            self._manager._wake()  # (leaving, recycling: the manager sees to it)
         return message
 
     def _may_park(self, worker: WorkerHandle) -> bool:

@@ -54,7 +54,7 @@ from ._events import REAP_SECONDS, TERMINATE_GRACE_SECONDS, WorkerEvents
 from ._fastpath import FastPath
 from ._poller import Poller
 from ._records import TYPE_CHECKING
-from ._reentry import critical, reentered
+from ._reentry import counts_itself, critical, depth, reentered
 from ._state import PoolState
 from ._workers import WorkerHandle, WorkerState
 
@@ -171,7 +171,7 @@ class Manager(WorkerEvents):
     def queued(self) -> bool:
         return bool(self._queue)
 
-    @critical
+    @counts_itself
     def submit(self, task: Task, *, while_closing: bool = False) -> None:
         """Queue ``task``, or send it to a parked worker. Raises if the pool does not
         accept tasks.
@@ -180,15 +180,19 @@ class Manager(WorkerEvents):
         (or another ``@critical`` function), it queues the task: the lock is re-entrant,
         and every step here leaves the state whole. What a handler must not do there is
         wait for the result (``_reentry``)."""
-        with self.lock:
-            state = self._state
-            if not state.accepts(while_closing=while_closing):
-                raise self._refusal(state)
-            task.task_id = next(self._task_ids)
-            if not self._queue and self.fastpath.send(task):
-                return
-            self._queue.append(task)
-        self.wake()
+        depth.value += 1
+        try:
+            with self.lock:
+                state = self._state
+                if not state.accepts(while_closing=while_closing):
+                    raise self._refusal(state)
+                task.task_id = next(self._task_ids)
+                if not self._queue and self.fastpath.send(task):
+                    return
+                self._queue.append(task)
+            self._wake()
+        finally:
+            depth.value -= 1
 
     @critical
     def submit_many(self, tasks: list[Task], *, while_closing: bool = False) -> None:
@@ -206,7 +210,7 @@ class Manager(WorkerEvents):
             if sent == len(tasks):
                 return
             self._queue.extend(tasks[sent:] if sent else tasks)
-        self.wake()
+        self._wake()
 
     def check_running(self) -> None:
         state = self._state
@@ -302,6 +306,11 @@ class Manager(WorkerEvents):
         submit while a wake-up is already on its way; the manager clears it only after
         emptying the pipe, and acts on the queue after that (see _drain_wakeups).
         """
+        self._wake()
+
+    @counts_itself
+    def _wake(self) -> None:
+        """``wake``, for callers that count themselves (``_reentry``)."""
         if not self._wake_pending:
             self._wake_pending = True
             try:

@@ -36,7 +36,14 @@ from ._records import TYPE_CHECKING, TypeVar
 if TYPE_CHECKING:
     from typing import Any
 
-__all__ = ["GuardedFuture", "check_may_block", "critical", "depth", "reentered"]
+__all__ = [
+    "GuardedFuture",
+    "check_may_block",
+    "counts_itself",
+    "critical",
+    "depth",
+    "reentered",
+]
 
 F = TypeVar("F", bound=Callable[..., object])
 T = TypeVar("T")
@@ -48,8 +55,8 @@ _MAIN_THREAD = threading.main_thread().ident
 class _Depth(threading.local):
     #: How many ``@critical`` functions this thread is inside, as counted by their own
     #: ``depth.value += 1`` (before the work) and ``-= 1`` (in a ``finally``). A signal
-    #: handler raising between the two may leave it too high, never too low: so 0 is
-    #: trusted at once, and anything else is checked against the stack (and repaired).
+    #: handler raising between the two may leave it too high: so 0 (or less, after a
+    #: repair) is trusted at once, and anything else is checked against the stack.
     value = 0
 
 
@@ -67,15 +74,22 @@ def critical(function: F) -> F:
         try:
             return function(*args, **kwargs)
         finally:
-            depth.value = max(0, depth.value - 1)
+            depth.value -= 1
 
     return counted  # type: ignore[return-value]
+
+
+def counts_itself(function: F) -> F:
+    """Mark ``function`` as ``@critical`` without the wrapper: on a hot path it counts
+    itself, ``depth.value += 1`` first and ``depth.value -= 1`` in a ``finally``."""
+    _CRITICAL.add(function.__code__)
+    return function
 
 
 def reentered() -> bool:
     """Whether the function calling this was called from a signal handler that
     interrupted a ``@critical`` function: one is on the main thread's stack below it."""
-    if not depth.value or threading.get_ident() != _MAIN_THREAD:
+    if depth.value <= 0 or threading.get_ident() != _MAIN_THREAD:
         return False
     frame = sys._getframe(2)  # the caller's caller: documented in the sys module
     critical_code = _CRITICAL

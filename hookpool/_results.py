@@ -20,7 +20,7 @@ from concurrent.futures import CancelledError, Future, InvalidStateError
 
 from ._errors import PoolTerminatedError
 from ._records import TYPE_CHECKING, Generic, TypeVar
-from ._reentry import GuardedFuture, check_may_block, critical
+from ._reentry import GuardedFuture, check_may_block, counts_itself, critical, depth
 
 if TYPE_CHECKING:
     from typing import Any
@@ -356,17 +356,21 @@ class ApplyOutcome(Generic[T]):
         self._direct_read = read
         self._direct = True
 
-    @critical
+    @counts_itself
     def settle_here(self, value: T | None, error: BaseException | None) -> bool:
         """Settle from the waiting thread that read the answer. False if a mirror Future
         exists (its callbacks must not run here): the manager settles."""
-        with self._lock:
-            if self._mirror is not None or self._state != _RUNNING:
-                return False
-            self._value, self._error = value, error  # first: the state says they are set
-            self._state = _FINISHED
-        self._finish()
-        return True
+        depth.value += 1
+        try:
+            with self._lock:
+                if self._mirror is not None or self._state != _RUNNING:
+                    return False
+                self._value, self._error = value, error  # first: the state says so
+                self._state = _FINISHED
+            self._finish()
+            return True
+        finally:
+            depth.value -= 1
 
     def complete_settling(self) -> None:
         """From the manager: finish what a ``settle_here`` that a signal handler cut short
@@ -471,14 +475,18 @@ class ApplyOutcome(Generic[T]):
         self._waiting_event().wait(timeout)
         return self._ready
 
-    @critical
+    @counts_itself
     def _waiting_event(self) -> threading.Event:
-        with self._lock:
-            if self._waiters is None:
-                self._waiters = threading.Event()
-                if self._ready:
-                    self._waiters.set()
-            return self._waiters
+        depth.value += 1
+        try:
+            with self._lock:
+                if self._waiters is None:
+                    self._waiters = threading.Event()
+                    if self._ready:
+                        self._waiters.set()
+                return self._waiters
+        finally:
+            depth.value -= 1
 
     def exception(self) -> BaseException | None:
         return self._error
