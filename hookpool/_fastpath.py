@@ -289,7 +289,7 @@ class FastPath:
             worker.move(WorkerState.PARKED)
             self._parked.append(worker)
         else:
-            self._manager._wake()  # (leaving, recycling: the manager sees to it)
+            self._manager.wake()  # (leaving, recycling: the manager sees to it)
         return message
 
     def _may_park(self, worker: WorkerHandle) -> bool:

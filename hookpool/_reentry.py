@@ -7,13 +7,14 @@ the middle of reading a worker's answer. A handler that then waited for the pool
 ``apply``, ``join``, a ``cancel`` that waits for its outcome) would wait for something only
 the interrupted frame can finish.
 
-So the functions that hold such state in a caller's thread are marked ``@critical``, and
-a call that could end up waiting checks first (``check_may_block``) whether the thread's
-stack holds one of them: from a handler that interrupted one, it raises
-``ReentrantCallError`` instead. The check looks at the stack itself, not at a flag the
-critical function sets: a flag could be left behind by an exception raised at the wrong
-moment (a handler raising KeyboardInterrupt), the stack cannot. Only the main thread runs
-signal handlers, so only there is the stack looked at.
+So the functions that hold such state in a caller's thread are marked ``@critical`` (or
+``@counts_itself`` on a hot path), and a call that could wait checks first
+(``check_may_block``) whether one of them is on the thread's stack: from a handler that
+interrupted one, it raises ``ReentrantCallError`` instead. Each such function counts
+itself in a per-thread ``depth`` while it runs, so the usual answer, 0, costs a lookup;
+only otherwise is the stack walked, which also repairs a count left behind by an
+exception raised at the wrong moment (a handler raising KeyboardInterrupt). Only the
+main thread runs signal handlers, so only there is anything refused.
 
 ``close()`` and ``terminate()`` never wait for the interrupted frame, and are always
 allowed: the engine's lock is re-entrant, and they only change the state and wake the
@@ -24,7 +25,6 @@ result) every call works.
 from __future__ import annotations
 
 import functools
-import sys
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future
@@ -91,12 +91,15 @@ def reentered() -> bool:
     interrupted a ``@critical`` function: one is on the main thread's stack below it."""
     if depth.value <= 0 or threading.get_ident() != _MAIN_THREAD:
         return False
-    frame = sys._getframe(2)  # the caller's caller: documented in the sys module
+    import inspect  # here, on the rare path: 0 is the common answer, and it is cheap
+
+    here = inspect.currentframe()
+    frame = None if here is None or here.f_back is None else here.f_back.f_back
     critical_code = _CRITICAL
     while frame is not None:
         if frame.f_code in critical_code:
             return True
-        frame = frame.f_back  # type: ignore[assignment]
+        frame = frame.f_back
     depth.value = 0  # left behind by an interrupted count: there is none below
     return False
 

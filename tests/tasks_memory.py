@@ -96,3 +96,11 @@ def runs(directory: str) -> dict[int, list[int]]:
         _, item, who = path.name.split("-")
         found.setdefault(int(item), []).append(int(who))
     return found
+
+
+def fin_leaving_late(directory: str, seconds: float) -> None:
+    """Finalizer: mark that it started, sleep, then ``fin_leaving`` (why it leaves, as it
+    reads at the end)."""
+    Path(directory, f"fin-started-{os.getpid()}").touch()
+    time.sleep(seconds)
+    fin_leaving(directory)

@@ -139,3 +139,20 @@ def test_without_setproctitle_workers_start_as_usual(facade: MakeFace) -> None:
     face = facade(1)
     assert face.apply(tasks_logging.whoami)["info"]["pid"] == face.worker_pids[0]
     assert os.getpid() != face.worker_pids[0]
+
+
+def test_a_sigterm_during_the_finalizer_keeps_why_the_worker_leaves(tmp_path: Path) -> None:
+    """close() asks the worker to leave ("close"); a terminate() that comes while its
+    finalizer runs does not rewrite that to "stopped"."""
+    from tasks_hooks import wait_for
+    from tasks_memory import fin_leaving_late, leaving
+
+    import hookpool
+
+    pool = hookpool.Pool(1, finalizer=fin_leaving_late, finalargs=(str(tmp_path), 1.0))
+    assert pool.apply(abs, (-1,)) == 1
+    pool.close()
+    wait_for(lambda: any(tmp_path.glob("fin-started-*")), what="the finalizer started")
+    pool.terminate()  # SIGTERM while the finalizer sleeps
+    (why,) = leaving(str(tmp_path)).values()
+    assert why["leaving"] == "close"
