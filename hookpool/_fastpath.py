@@ -79,6 +79,8 @@ class FastPath:
         self._lock = manager.lock
         self._poller = manager.poller
         self.enabled = manager.poller.can_mute
+        #: What a borrower peeks at (under the lock: one at a time).
+        self._peeked = memoryview(bytearray(PEEK_BYTES))
         #: The manager thread sleeps with workers parked: the fast path is open.
         self.sleeping = False
         self._parked: list[WorkerHandle] = []
@@ -260,20 +262,21 @@ class FastPath:
         sock = worker.socket
         if worker.borrower is not token or sock is None:
             return None
+        peeked = self._peeked
         try:
-            data = sock.recv(PEEK_BYTES, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+            size = sock.recv_into(peeked, PEEK_BYTES, socket.MSG_PEEK | socket.MSG_DONTWAIT)
         except BlockingIOError:
             return _NOT_YET
         except OSError:
             return None
-        if not data:
+        if not size:
             return None  # it is leaving: the manager sees to it
         try:
-            length, messages = wire.first_frame(memoryview(data))
+            length, messages = wire.first_frame(peeked[:size])
         except Exception:  # not a frame we can read: the manager's reader decides
             return None
         if messages is None:  # not whole yet, or too large, or with out-of-band buffers
-            return _NOT_YET if length == 0 or len(data) < length <= PEEK_BYTES else None
+            return _NOT_YET if length == 0 or size < length <= PEEK_BYTES else None
         if len(messages) != 1:
             return None
         message = messages[0]

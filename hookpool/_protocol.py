@@ -514,17 +514,12 @@ class FrameReader:
         """Nothing of a frame is held back: the pipe's next byte starts a frame."""
         return not self._buffer and self._big is None and not self._frames
 
-    def read(self, scratch: memoryview | None = None) -> list[Message]:
-        """Call when the connection is readable. Raises EOFError when it is closed.
-
-        ``scratch``: read into this instead (a thread other than the one that owns the
-        shared buffer; see ``Manager._read_directly``).
-        """
+    def read(self) -> list[Message]:
+        """Call when the connection is readable. Raises EOFError when it is closed."""
         if self._big is not None:
             self._fill_big()
             return self._complete_batch() if self._big is None else []
-        if scratch is None:
-            scratch = self._scratch
+        scratch = self._scratch
         count = os.readv(self._fd, [scratch])
         if not count:
             raise EOFError
