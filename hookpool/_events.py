@@ -144,7 +144,11 @@ class WorkerEvents:
             task.cancel.done.set()
         if not worker.inflight and worker.state is WorkerState.BUSY:
             worker.move(WorkerState.IDLE)
-        elif worker.inflight and worker.inflight[0].cancel is not None:
+        elif (
+            worker.inflight
+            and worker.inflight[0].cancel is not None
+            and not worker.inflight[0].future.done()
+        ):
             self._stop_task(worker, worker.inflight[0])  # (see _cancel_running)
         if type(message) is wire.Failed and message.leaving:
             # SystemExit: it is on its way out; send it nothing more.
@@ -275,13 +279,19 @@ class WorkerEvents:
                     if position == 0:
                         self._stop_task(worker, task)
                         return
-                    # Queued behind the running task, in the worker's pipe: it reads the
-                    # Skip before it starts the task, and never runs it. Should it have
-                    # started it first, a stop is aimed at the task as it comes to the
-                    # head (_on_result).
-                    with contextlib.suppress(OSError):
+                    # Queued behind the running task, in the worker's pipe: the worker
+                    # reads what was sent to it before it starts each task, so it skips
+                    # this one, unless it has already moved on to it. If nothing has come
+                    # from it since the Skip was written, it has not: the Skip will be
+                    # read in time, and the task is cancelled now. Else it is settled
+                    # once the worker says (Skipped, Interrupted or its answer), and a
+                    # stop is aimed at it as it comes to the head (_on_result).
+                    try:
                         wire.send(worker.conn, [wire.Skip(task.task_id)])
-                    self._settle(task, error=CancelledError(), cancelled=True)
+                    except OSError:
+                        return  # it is leaving: the task is settled with its exit
+                    if worker.reader.between_frames and not _poll(worker.conn):
+                        self._settle(task, error=CancelledError(), cancelled=True)
                     return
         request.done.set()  # it finished meanwhile: not cancelled
 

@@ -116,16 +116,12 @@ class FastPath:
             self._parked = []
             out, self._out = self._out, []
             for worker in out:
-                # Watched again whoever borrowed it (and even if a borrower cut short
-                # between its two steps of giving it back left it unwatched).
-                if not worker.conn_closed:
+                if worker.borrower is not None:  # (a borrower unmutes before it lets go)
                     self._poller.unmute(worker.conn.fileno())
-                if worker.borrower is not None:
                     worker.borrower = None
                     _nudge(worker)
                 if worker.state is WorkerState.PARKED or worker.state is WorkerState.DIRECT:
                     worker.move(WorkerState.BUSY if worker.inflight else WorkerState.IDLE)
-                worker.reclaimed = True
         return out
 
     # -- a caller's thread: submit ------------------------------------------------------
@@ -141,19 +137,19 @@ class FastPath:
         if not task.future.set_running_or_notify_cancel():
             return True  # cancelled already: it never runs
         task.claimed = True
-        worker = self._parked.pop()
-        worker.move(WorkerState.DIRECT)
-        worker.push(task)
+        worker = self._parked.pop()  # (still in _out: taken back whatever happens next)
         try:
+            worker.move(WorkerState.DIRECT)
+            worker.push(task)
             wire.send(worker.conn, [self._manager.call_for(worker, task)])
         except OSError:  # it is dying: the task goes to the queue, for another worker
             worker.pop_tail()
             self._manager.condemn(worker, None)
             return False
         except BaseException:
-            # A signal handler raised in the middle of the write: the pipe may hold part
-            # of a frame, so the worker is stopped and replaced. The exception goes on
-            # out of submit(): the caller never gets this task.
+            # A signal handler raised on the way, possibly in the middle of the write: the
+            # pipe may hold part of a frame, so the worker is stopped and replaced. The
+            # exception goes on out of submit(): the caller never gets this task.
             if task in worker.inflight:
                 worker.pop_tail()
             self._manager.condemn(worker, "a write to it was interrupted by a signal handler")
@@ -175,10 +171,11 @@ class FastPath:
                 self._settle(task, worker.name, message)
             return
         token = object()
-        if not self._lend(worker, task, token):
+        fds = self._lend(worker, task, token)
+        if fds is None:
             return
         try:
-            message = self._wait_for_answer(worker, task, token, timeout)
+            message = self._wait_for_answer(worker, task, token, fds, timeout)
         except BaseException:  # a signal handler raised: the manager carries on
             self._return(worker, token)
             if task.answer is not None:  # taken, not settled
@@ -190,7 +187,7 @@ class FastPath:
         self._settle(task, worker.name, message)
 
     @counts_itself
-    def _lend(self, worker: WorkerHandle, task: Task, token: object) -> bool:
+    def _lend(self, worker: WorkerHandle, task: Task, token: object) -> tuple[int, int] | None:
         depth.value += 1
         try:
             with self._lock:
@@ -198,7 +195,10 @@ class FastPath:
         finally:
             depth.value -= 1
 
-    def _lend_locked(self, worker: WorkerHandle, task: Task, token: object) -> bool:
+    def _lend_locked(
+        self, worker: WorkerHandle, task: Task, token: object
+    ) -> tuple[int, int] | None:
+        """Lend ``worker`` to this thread; its pipe's and its nudge's descriptors."""
         if (
             not self.sleeping
             or worker.state is not WorkerState.DIRECT
@@ -208,14 +208,17 @@ class FastPath:
             or worker.conn_closed
             or worker.condemned
         ):
-            return False
+            return None
         worker.borrower = token
+        # The manager may have been told the pipe was readable before this thread reads
+        # it empty: it polls before its next read of this worker (_on_readable).
+        worker.reclaimed = True
         self._poller.mute(worker.conn.fileno())
         if worker.nudged:  # drain the nudge of an earlier take-back
-            worker.nudged = False
             with contextlib.suppress(OSError):
                 os.eventfd_read(worker.nudge)
-        return True
+            worker.nudged = False
+        return worker.conn.fileno(), worker.nudge
 
     @critical
     def _return(self, worker: WorkerHandle, token: object) -> None:
@@ -226,13 +229,18 @@ class FastPath:
                 worker.borrower = None
 
     def _wait_for_answer(
-        self, worker: WorkerHandle, task: Task, token: object, timeout: float | None
+        self,
+        worker: WorkerHandle,
+        task: Task,
+        token: object,
+        fds: tuple[int, int],
+        timeout: float | None,
     ) -> wire.Done | wire.Failed | None:
         # The descriptors are only read while the worker is lent to this thread (then
         # they are open); polling them after it was taken back ends at the next check.
         poller = select.poll()
-        poller.register(worker.conn.fileno(), select.POLLIN)
-        poller.register(worker.nudge, select.POLLIN)
+        for fd in fds:
+            poller.register(fd, select.POLLIN)
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             wait = BORROW_CHECK_SECONDS
@@ -282,9 +290,9 @@ class FastPath:
         message = messages[0]
         if type(message) not in ANSWERS or message.task_id != task.task_id:  # type: ignore[union-attr]
             return None  # a log record first, say: the manager handles them in order
-        # Counted before it is consumed (see the module docstring).
-        worker.answered(time.monotonic())
+        # Kept, then counted, then consumed (see the module docstring).
         task.answer = message  # type: ignore[assignment]
+        worker.answered(time.monotonic())
         sock.recv(length, socket.MSG_WAITALL)
         self._poller.unmute(worker.conn.fileno())  # a Retiring, a log record, its death
         worker.borrower = None

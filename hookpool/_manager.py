@@ -308,9 +308,8 @@ class Manager(WorkerEvents):
         """
         self._wake()
 
-    @counts_itself
     def _wake(self) -> None:
-        """``wake``, for callers that count themselves (``_reentry``)."""
+        """``wake``, for callers that count themselves in ``_reentry.depth``."""
         if not self._wake_pending:
             self._wake_pending = True
             try:

@@ -25,10 +25,11 @@ result) every call works.
 from __future__ import annotations
 
 import functools
+import sys
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future
-from types import CodeType
+from types import CodeType, FrameType
 
 from ._errors import ReentrantCallError
 from ._records import TYPE_CHECKING, TypeVar
@@ -91,10 +92,9 @@ def reentered() -> bool:
     interrupted a ``@critical`` function: one is on the main thread's stack below it."""
     if depth.value <= 0 or threading.get_ident() != _MAIN_THREAD:
         return False
-    import inspect  # here, on the rare path: 0 is the common answer, and it is cheap
-
-    here = inspect.currentframe()
-    frame = None if here is None or here.f_back is None else here.f_back.f_back
+    # sys._getframe is what inspect.currentframe() returns; importing inspect here, in a
+    # signal handler, could meet its own import half done in the interrupted frame.
+    frame: FrameType | None = sys._getframe(2)  # the caller's caller
     critical_code = _CRITICAL
     while frame is not None:
         if frame.f_code in critical_code:

@@ -338,7 +338,9 @@ class ApplyOutcome(Generic[T]):
         self._value: T | None = None
         self._error: BaseException | None = None
         self._ready = False
-        self._lock = threading.Lock()
+        # Re-entrant: a signal handler may cancel() or ask for future() while this thread
+        # is inside one of these methods, holding it.
+        self._lock = threading.RLock()
         self._waiters: threading.Event | None = None  # made by the first early waiter
         self._callback = callback
         self._error_callback = error_callback
@@ -465,13 +467,13 @@ class ApplyOutcome(Generic[T]):
             read(timeout)  # returns once settled, or once it may not read any more
             if self._ready:
                 return True
+            if timeout is not None:
+                timeout = max(0.0, timeout - (time.monotonic() - started))
         if self._direct and self.done():
             # Settled, not yet ready: in this thread, by the frame a signal handler (this
             # call) interrupted. That frame cannot go on until this returns: finish here.
             self._finish()
             return True
-            if timeout is not None:
-                timeout = max(0.0, timeout - (time.monotonic() - started))
         self._waiting_event().wait(timeout)
         return self._ready
 

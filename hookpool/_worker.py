@@ -152,7 +152,7 @@ class _Worker:
         self.queued_sends: collections.deque[wire.Message] = collections.deque()
         self.stop_after_write = False  # SIGTERM arrived while the main thread was writing
         # The task the main thread runs (from before it unpickles it until it answered),
-        # and one a SIGTERM was aimed at before it started: it is skipped when it comes.
+        # and one a stop (STOP_SIGNAL) was aimed at before it started: it is skipped.
         self.current_task = 0
         self.skip_target = 0
         self.aimed_stop = 0  # a stop aimed at the current task, while it is unpickled
@@ -243,8 +243,8 @@ class _Worker:
             if type(message) is wire.Call:
                 if self.retired:
                     continue  # not run, not answered: the manager puts it back in its queue
-                # First the current task, then the skip target: a SIGTERM aimed at this
-                # task in between sees it as current (and stops it), or set the target.
+                # First the current task, then the skip target: a stop aimed at this task
+                # in between sees it as current (and stops it), or set the target.
                 skip = message.task_id in self.skipped
                 if not skip:
                     self.current_task = message.task_id
@@ -282,10 +282,8 @@ class _Worker:
             self.phase = _Phase.RUNNING
             # A SIGTERM that came while this was BUSY unpickling (deferred) stops it now,
             # before the task: the handler sets the flag first, then looks at the phase.
-            if self.stop_requested:
+            if self.stop_requested or self.aimed_stop == call.task_id:
                 self._honour_stop()
-            if self.aimed_stop == call.task_id:
-                self._stop_task()
             try:
                 result = _run(call.kind, fn, args)
             finally:
@@ -408,8 +406,10 @@ class _Worker:
         # Aimed at the task this worker has: it stops that task if it runs it now, or
         # before it starts it (unpickling it: see _call); once it has run, too late.
         self.aimed_stop = target
-        if self.phase is _Phase.RUNNING:
-            self._stop_task()
+        if self.writer == threading.get_ident():
+            self.stop_after_write = True  # raising now would cut a frame in half
+            return
+        self._honour_stop()
 
     def _on_sigterm(self, signum: int, frame: FrameType | None) -> None:
         self.stop_requested = True
@@ -426,17 +426,18 @@ class _Worker:
         except OSError:
             return 0
 
-    def _stop_task(self) -> None:
-        """Leave now, from the middle of the task (an aimed stop)."""
-        if not self.interrupted:
+    def _honour_stop(self) -> None:
+        """Raise a requested stop if the main thread is where it may be raised: a stop of
+        whatever runs (SIGTERM) while idle or in a task; one aimed at the task it runs,
+        in that task."""
+        if self.interrupted:
+            return
+        aimed = self.aimed_stop != 0 and self.aimed_stop == self.current_task
+        if (self.stop_requested and self.phase in (_Phase.IDLE, _Phase.RUNNING)) or (
+            aimed and self.phase is _Phase.RUNNING
+        ):
             self.interrupted = True
             self.identity.leave("stopped")
-            raise _StopWorker(SIGTERM_EXIT_CODE)
-
-    def _honour_stop(self) -> None:
-        """Raise the requested stop if the main thread is where it may be raised."""
-        if self.phase in (_Phase.IDLE, _Phase.RUNNING) and not self.interrupted:
-            self.interrupted = True
             raise _StopWorker(SIGTERM_EXIT_CODE)
 
     def _watch_parent(self) -> None:

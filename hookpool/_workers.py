@@ -124,8 +124,8 @@ class WorkerHandle:
         #: The thread reading it (a token of that thread's read), while DIRECT: the
         #: manager's poller does not watch its pipe meanwhile.
         self.borrower: object | None = None
-        #: Taken back from the fast path in this turn of the loop: a readiness event from
-        #: before may be stale (its borrower read the pipe empty).
+        #: Lent to a borrower since the manager last read it: a readiness event the
+        #: manager got may be stale (the borrower read the pipe empty).
         self.reclaimed = False
         #: An eventfd the manager signals as it takes the worker back, so that a borrower
         #: polling the pipe wakes; -1 where workers are not lent (no epoll).
