@@ -22,11 +22,11 @@ What a signal handler raising at any point leaves behind:
 
 - in ``send``, the write may be cut: the worker is stopped and replaced, and the task is
   cancelled (``submit`` raised: the caller never got it);
-- in ``read``, the worker stays borrowed until the manager takes it back (it sleeps at
-  most ``TAKE_BACK_SECONDS`` while any worker is out);
-- in ``_take_answer``: the answer is counted before its bytes are consumed, so an
-  interrupted consume leaves a frame the manager later drops as an answer to a task no
-  longer at that worker;
+- in ``read``, the worker stays borrowed, its pipe muted, until the manager takes it
+  back (it sleeps at most ``TAKE_BACK_SECONDS`` while any worker is out);
+- in ``_take_answer``: the answer is kept, then counted, then its bytes are consumed, so
+  an interrupted consume leaves a frame the manager later drops as an answer to a task no
+  longer at that worker, and the task is settled from what was kept;
 - in ``_settle``: the answer is kept (``Task.answer``) and the manager settles the task.
 
 Only answers that fit in ``PEEK_BYTES`` and carry no out-of-band buffer are read here;
