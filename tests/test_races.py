@@ -13,6 +13,7 @@ docstring). None is marked xfail on purpose.
 
 from __future__ import annotations
 
+import concurrent.futures
 import os
 import subprocess
 import sys
@@ -641,3 +642,63 @@ def test_stress_harness_briefly(tmp_path: Path) -> None:
         f"stress.py found violations (exit {proc.returncode}):\n"
         f"--- stdout\n{proc.stdout[-6000:]}\n--- stderr\n{proc.stderr[-4000:]}"
     )
+
+
+# -- found in review: cancel() of a task queued at a worker that has moved on -----------------
+
+
+def test_cancel_of_a_queued_task_whose_worker_moved_on_tells_the_truth(tmp_path: Path) -> None:
+    """A task queued at a worker behind a running one, cancelled while the manager's view
+    is stale (the worker has answered the task ahead, and started this one, but a callback
+    keeps the manager from reading that yet). ``cancel()`` True must mean the task never
+    had its side effect and raises CancelledError; False, that its result comes back.
+    (Before the fix, cancel() said True for a task that had run, in 6 of 8 attempts.)"""
+    import time
+
+    from tasks_races import touch
+
+    import hookpool
+
+    for attempt in range(4):
+        path = tmp_path / f"ran-{attempt}"
+        with hookpool.Pool(2) as pool:
+            for _ in range(3):
+                pool.map(abs, range(200), chunksize=1)  # a fast pace: tasks queue behind
+            time.sleep(0.2)  # both workers idle
+            ahead = pool.apply_async(time.sleep, (0.4,))
+            busy = pool.apply_async(
+                time.sleep, (0.1,), callback=lambda _: time.sleep(1.0), task_timeout=5
+            )
+            queued = pool.apply_async(touch, (str(path),))
+            time.sleep(0.3)  # the manager is in busy's callback; ahead ends meanwhile
+            said = pool.cancel(queued)
+            ahead.get(timeout=30)
+            busy.get(timeout=30)
+            try:
+                outcome = queued.get(timeout=30)
+            except concurrent.futures.CancelledError:
+                outcome = "cancelled"
+            ran = path.exists()
+            assert (said, outcome, ran) in {(True, "cancelled", False), (False, "done", True)}
+
+
+def test_get_with_a_timeout_on_a_task_sent_straight_to_a_worker_waits_once(
+    tmp_path: Path,
+) -> None:
+    """get(timeout) of a task that went straight to an idle worker raises after about
+    the timeout, not twice that (the thread reading the worker used it up, then waited it
+    again)."""
+    import multiprocessing
+    import time
+
+    import hookpool
+
+    with hookpool.Pool(1) as pool:
+        pool.apply(abs, (1,))
+        time.sleep(0.1)  # idle: the next task goes straight to the worker
+        result = pool.apply_async(time.sleep, (3.0,))
+        started = time.monotonic()
+        with pytest.raises(multiprocessing.TimeoutError):
+            result.get(timeout=1.0)
+        assert time.monotonic() - started < 1.8  # (2.0 before the fix)
+        pool.terminate()
