@@ -42,7 +42,8 @@ HERE = Path(__file__).parent
 sys.path.insert(0, str(HERE))
 os.environ["PYTHONPATH"] = os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")])
 
-from tasks_races import fin_marker, init_marker, markers, record, recorded  # noqa: E402
+from tasks_hooks import markers  # noqa: E402
+from tasks_races import fin_marker, init_marker, record, recorded  # noqa: E402
 
 import hookpool  # noqa: E402
 

@@ -103,15 +103,6 @@ def fin_marker(directory: str) -> None:
     Path(directory, f"fin-{os.getpid()}").write_text("1")
 
 
-def markers(directory: str, kind: str) -> set[int]:
-    found = set()
-    for path in Path(directory).iterdir():
-        name, _, who = path.name.partition("-")
-        if name == kind and who.isdigit():
-            found.add(int(who))
-    return found
-
-
 # -- parent side ------------------------------------------------------------------------
 
 
@@ -126,7 +117,9 @@ def jitter(low: float, high: float) -> None:
 
 
 def touch(path: str) -> str:
-    """Write ``path`` (the side effect a cancelled task must not have had), return "done"."""
+    """After 50 ms, write ``path`` (the side effect a cancelled task must not have had);
+    return "done". (The pause: a stop that comes while it runs lands before the write.)"""
+    time.sleep(0.05)
     with open(path, "w") as file:
         file.write("ran")
     return "done"

@@ -32,20 +32,10 @@ def run_scenario(
     """Run ``source`` as a script in a child interpreter; fail (never block) on a hang.
 
     The script prints ``PASS`` as its last line when every check held."""
-    script = tmp_path / "scenario.py"
-    script.write_text(textwrap.dedent(source))
-    env = dict(os.environ)
-    env.pop("HOOKPOOL_INLINE", None)
-    env["PYTHONPATH"] = os.pathsep.join([str(HERE), env.get("PYTHONPATH", "")])
+    from conftest import run_script
+
     try:
-        proc = subprocess.run(
-            [sys.executable, str(script), *args],
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            cwd=tmp_path,
-            env=env,
-        )
+        proc = run_script(textwrap.dedent(source), tmp_path, timeout=timeout, args=args)
     except subprocess.TimeoutExpired as expired:
         pytest.fail(f"the scenario hung (killed after {timeout} s):\n{_text(expired)}")
     lines = proc.stdout.strip().splitlines()
