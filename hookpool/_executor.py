@@ -53,7 +53,10 @@ class ProcessPoolExecutor(concurrent.futures.Executor):
     handlers (default ``True``; see ``hookpool.Pool``); and ``inline``: run every task in
     the calling thread, with no worker processes, for debugging and tests (see
     ``hookpool.Pool`` and ``docs/debugging.md``); None (the default) means inline if the
-    environment variable ``HOOKPOOL_INLINE`` is ``1``.
+    environment variable ``HOOKPOOL_INLINE`` is ``1``; ``cluster``: run the tasks on a
+    dask.distributed cluster (a ``Client``, a cluster object or a scheduler address; or
+    the environment variable ``HOOKPOOL_CLUSTER``), see ``hookpool.Pool`` and
+    ``docs/scaling-out.md``.
 
     Differences from the standard library, on purpose: a worker that dies fails only the
     task it was running, with ``WorkerLostError`` (a ``BrokenProcessPool``, so existing
@@ -76,6 +79,7 @@ class ProcessPoolExecutor(concurrent.futures.Executor):
         max_memory_per_child: int | str | None = None,
         forward_logging: bool = True,
         inline: bool | None = None,
+        cluster: object = None,
     ) -> None:
         check_not_bootstrapping()
         if max_workers is None:
@@ -103,6 +107,12 @@ class ProcessPoolExecutor(concurrent.futures.Executor):
             name="hookpool-executor",
             forward_logging=forward_logging,
             max_memory=max_memory,
+            cluster=cluster,
+            local_only={
+                "max_tasks_per_child": max_tasks_per_child,
+                "max_memory_per_child": max_memory_per_child,
+                "mp_context": mp_context,
+            },
         )
         # Dropped without shutdown(): let the queued work finish, then release the workers
         # (each runs its finalizer), as shutdown(wait=False) would.

@@ -79,6 +79,14 @@ class Pool:
             ``maxtasksperchild`` is ignored; a task's exception is the original object,
             with the task's frames. None (the default): inline if the environment
             variable ``HOOKPOOL_INLINE`` is ``1``.
+        cluster: run the tasks on a dask.distributed cluster instead of local worker
+            processes: a ``distributed.Client``, a cluster object (``LocalCluster``...),
+            or a scheduler address (``"tcp://10.0.0.5:8786"``). None (the default): the
+            environment variable ``HOOKPOOL_CLUSTER``, if set, else local workers. Needs
+            ``pip install "hookpool[dask]"``. The hooks run once in every worker of the
+            cluster, those that join later too. ``maxtasksperchild``,
+            ``max_memory_per_child`` and ``context`` are refused there. See
+            ``docs/scaling-out.md``.
 
     Differences from the standard library, on purpose: workers always start with spawn;
     ``terminate()`` gives each worker a grace period to run its finalizer before killing
@@ -102,6 +110,7 @@ class Pool:
         max_memory_per_child: int | str | None = None,
         forward_logging: bool = True,
         inline: bool | None = None,
+        cluster: object = None,
     ) -> None:
         check_not_bootstrapping()
         ctx = resolve(context)
@@ -128,6 +137,12 @@ class Pool:
             name="hookpool",
             forward_logging=forward_logging,
             max_memory=max_memory,
+            cluster=cluster,
+            local_only={
+                "maxtasksperchild": maxtasksperchild,
+                "max_memory_per_child": max_memory_per_child,
+                "context": context,
+            },
         )
         self._iterators: weakref.WeakSet[IMapIterator[Any]] = weakref.WeakSet()
         # Garbage collection of the pool terminates it (with the finalizer grace period),

@@ -34,6 +34,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ALLOWED_START_METHODS",
+    "CLUSTER_ENV_VAR",
     "ENV_VAR",
     "Spawner",
     "StartedWorker",
@@ -50,6 +51,9 @@ ALLOWED_START_METHODS = ("spawn", "forkserver")
 
 #: The environment variable that runs pools inline when they do not pass ``inline=``.
 ENV_VAR = "HOOKPOOL_INLINE"
+#: The environment variable that puts pools on a dask cluster when they do not pass
+#: ``cluster=``: a scheduler address, such as ``tcp://10.0.0.5:8786`` (``_cluster``).
+CLUSTER_ENV_VAR = "HOOKPOOL_CLUSTER"
 _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"", "0", "false", "no", "off"})
 _WARNING = 30  # logging.WARNING, the root logger's level until someone sets another
@@ -68,15 +72,34 @@ def start_engine(
     name: str,
     forward_logging: bool,
     max_memory: int | None = None,
+    cluster: object = None,
+    local_only: dict[str, object] | None = None,
 ) -> Engine:
-    """The engine behind a facade: an ``InlineManager`` if inline mode is on (see
+    """The engine behind a facade: a ``ClusterEngine`` on a dask cluster if ``cluster``
+    (or ``HOOKPOOL_CLUSTER``) names one, an ``InlineManager`` if inline mode is on (see
     ``inline_requested``), else a ``Manager`` with its worker processes.
+
+    ``local_only``: the arguments a cluster cannot honour, as the caller gave them
+    (``_cluster.start_cluster_engine`` refuses them).
 
     The workers are started first, the manager imported after: a worker takes tens of
     milliseconds to boot, and the parent imports the engine meanwhile instead of before.
     ``max_memory`` (bytes, ``max_memory_per_child``) is ignored inline, as
     ``maxtasksperchild`` is: there is no worker to retire.
     """
+    cluster = cluster if cluster is not None else os.environ.get(CLUSTER_ENV_VAR) or None
+    if cluster is not None:
+        from ._cluster import start_cluster_engine
+
+        return start_cluster_engine(
+            cluster,
+            inline=inline_requested(inline),
+            hooks=hooks,
+            local_only=local_only or {},
+            dialect=dialect,
+            name=name,
+            forward_logging=forward_logging,
+        )
     if inline_requested(inline):
         from ._inline import InlineManager
 

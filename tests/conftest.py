@@ -124,20 +124,64 @@ def no_hookpool_threads() -> bool:
 __all__ = ["assert_gone", "multiprocessing", "run_script"]
 
 
-@pytest.fixture(params=["Pool", "ProcessPoolExecutor"])
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """``facade``: both faces on local workers; a test marked ``cluster`` runs on both
+    faces on the session's dask LocalCluster too (``dask_client``)."""
+    if "facade" not in metafunc.fixturenames:
+        return
+    faces = ["Pool", "ProcessPoolExecutor"]
+    if metafunc.definition.get_closest_marker("cluster") is not None:
+        faces += ["Pool-on-cluster", "ProcessPoolExecutor-on-cluster"]
+    metafunc.parametrize("facade", faces, indirect=True)
+
+
+@pytest.fixture
 def facade(request: pytest.FixtureRequest) -> Iterator[MakeFace]:
     """``facade(workers, initializer=..., initargs=..., finalizer=..., finalargs=...)``
     builds the parametrized face; at teardown every face is stopped and no worker of it
-    may survive."""
+    may survive (on a cluster: the pool's settler thread has ended; the cluster's
+    workers are not the pool's to stop)."""
+    kind, _, where = request.param.partition("-on-")
+    client = request.getfixturevalue("dask_client") if where else None
     faces: list[Face] = []
 
     def make(workers: int = 1, **hooks: Any) -> Face:
-        face = Face(request.param, workers, **hooks)
+        face = Face(kind, workers, cluster=client, **hooks)
         faces.append(face)
         return face
 
     yield make
-    pids = [p for face in faces for p in face.worker_pids]
+    pids = [p for face in faces for p in face.worker_pids] if client is None else []
     awake = [face.stop() for face in faces]
     assert_gone(pids)
     assert all(awake), "lost wake-up: the manager slept through the stop until poked"
+
+
+@pytest.fixture(scope="session")
+def dask_cluster() -> Iterator[Any]:
+    """One real ``distributed.LocalCluster`` for the session: 2 worker processes with one
+    thread each, on 127.0.0.1 (started by the first test that needs it)."""
+    distributed = pytest.importorskip("distributed")
+    cluster = distributed.LocalCluster(
+        n_workers=2,
+        threads_per_worker=1,
+        processes=True,
+        host="127.0.0.1",
+        dashboard_address=":0",  # any free port: never a clash with another cluster
+    )
+    try:
+        yield cluster
+    finally:
+        cluster.close(timeout=30)
+
+
+@pytest.fixture(scope="session")
+def dask_client(dask_cluster: Any) -> Iterator[Any]:
+    """A client of the session's cluster."""
+    import distributed
+
+    client = distributed.Client(dask_cluster, set_as_default=False, timeout=30)
+    try:
+        yield client
+    finally:
+        client.close(timeout=30)

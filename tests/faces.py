@@ -17,11 +17,15 @@ import hookpool
 class Face:
     """One facade behind a common interface."""
 
-    def __init__(self, kind: str, workers: int, **hooks: Any) -> None:
+    def __init__(self, kind: str, workers: int, *, cluster: Any = None, **hooks: Any) -> None:
         self.kind = kind
+        #: On a dask cluster (a ``distributed.Client``), or None: local workers.
+        self.cluster = cluster
         self.futures: list[Future[Any]] = []
         self.pool: hookpool.Pool | None = None
         self.executor: hookpool.ProcessPoolExecutor | None = None
+        if cluster is not None:
+            hooks["cluster"] = cluster
         if kind == "Pool":
             self.pool = hookpool.Pool(workers, **hooks)
         else:
@@ -66,6 +70,12 @@ class Face:
     def stop(self) -> bool:
         """Teardown: stop now, even with a long task running. False if the manager had to
         be poked awake (a lost wake-up, see ``tasks_exec.join_manager``)."""
+        if self.cluster is not None:
+            face = self.pool if self.pool is not None else self.executor
+            assert face is not None
+            face._manager.terminate()
+            assert face._manager.join(30), "the pool's settler thread did not end"
+            return True
         if self.pool is not None:
             self.pool._manager.terminate()
             awake = join_manager(self.pool._manager)

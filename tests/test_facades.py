@@ -1,5 +1,8 @@
 """What ``hookpool.Pool`` and ``hookpool.ProcessPoolExecutor`` share, tested on both faces.
 
+The tests marked ``cluster`` run on both faces on a dask LocalCluster too (``cluster=``):
+same calls, same results, same errors.
+
 One parametrized fixture, ``facade``, builds either face behind the same tiny adapter
 (``Face``), each face spoken in its own words: ``apply_async``/``apply``/``map``/
 ``close``+``join`` for the Pool, ``submit``/``map``/``shutdown`` for the executor.
@@ -51,6 +54,7 @@ def frame_names(exc: BaseException) -> list[str]:
 # -- lifecycle hooks --------------------------------------------------------------------------
 
 
+@pytest.mark.cluster
 def test_initializer_once_per_worker_and_finalizer_once_at_shutdown(
     facade: MakeFace, tmp_path: Path
 ) -> None:
@@ -68,9 +72,11 @@ def test_initializer_once_per_worker_and_finalizer_once_at_shutdown(
     inits, fins = counts(d)
     assert inits == {str(p): 1 for p in pids}
     assert fins == inits
-    assert_gone(pids)
+    if face.cluster is None:  # a cluster's workers are its own: they stay
+        assert_gone(pids)
 
 
+@pytest.mark.cluster
 def test_closures_and_lambdas_as_tasks_and_hooks(facade: MakeFace, tmp_path: Path) -> None:
     d = str(tmp_path)
     tag = f"tag-{os.getpid()}"
@@ -99,12 +105,14 @@ def test_closures_and_lambdas_as_tasks_and_hooks(facade: MakeFace, tmp_path: Pat
     inits, fins = counts(d)
     assert inits == {str(p): 1 for p in pids}
     assert fins == inits
-    assert_gone(pids)
+    if face.cluster is None:  # a cluster's workers are its own: they stay
+        assert_gone(pids)
 
 
 # -- errors --------------------------------------------------------------------------------------
 
 
+@pytest.mark.cluster
 def test_remote_tracebacks_show_the_worker_frames(facade: MakeFace) -> None:
     face = facade(1)
     with pytest.raises(ValueError, match="boom") as info:
@@ -131,6 +139,7 @@ def test_remote_tracebacks_show_the_worker_frames(facade: MakeFace) -> None:
     assert "<lambda>" in frame_names(info.value)
 
 
+@pytest.mark.cluster
 def test_bad_arguments_fail_their_own_results(facade: MakeFace) -> None:
     """As in the standard library, an argument that cannot be pickled fails its task's
     result, not the call; hookpool's message says what to do instead."""
@@ -148,6 +157,7 @@ def test_bad_arguments_fail_their_own_results(facade: MakeFace) -> None:
     assert face.map(square, range(3)) == [0, 1, 4]
 
 
+@pytest.mark.cluster
 def test_a_worker_killed_mid_task_fails_only_that_task(facade: MakeFace) -> None:
     face = facade(2)
     doomed = face.submit(kill_self)
@@ -158,9 +168,10 @@ def test_a_worker_killed_mid_task_fails_only_that_task(facade: MakeFace) -> None
     assert [f.result(timeout=30) for f in others] == [i * i for i in range(6)]
     assert face.map(square, range(10)) == [i * i for i in range(10)]
     assert face.apply(square, 4) == 16
-    assert info.value.pid is not None
-    assert info.value.pid not in face.worker_pids
-    assert_gone([info.value.pid])
+    if face.cluster is None:  # dask's nanny restarts its worker; the pid is not known
+        assert info.value.pid is not None
+        assert info.value.pid not in face.worker_pids
+        assert_gone([info.value.pid])
 
 
 def test_an_initializer_that_raises_breaks_the_facade_without_respawning(
@@ -210,6 +221,7 @@ def test_inheritance_only_objects_travel_in_initargs(facade: MakeFace) -> None:
         face.submit(identity, lock).result(timeout=10)
 
 
+@pytest.mark.cluster
 def test_unpicklable_results_and_exceptions_are_clear_errors(facade: MakeFace) -> None:
     """A result that will not pickle: a MaybeEncodingError from the Pool, the pickling
     error itself from the executor, as with the standard library's two pools."""

@@ -1,0 +1,763 @@
+"""The engine of a pool on a dask.distributed cluster: ``Pool(..., cluster=...)``.
+
+The facades, ``_calls`` and the results are the same as for local workers; only the
+engine differs. Data flow::
+
+    caller thread                 dask client                 dask worker (_cluster_worker)
+    Pool / ProcessPoolExecutor
+      │ pickle fn + args (_calls, as locally)
+      │ Task(future) ──> ClusterEngine.submit ── client.submit(run_task, key) ──> run_task
+      │                                                                          │ hooks
+      │                  settler thread <── done callback ── future finished ────┘ answer
+      │                   │ client.gather (a batch), then as the manager would:
+      │                   │ decode the answer, replay its log records, settle the outcome
+      │ <── AsyncResult / Future / IMapIterator ─┘
+    result (or the worker's exception, with the worker's frames)
+
+The settler thread is this engine's manager thread: callbacks run there, deadlines
+(``task_timeout``) are watched there, and the pool winds down there (the finalizers run
+as the pool's ``PoolPlugin`` is unregistered from the cluster).
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import functools
+import itertools
+import logging
+import queue
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from concurrent.futures import CancelledError
+
+from . import _cluster_worker as remote
+from . import _protocol as wire
+from ._answers import answer, internal_error, resolve
+from ._engine import CancelRequest, Task, refusal
+from ._errors import TaskTimeoutError
+from ._records import TYPE_CHECKING
+from ._serialize import dumps, rebuild
+from ._state import PoolState
+
+if TYPE_CHECKING:
+    from multiprocessing.process import BaseProcess
+    from typing import Any
+
+    from ._dialect import Dialect
+    from ._engine import Outcome
+    from ._hooks import Hooks
+
+__all__ = ["ClusterEngine", "connect", "start_cluster_engine"]
+
+logger = logging.getLogger("hookpool")
+
+#: How long a call to the scheduler (registering hooks, stopping a task) may take.
+RPC_SECONDS = 30.0
+#: A stopped task (cancel, timeout, terminate) has this long to say so before its
+#: outcome is settled without it.
+STOP_GRACE_SECONDS = 5.0
+#: How often an idle settler thread checks that the client is still connected.
+CHECK_SECONDS = 1.0
+
+
+def connect(cluster: object) -> tuple[Any, bool]:
+    """The ``distributed.Client`` for ``cluster=``, and whether the pool owns it (and closes
+    it). ``cluster``: a Client, a cluster object (``LocalCluster``, ...), or a scheduler
+    address."""
+    try:
+        import distributed
+    except ImportError as exc:
+        raise ImportError('cluster= needs dask.distributed: pip install "hookpool[dask]"') from exc
+    if isinstance(cluster, distributed.Client):
+        return cluster, False
+    if isinstance(cluster, str) or hasattr(cluster, "scheduler_address"):
+        client = distributed.Client(  # type: ignore[no-untyped-call]
+            cluster, set_as_default=False, timeout=RPC_SECONDS
+        )
+        return client, True
+    raise TypeError(
+        f"cluster= takes a distributed.Client, a cluster (LocalCluster...) or a scheduler "
+        f"address such as 'tcp://10.0.0.5:8786', not {type(cluster).__name__}"
+    )
+
+
+class _InFlight:
+    """A task handed to the cluster."""
+
+    __slots__ = ("deadline", "future", "settled", "stopping", "task")
+
+    def __init__(self, task: Task, future: Any, deadline: float | None) -> None:
+        self.task = task
+        #: The distributed.Future; None for the moment it is being handed over.
+        self.future = future
+        self.deadline = deadline
+        #: Since when a stop is aimed at it (cancel, timeout); None if not.
+        self.stopping: float | None = None
+        #: Its outcome is settled (timed out, say) while its dask future has not finished:
+        #: it still holds a worker thread, so it still takes a slot (``_dispatch``).
+        self.settled = False
+
+
+class ClusterEngine:
+    """The ``Engine`` of a pool whose workers are a dask cluster's (see the module)."""
+
+    def __init__(
+        self,
+        *,
+        client: Any,
+        owns_client: bool,
+        hooks: Hooks,
+        dialect: Dialect,
+        name: str,
+        forward_logging: bool,
+    ) -> None:
+        self._client = client
+        self._owns_client = owns_client
+        self._dialect = dialect
+        self._name = name
+        self._id = uuid.uuid4().hex[:12]
+        self._lock = threading.Lock()
+        self._state = PoolState.RUNNING
+        self._broken_error: BaseException | None = None
+        self._holds = 0
+        self._ids = itertools.count(1)
+        #: Tasks not handed to the cluster yet (see ``_dispatch``), and those handed.
+        self._queue: collections.deque[Task] = collections.deque()
+        self._flying: dict[int, _InFlight] = {}
+        self._by_outcome: dict[int, int] = {}  # id(outcome) -> task id
+        #: What the settler thread has to do: a finished task's id, or a callable.
+        self._inbox: queue.SimpleQueue[int | Callable[[], None]] = queue.SimpleQueue()
+        #: Function pickles -> the id workers cache the function under.
+        self._functions: dict[bytes, int] = {}
+        self._function_ids = itertools.count(1)
+        level = _root_level() if forward_logging else None
+        self._plugin = remote.PoolPlugin(self._id, _hooks_data(hooks), level)
+        self._plugin_name = f"hookpool-pool-{self._id}"
+        self._slots = self._count_slots()
+        self._slots_counted = time.monotonic()
+        self._thread = threading.Thread(
+            target=self._settle_loop, name=f"{name}-cluster-settler", daemon=True
+        )
+        self._thread.start()
+
+    # -- the Engine surface --------------------------------------------------------------
+
+    @property
+    def state(self) -> PoolState:
+        return self._state
+
+    @property
+    def size(self) -> int:
+        return self._slots
+
+    @property
+    def inline(self) -> bool:
+        return False
+
+    def submit(self, task: Task, *, while_closing: bool = False) -> None:
+        self.submit_many([task], while_closing=while_closing)
+
+    def submit_many(self, tasks: list[Task], *, while_closing: bool = False) -> None:
+        with self._lock:
+            state = self._state
+            if not state.accepts(while_closing=while_closing):
+                raise self._refusal(state)
+            self._queue.extend(tasks)
+        self._dispatch()
+
+    def check_running(self) -> None:
+        state = self._state
+        if state is not PoolState.RUNNING:
+            raise self._refusal(state)
+
+    def close(self) -> None:
+        self._become(PoolState.CLOSING)
+
+    def hold(self) -> None:
+        with self._lock:
+            self._holds += 1
+
+    def release(self) -> None:
+        with self._lock:
+            self._holds -= 1
+        self._wake()
+
+    def cancel(self, future: Outcome) -> bool:
+        """Not started: it never runs (True). Running: the worker stops it (True).
+        Finished first: its result stands (False). Waits (boundedly) to know which."""
+        if future.cancel():  # still in this pool's queue
+            return True
+        with self._lock:
+            task_id = self._by_outcome.get(id(future))
+            flying = self._flying.get(task_id) if task_id is not None else None
+            if task_id is None or flying is None or future.done():
+                return future.cancel()
+            request = flying.task.cancel
+            if request is None:
+                request = flying.task.cancel = CancelRequest(threading.Event())
+        if threading.current_thread() is self._thread:
+            self._inbox.put(functools.partial(self._stop, task_id))
+            return True
+        self._stop(task_id)
+        request.done.wait(STOP_GRACE_SECONDS + RPC_SECONDS)
+        return request.cancelled
+
+    def cancel_queued(self) -> None:
+        """Cancel every task not handed to the cluster yet: they will never run."""
+        with self._lock:
+            queued = list(self._queue)
+        for task in queued:
+            task.future.cancel()
+
+    def terminate(self, *, kill: bool = False) -> None:
+        """Fail every task not finished, stop the running ones, then run the finalizers
+        (``kill`` changes nothing: the workers are the cluster's, not the pool's)."""
+        self._become(PoolState.TERMINATING)
+
+    def join(self, timeout: float | None = None) -> bool:
+        if threading.current_thread() is self._thread:
+            raise RuntimeError("cannot join the pool from one of its own callbacks")
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
+
+    def worker_pids(self) -> list[int]:
+        """The pids of the cluster's workers where this pool's initializer has run."""
+        if self._state.is_final:
+            return []
+        try:
+            found = self._client.run(remote.initialized_pid, self._id)
+        except Exception:
+            return []
+        return sorted(pid for pid in found.values() if pid is not None)
+
+    def processes(self) -> list[BaseProcess]:
+        """No local worker processes."""
+        return []
+
+    def call_soon(self, callback: Callable[[], None]) -> None:
+        if self._thread.is_alive():
+            self._inbox.put(callback)
+        else:
+            callback()
+
+    # -- handing over ------------------------------------------------------------------
+
+    def _dispatch(self) -> None:
+        """Hand queued tasks to the cluster while it has a free thread for each.
+
+        At most one task per worker thread is with the cluster at a time, so that a task
+        dask counts as processing on a worker is (nearly always) one that runs there:
+        when that worker dies, ``NoRetries`` fails its tasks, and none of them can be
+        one that was only waiting in the worker's queue.
+        """
+        while True:
+            with self._lock:
+                if not self._queue or len(self._flying) >= self._slots:
+                    return
+                task = self._queue.popleft()
+                if not task.future.set_running_or_notify_cancel():
+                    continue  # cancelled while queued
+                task.claimed = True
+                task.task_id = next(self._ids)
+                # Counted as handed over now, so that no other thread exceeds the slots.
+                self._flying[task.task_id] = _InFlight(task, None, None)
+            self._hand_over(task)
+
+    def _count_slots(self) -> int:
+        """The cluster's worker threads: how many tasks it may have at once."""
+        threads: dict[str, int] = self._client.nthreads()
+        return max(1, sum(threads.values()))
+
+    def _hand_over(self, task: Task) -> None:
+        fn_id = self._function_id(task.fn)
+        key = f"{remote.KEY_PREFIX}{self._id}-{task.task_id}"
+        deadline = None if task.timeout is None else time.monotonic() + task.timeout
+        try:
+            future = self._client.submit(
+                remote.run_task,
+                self._id,
+                task.task_id,
+                int(task.kind),
+                fn_id,
+                task.fn,
+                task.args,
+                task.buffers,
+                key=key,
+                pure=False,
+            )
+        except Exception as exc:
+            with self._lock:
+                del self._flying[task.task_id]
+            self._inbox.put(functools.partial(self._fail_now, task, _lost_cluster(exc)))
+            return
+        flying = _InFlight(task, future, deadline)
+        with self._lock:
+            if task.task_id not in self._flying:  # settled meanwhile: terminated
+                future.cancel()
+                return
+            self._flying[task.task_id] = flying
+            self._by_outcome[id(task.future)] = task.task_id
+        future.add_done_callback(functools.partial(_finished, self._inbox, task.task_id))
+        if deadline is not None:
+            self._wake()  # the settler's next timeout may be this one
+
+    def _function_id(self, data: bytes) -> int:
+        with self._lock:
+            fn_id = self._functions.get(data)
+            if fn_id is None:
+                fn_id = self._functions[data] = next(self._function_ids)
+            return fn_id
+
+    # -- the settler thread ------------------------------------------------------------
+
+    def _settle_loop(self) -> None:
+        try:
+            self._set_up()
+            while not self._wind_down_if_due():
+                self._settle_some(self._wait())
+        except BaseException as exc:  # a bug: fail what is pending, as the manager does
+            self._break(internal_error(exc))
+            self._wind_down_if_due()
+
+    def _wait(self) -> list[int | Callable[[], None]]:
+        """What arrived, waiting at most until the next deadline (or CHECK_SECONDS)."""
+        timeout = CHECK_SECONDS
+        now = time.monotonic()
+        with self._lock:
+            for flying in self._flying.values():
+                if flying.settled:
+                    continue
+                if flying.stopping is not None:
+                    due: float | None = flying.stopping + STOP_GRACE_SECONDS
+                else:
+                    due = flying.deadline
+                if due is not None:
+                    timeout = min(timeout, max(0.0, due - now))
+        items: list[int | Callable[[], None]] = []
+        with contextlib.suppress(queue.Empty):
+            items.append(self._inbox.get(timeout=timeout))
+            while True:
+                items.append(self._inbox.get_nowait())
+        return items
+
+    def _settle_some(self, items: list[int | Callable[[], None]]) -> None:
+        done: list[_InFlight] = []
+        for item in items:
+            if isinstance(item, int):
+                with self._lock:
+                    flying = self._flying.get(item)
+                if flying is not None:
+                    done.append(flying)
+            else:
+                item()
+        if done:
+            self._settle_finished(done)
+        self._check_deadlines()
+        if self._queue and time.monotonic() - self._slots_counted > CHECK_SECONDS:
+            with contextlib.suppress(Exception):  # workers may have joined or left
+                self._slots = self._count_slots()
+            self._slots_counted = time.monotonic()
+        self._dispatch()
+        if self._client.status not in ("running", "connecting", "newly-created"):
+            self._break(_lost_cluster(RuntimeError(f"client status {self._client.status}")))
+
+    def _settle_finished(self, done: list[_InFlight]) -> None:
+        """Fetch the answers of finished tasks (one round trip for all), settle each
+        (unless settled already), and free their slots."""
+        ok = [flying for flying in done if flying.future.status == "finished"]
+        answers: list[Any] = []
+        if ok:
+            try:
+                answers = self._client.gather([flying.future for flying in ok])
+            except Exception:
+                answers = [_one_answer(flying.future) for flying in ok]
+        for flying, got in zip(ok, answers, strict=True):
+            self._on_answer(flying, got)
+        for flying in done:
+            if flying.future.status != "finished":
+                self._on_lost(flying)
+            self._forget(flying.task)
+
+    def _on_answer(self, flying: _InFlight, got: Any) -> None:
+        if isinstance(got, BaseException):
+            self._on_lost(flying, got)
+            return
+        message, records, worker = got
+        if records:
+            from ._logs import replay
+
+            for record in records:
+                replay(worker, record)
+        task = flying.task
+        if type(message) is wire.InitFailed:
+            self._break(self._initializer_error(message.error, worker))
+            return
+        if type(message) in (wire.Interrupted, wire.Skipped):
+            self._settle_stopped(flying, worker)
+            return
+        if flying.settled:
+            return  # timed out, or stopped: its answer came too late
+        value, error = answer(task, message, self._dialect, worker, catch=Exception)
+        self._settle(flying, value=value, error=error)
+
+    def _on_lost(self, flying: _InFlight, error: BaseException | None = None) -> None:
+        """The dask future did not finish: its worker died, it was cancelled, or the
+        connection to the scheduler was lost."""
+        status = flying.future.status
+        if error is None and status == "error":
+            error = _one_answer(flying.future)
+        task = flying.task
+        if task.cancel is not None or task.timed_out:
+            self._settle_stopped(flying, "the cluster")
+        elif _is_killed_worker(error):
+            self._settle(flying, error=self._worker_lost(task, error))
+        elif self._state is PoolState.TERMINATING or self._state.is_final:
+            self._settle(flying, error=self._dialect.terminated_error())
+        else:
+            cause = error if error is not None else RuntimeError(f"dask future {status}")
+            self._settle(flying, error=_lost_cluster(cause))
+
+    def _settle_stopped(self, flying: _InFlight, worker: str) -> None:
+        task = flying.task
+        if task.cancel is not None:
+            self._settle(flying, error=CancelledError(), cancelled=True)
+        elif task.timed_out:
+            self._settle(flying, error=self._timeout_error(task, worker))
+        else:
+            self._settle(flying, error=self._dialect.terminated_error())
+
+    def _settle(
+        self,
+        flying: _InFlight,
+        *,
+        value: Any = None,
+        error: BaseException | None = None,
+        cancelled: bool = False,
+    ) -> None:
+        if flying.settled:
+            return
+        flying.settled = True
+        task = flying.task
+        resolve(task.future, value=value, error=error)
+        if task.cancel is not None:
+            task.cancel.cancelled = cancelled
+            task.cancel.done.set()
+
+    def _forget(self, task: Task) -> None:
+        """Its dask future has finished: it no longer takes a slot."""
+        with self._lock:
+            flying = self._flying.pop(task.task_id, None)
+            self._by_outcome.pop(id(task.future), None)
+        if flying is not None and flying.future is not None:
+            flying.future.release()
+
+    def _fail_now(self, task: Task, error: BaseException) -> None:
+        resolve(task.future, error=error)
+
+    # -- stops, deadlines ----------------------------------------------------------------
+
+    def _stop(self, task_id: int) -> None:
+        """Stop a task wherever it is: skipped if it has not started (then it is settled
+        as stopped at once), interrupted if it runs. A task that finished meanwhile keeps
+        its answer."""
+        with self._lock:
+            flying = self._flying.get(task_id)
+            if flying is None or flying.stopping is not None:
+                return
+            flying.stopping = time.monotonic()
+        try:
+            found = self._client.run(
+                remote.stop, self._id, task_id, cancel=True, wait=True, on_error="return"
+            )
+        except Exception:
+            found = {}
+        if flying.future is not None and not {"stopping", "finished"} & set(found.values()):
+            # Not started anywhere: every worker now skips it, and the scheduler drops it.
+            flying.future.cancel()
+        self._wake()
+
+    def _check_deadlines(self) -> None:
+        now = time.monotonic()
+        with self._lock:
+            flights = list(self._flying.values())
+        for flying in flights:
+            if flying.settled:
+                continue
+            if flying.stopping is not None:
+                if now - flying.stopping > STOP_GRACE_SECONDS:
+                    # It did not say it stopped (blocked in C code, or its worker is
+                    # gone): settle it without; its answer, if it comes, is dropped.
+                    self._settle_stopped(flying, "the cluster")
+            elif flying.deadline is not None and now >= flying.deadline:
+                # The caller hears of it now; the worker stops the task at its next
+                # bytecode (a task blocked in C code holds its thread until it returns).
+                flying.task.timed_out = True
+                self._settle_stopped(flying, "the cluster")
+                self._stop(flying.task.task_id)
+
+    # -- state changes and winding down --------------------------------------------------
+
+    def _become(self, state: PoolState, error: BaseException | None = None) -> bool:
+        with self._lock:
+            if not self._state.can_become(state):
+                return False
+            self._state = state
+            if error is not None:
+                self._broken_error = error
+        self._wake()
+        return True
+
+    def _break(self, error: BaseException) -> None:
+        if self._become(PoolState.BROKEN, error):
+            logger.error("hookpool: %s is broken: %s", self._name, error)
+
+    def _wind_down_if_due(self) -> bool:
+        """Once closed with nothing left, or terminated, or broken: run the finalizers on
+        the cluster and end the thread. True if it did."""
+        state = self._state
+        if state is PoolState.RUNNING:
+            return False
+        if state is PoolState.CLOSING and (self._flying or self._queue or self._holds):
+            return False
+        with self._lock:
+            queued = list(self._queue)
+            self._queue.clear()
+            flights = list(self._flying.values())
+        for task in queued:
+            if state is PoolState.BROKEN:
+                resolve(task.future, error=self._broken_error)
+            else:
+                task.future.cancel()
+        if flights:  # terminated or broken
+            error = self._broken_error if state is PoolState.BROKEN else None
+            with contextlib.suppress(Exception):
+                self._client.run(remote.stop_all, self._id, wait=True, on_error="return")
+            for flying in flights:
+                if flying.future is not None:
+                    flying.future.cancel()
+                if error is not None:
+                    self._settle(flying, error=error)
+                else:
+                    self._settle(flying, error=self._dialect.terminated_error())
+                self._forget(flying.task)
+        self._drain_inbox()
+        self._unregister()
+        self._become(PoolState.STOPPED)
+        return True
+
+    def _drain_inbox(self) -> None:
+        """Run what is left to run here (callbacks of tasks settled above)."""
+        while True:
+            try:
+                item = self._inbox.get_nowait()
+            except queue.Empty:
+                return
+            if not isinstance(item, int):
+                item()
+
+    def _unregister(self) -> None:
+        """The finalizer runs on every worker that ran the initializer."""
+        try:
+            self._client.unregister_worker_plugin(self._plugin_name)
+        except Exception as exc:
+            logger.warning(
+                "hookpool: could not remove %s's hooks from the cluster (its finalizers "
+                "run when the workers exit instead): %s",
+                self._name,
+                exc,
+            )
+        if self._owns_client:
+            with contextlib.suppress(Exception):
+                self._client.close(timeout=RPC_SECONDS)
+
+    def _wake(self) -> None:
+        self._inbox.put(_nothing)
+
+    # -- errors ------------------------------------------------------------------------
+
+    def _set_up(self) -> None:
+        """Put the pool's hooks on every worker (the constructor does not wait: tasks
+        submitted meanwhile wait on their worker for its initializer). If the
+        initializer failed, the pool breaks, as a local pool does."""
+        try:
+            _register(self._client, remote.NoRetries(), remote.NoRetries.name)
+            try:
+                _register(self._client, self._plugin, self._plugin_name)
+            except OSError:
+                # A worker left while the hooks were being installed (CommClosedError):
+                # the scheduler keeps them for every worker that starts from now on.
+                logger.debug("hookpool: a worker left while %s's hooks were installed", self)
+            found = self._client.run(remote.init_failures, self._id, on_error="return")
+        except Exception as exc:
+            self._break(_set_up_failed(exc))
+            return
+        for worker, report in found.items():
+            if isinstance(report, wire.ErrorReport):
+                self._break(self._initializer_error(report, worker))
+                return
+
+    def _initializer_error(self, report: wire.ErrorReport, worker: str) -> BaseException:
+        from ._std_errors import InitializerError
+
+        error = InitializerError(
+            f"the initializer raised in cluster worker {worker}: {report.type_name}: "
+            f"{report.message}. hookpool does not retry an initializer that fails; fix "
+            f"it, or catch the error inside it"
+        )
+        error.__cause__ = rebuild(report, self._dialect.remote_traceback)
+        return error
+
+    def _worker_lost(self, task: Task, error: BaseException | None) -> BaseException:
+        from ._std_errors import WorkerLostError
+
+        lost = WorkerLostError(
+            f"the cluster worker running {task.describe()} died ({error}). The task was "
+            f"not run again elsewhere (tasks are not assumed idempotent); other tasks are "
+            f"not affected."
+        )
+        lost.__cause__ = error
+        return lost
+
+    def _timeout_error(self, task: Task, worker: str) -> BaseException:
+        return TaskTimeoutError(
+            f"{task.describe()} ran longer than its timeout of {task.timeout} s on "
+            f"{worker}; it was stopped"
+        )
+
+    def _refusal(self, state: PoolState) -> Exception:
+        return refusal(state, self._name, self._broken_error, self._dialect)
+
+
+def _finished(inbox: queue.SimpleQueue[Any], task_id: int, future: Any) -> None:
+    """A dask future's done callback (on dask's callback thread): to the settler."""
+    inbox.put(task_id)
+
+
+def _nothing() -> None:
+    """Wakes the settler thread."""
+
+
+def _one_answer(future: Any) -> Any:
+    """One future's answer, or the exception that stands for it."""
+    try:
+        if future.status == "error":
+            return future.exception(timeout=RPC_SECONDS)
+        return future.result(timeout=RPC_SECONDS)
+    except BaseException as exc:
+        return exc
+
+
+def _is_killed_worker(error: BaseException | None) -> bool:
+    return type(error).__name__ == "KilledWorker"
+
+
+def _lost_cluster(cause: BaseException) -> BaseException:
+    from ._std_errors import PoolBrokenError
+
+    error = PoolBrokenError(
+        f"the pool lost its task on the dask cluster: {type(cause).__name__}: {cause}. "
+        f"Is the scheduler still running, and reachable?"
+    )
+    error.__cause__ = cause
+    return error
+
+
+def _set_up_failed(cause: BaseException) -> BaseException:
+    from ._std_errors import PoolBrokenError
+
+    error = PoolBrokenError(
+        f"could not install the pool's hooks on the dask cluster: {type(cause).__name__}: "
+        f"{cause}. hookpool must be installed (same version) where the scheduler and the "
+        f"workers run"
+    )
+    error.__cause__ = cause
+    return error
+
+
+def _register(client: Any, plugin: Any, name: str) -> None:
+    client.register_plugin(plugin, name=name)
+
+
+def _hooks_data(hooks: Hooks) -> bytes:
+    """The hooks, pickled once for every worker of the cluster. What may only pass to a
+    child by inheritance (a multiprocessing Lock, Queue, Value) cannot reach one."""
+    try:
+        return dumps(hooks)
+    except Exception as exc:
+        raise TypeError(
+            f"the initializer, finalizer or their arguments cannot be sent to a cluster's "
+            f"workers ({type(exc).__name__}: {exc}). multiprocessing Locks, Queues, "
+            f"Events, Values and shared memory exist on one machine only: on a cluster, "
+            f"use distributed.Lock, distributed.Queue, distributed.Event or "
+            f"distributed.Variable instead"
+        ) from exc
+
+
+def _root_level() -> int:
+    return logging.getLogger().getEffectiveLevel()
+
+
+def start_cluster_engine(
+    cluster: object,
+    *,
+    inline: bool,
+    hooks: Hooks,
+    local_only: dict[str, object],
+    dialect: Dialect,
+    name: str,
+    forward_logging: bool,
+) -> ClusterEngine:
+    """The engine of a pool on ``cluster``, after refusing what has no meaning there.
+
+    ``local_only``: the facade's arguments that only local workers can honour, by the
+    name the caller used, with the value given (None: not given).
+
+    Raises:
+        ValueError: ``inline`` with a cluster, or a local-only argument given.
+    """
+    if inline:
+        raise ValueError(
+            "inline=True (or HOOKPOOL_INLINE=1) and cluster= ask for two different places "
+            "to run tasks: choose one"
+        )
+    for argument, value in local_only.items():
+        if value is not None:
+            raise ValueError(
+                f"{argument}={value!r} cannot apply on a cluster: {_INSTEAD[argument]}"
+            )
+    client, owns_client = connect(cluster)
+    try:
+        return ClusterEngine(
+            client=client,
+            owns_client=owns_client,
+            hooks=hooks,
+            dialect=dialect,
+            name=name,
+            forward_logging=forward_logging,
+        )
+    except BaseException:
+        if owns_client:
+            client.close()
+        raise
+
+
+_WORKER_LIFETIME = (
+    "dask starts and retires the workers, not hookpool. Use the workers' own settings "
+)
+#: What to use instead of a local-only argument on a cluster.
+_INSTEAD = {
+    "maxtasksperchild": _WORKER_LIFETIME
+    + "(distributed.worker.lifetime.duration restarts workers after a while; "
+    "client.restart_workers() on demand)",
+    "max_tasks_per_child": _WORKER_LIFETIME
+    + "(distributed.worker.lifetime.duration restarts workers after a while; "
+    "client.restart_workers() on demand)",
+    "max_memory_per_child": _WORKER_LIFETIME
+    + "(memory_limit: a worker's nanny restarts it above distributed.worker.memory."
+    "terminate of it)",
+    "context": "dask starts the workers, with its own start method",
+    "mp_context": "dask starts the workers, with its own start method",
+}
