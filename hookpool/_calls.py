@@ -83,8 +83,8 @@ def submit_call(
     outcome (a caller holding a lock its error callback takes must not deadlock)."""
     manager.check_running()
     try:
-        fn_data = dumps_callable(fn)
-        args_data, buffers = dumps_data((args, kwargs))
+        fn_data = dumps_callable(fn, remote=manager.remote)
+        args_data, buffers = dumps_data((args, kwargs), remote=manager.remote)
     except PICKLING_ERRORS as exc:
         manager.call_soon(functools.partial(_fail, outcome, exc))
         return
@@ -167,7 +167,7 @@ def _chunk_tasks(
     thread (see ``submit_call``); chunks already queued run on, their results unseen.
     """
     try:
-        fn_data = dumps_callable(fn)
+        fn_data = dumps_callable(fn, remote=manager.remote)
     except PICKLING_ERRORS as exc:
         manager.call_soon(functools.partial(_fail_from, gather, 0, exc))
         return
@@ -175,7 +175,7 @@ def _chunk_tasks(
     first = 0
     for index, (chunk, slot) in enumerate(zip(chunks, gather.slots, strict=True)):
         try:
-            args, buffers = dumps_data(chunk)
+            args, buffers = dumps_data(chunk, remote=manager.remote)
         except PICKLING_ERRORS as exc:
             manager.call_soon(functools.partial(_fail_from, gather, index, exc))
             return
@@ -227,7 +227,7 @@ def lazy_map(
     # library's do, not the call.
     fn_error: BaseException | None = None
     try:
-        fn_data = dumps_callable(fn)
+        fn_data = dumps_callable(fn, remote=manager.remote)
     except PICKLING_ERRORS as exc:
         fn_data, fn_error = b"", exc
     name = callable_name(fn)
@@ -246,7 +246,7 @@ def lazy_map(
                 future.set_exception(fn_error)
                 continue
             try:
-                args, buffers = dumps_data(chunk)
+                args, buffers = dumps_data(chunk, remote=manager.remote)
             except PICKLING_ERRORS as exc:  # fails this chunk's results, not the pool
                 future.set_exception(exc)
                 continue

@@ -39,7 +39,7 @@ from ._answers import answer, internal_error, resolve
 from ._engine import CancelRequest, Task, refusal
 from ._errors import TaskTimeoutError
 from ._records import TYPE_CHECKING
-from ._serialize import dumps, rebuild
+from ._serialize import dumps_for_cluster, rebuild
 from ._state import PoolState
 
 if TYPE_CHECKING:
@@ -61,16 +61,16 @@ RPC_SECONDS = 30.0
 STOP_GRACE_SECONDS = 5.0
 #: How often an idle settler thread checks that the client is still connected.
 CHECK_SECONDS = 1.0
+#: A client that cannot reach the scheduler for this long breaks the pool.
+RECONNECT_SECONDS = 10.0
 
 
 def connect(cluster: object) -> tuple[Any, bool]:
     """The ``distributed.Client`` for ``cluster=``, and whether the pool owns it (and closes
     it). ``cluster``: a Client, a cluster object (``LocalCluster``, ...), or a scheduler
     address."""
-    try:
-        import distributed
-    except ImportError as exc:
-        raise ImportError('cluster= needs dask.distributed: pip install "hookpool[dask]"') from exc
+    import distributed
+
     if isinstance(cluster, distributed.Client):
         return cluster, False
     if isinstance(cluster, str) or hasattr(cluster, "scheduler_address"):
@@ -138,6 +138,8 @@ class ClusterEngine:
         self._plugin_name = f"hookpool-pool-{self._id}"
         self._slots = self._count_slots()
         self._slots_counted = time.monotonic()
+        #: Since when the client has not been connected to the scheduler (None: it is).
+        self._disconnected_since: float | None = None
         self._thread = threading.Thread(
             target=self._settle_loop, name=f"{name}-cluster-settler", daemon=True
         )
@@ -156,6 +158,10 @@ class ClusterEngine:
     @property
     def inline(self) -> bool:
         return False
+
+    @property
+    def remote(self) -> bool:
+        return True
 
     def submit(self, task: Task, *, while_closing: bool = False) -> None:
         self.submit_many([task], while_closing=while_closing)
@@ -361,8 +367,22 @@ class ClusterEngine:
                 self._slots = self._count_slots()
             self._slots_counted = time.monotonic()
         self._dispatch()
-        if self._client.status not in ("running", "connecting", "newly-created"):
-            self._break(_lost_cluster(RuntimeError(f"client status {self._client.status}")))
+        self._check_connected()
+
+    def _check_connected(self) -> None:
+        """A client that has not been connected to the scheduler for RECONNECT_SECONDS
+        breaks the pool: its tasks fail, instead of waiting for a scheduler that may
+        never come back."""
+        status = self._client.status
+        if status == "running":
+            self._disconnected_since = None
+            return
+        now = time.monotonic()
+        if self._disconnected_since is None:
+            self._disconnected_since = now
+        elif now - self._disconnected_since > RECONNECT_SECONDS or status == "closed":
+            gone = ConnectionError(f"the dask client is {status}: the scheduler is gone")
+            self._break(_lost_cluster(gone))
 
     def _settle_finished(self, done: list[_InFlight]) -> None:
         """Fetch the answers of finished tasks (one round trip for all), settle each
@@ -393,15 +413,20 @@ class ClusterEngine:
                 replay(worker, record)
         task = flying.task
         if type(message) is wire.InitFailed:
-            self._break(self._initializer_error(message.error, worker))
+            error = self._initializer_error(message.error, worker)
+            self._break(error)
+            self._settle(flying, error=self._broken_error or error)
             return
         if type(message) in (wire.Interrupted, wire.Skipped):
             self._settle_stopped(flying, worker)
             return
+        if type(message) is remote.Abandoned:
+            self._settle(flying, error=self._abandoned(task, message.worker))
+            return
         if flying.settled:
             return  # timed out, or stopped: its answer came too late
-        value, error = answer(task, message, self._dialect, worker, catch=Exception)
-        self._settle(flying, value=value, error=error)
+        value, failed = answer(task, message, self._dialect, worker, catch=Exception)
+        self._settle(flying, value=value, error=failed)
 
     def _on_lost(self, flying: _InFlight, error: BaseException | None = None) -> None:
         """The dask future did not finish: its worker died, it was cancelled, or the
@@ -496,7 +521,11 @@ class ClusterEngine:
                 # bytecode (a task blocked in C code holds its thread until it returns).
                 flying.task.timed_out = True
                 self._settle_stopped(flying, "the cluster")
-                self._stop(flying.task.task_id)
+                # Asking the workers takes a round trip (longer, if one is unresponsive):
+                # not on this thread, which settles every other task.
+                threading.Thread(
+                    target=self._stop, args=(flying.task.task_id,), daemon=True
+                ).start()
 
     # -- state changes and winding down --------------------------------------------------
 
@@ -534,7 +563,7 @@ class ClusterEngine:
         if flights:  # terminated or broken
             error = self._broken_error if state is PoolState.BROKEN else None
             with contextlib.suppress(Exception):
-                self._client.run(remote.stop_all, self._id, wait=True, on_error="return")
+                self._client.run(remote.stop_all, self._id, wait=False)
             for flying in flights:
                 if flying.future is not None:
                     flying.future.cancel()
@@ -579,9 +608,8 @@ class ClusterEngine:
     # -- errors ------------------------------------------------------------------------
 
     def _set_up(self) -> None:
-        """Put the pool's hooks on every worker (the constructor does not wait: tasks
-        submitted meanwhile wait on their worker for its initializer). If the
-        initializer failed, the pool breaks, as a local pool does."""
+        """Put the pool's hooks on every worker, on the settler thread: the constructor
+        does not wait (a task that reaches a worker first waits there for them)."""
         try:
             _register(self._client, remote.NoRetries(), remote.NoRetries.name)
             try:
@@ -590,14 +618,8 @@ class ClusterEngine:
                 # A worker left while the hooks were being installed (CommClosedError):
                 # the scheduler keeps them for every worker that starts from now on.
                 logger.debug("hookpool: a worker left while %s's hooks were installed", self)
-            found = self._client.run(remote.init_failures, self._id, on_error="return")
         except Exception as exc:
             self._break(_set_up_failed(exc))
-            return
-        for worker, report in found.items():
-            if isinstance(report, wire.ErrorReport):
-                self._break(self._initializer_error(report, worker))
-                return
 
     def _initializer_error(self, report: wire.ErrorReport, worker: str) -> BaseException:
         from ._std_errors import InitializerError
@@ -613,13 +635,24 @@ class ClusterEngine:
     def _worker_lost(self, task: Task, error: BaseException | None) -> BaseException:
         from ._std_errors import WorkerLostError
 
+        worker = getattr(getattr(error, "last_worker", None), "address", "?")
         lost = WorkerLostError(
-            f"the cluster worker running {task.describe()} died ({error}). The task was "
-            f"not run again elsewhere (tasks are not assumed idempotent); other tasks are "
-            f"not affected."
+            f"the cluster worker {worker} died while running {task.describe()}. The task "
+            f"was not run again elsewhere (tasks are not assumed idempotent); other tasks "
+            f"are not affected."
         )
         lost.__cause__ = error
         return lost
+
+    def _abandoned(self, task: Task, worker: str) -> BaseException:
+        from ._std_errors import WorkerLostError
+
+        return WorkerLostError(
+            f"the cluster worker {worker} left (retired) while running {task.describe()}, "
+            f"which may have run to its end there but whose result went with it. dask "
+            f"would run it again on another worker; hookpool does not (tasks are not "
+            f"assumed idempotent). Other tasks are not affected."
+        )
 
     def _timeout_error(self, task: Task, worker: str) -> BaseException:
         return TaskTimeoutError(
@@ -658,7 +691,7 @@ def _lost_cluster(cause: BaseException) -> BaseException:
     from ._std_errors import PoolBrokenError
 
     error = PoolBrokenError(
-        f"the pool lost its task on the dask cluster: {type(cause).__name__}: {cause}. "
+        f"the pool lost touch with the dask cluster: {type(cause).__name__}: {cause}. "
         f"Is the scheduler still running, and reachable?"
     )
     error.__cause__ = cause
@@ -685,7 +718,7 @@ def _hooks_data(hooks: Hooks) -> bytes:
     """The hooks, pickled once for every worker of the cluster. What may only pass to a
     child by inheritance (a multiprocessing Lock, Queue, Value) cannot reach one."""
     try:
-        return dumps(hooks)
+        return dumps_for_cluster(hooks)
     except Exception as exc:
         raise TypeError(
             f"the initializer, finalizer or their arguments cannot be sent to a cluster's "

@@ -2,13 +2,14 @@
 
 Data flow, in one dask worker process::
 
-    scheduler ──> PoolPlugin.setup ──> PoolOnWorker.initialize: the initializer, in the
-                  (the pool's WorkerPlugin,   thread tasks run in; the finalizer registered
-                   on every worker, joiners    with multiprocessing.util.Finalize
-                   too)
-    scheduler ──> run_task (a dask task) ──> waits for the initializer, unpickles the
-                  function (once per pool) and the arguments, runs them, pickles the
-                  result: a wire.Done or wire.Failed, with the log records it emitted
+    scheduler ──> PoolPlugin.setup: the pool's PoolOnWorker (on every worker, those that
+                  (the pool's WorkerPlugin)    join later too)
+    scheduler ──> run_task (a dask task) ──> PoolOnWorker.initialize: the initializer,
+                  once, before the pool's first task here, in the task's thread; the
+                  finalizer registered with multiprocessing.util.Finalize. Then it
+                  unpickles the function (once per pool) and the arguments, runs them,
+                  pickles the result: a wire.Done or wire.Failed, with the log records
+                  the task emitted
     scheduler ──> PoolPlugin.teardown ──> the finalizer (pool closed or terminated, worker
                   retired or closing); the process's exit runs it too, if nothing did
 
@@ -37,7 +38,7 @@ from collections.abc import Callable
 from distributed.diagnostics.plugin import SchedulerPlugin, WorkerPlugin
 
 from . import _protocol as wire
-from ._records import TYPE_CHECKING
+from ._records import TYPE_CHECKING, NamedTuple
 from ._serialize import capture, describe, dumps_data, loads, loads_data
 from ._worker import _run
 
@@ -48,10 +49,10 @@ if TYPE_CHECKING:
 
 __all__ = [
     "KEY_PREFIX",
+    "Abandoned",
     "NoRetries",
     "PoolPlugin",
     "TaskStopped",
-    "init_failures",
     "initialized_pid",
     "run_task",
     "stop",
@@ -61,12 +62,38 @@ logger = logging.getLogger("hookpool")
 
 #: Every task of a hookpool pool has a key that starts with this (``NoRetries`` looks).
 KEY_PREFIX = "hookpool-"
+#: The annotation ``NoRetries`` puts on a task whose worker retired while it ran there.
+ABANDONED = "hookpool-abandoned-on"
 #: How long a task waits for its pool's plugin to reach a worker that just joined.
 SETUP_WAIT_SECONDS = 60.0
+#: How long a finalizer waits for a task thread to run in (see ``_in_task_thread``).
+FINALIZE_WAIT_SECONDS = 5.0
 #: How many finished task ids a worker remembers per pool (see ``stop``).
 FINISHED_KEPT = 4096
 #: As in ``_worker``: the finalizer runs before multiprocessing's own exit handlers.
 _FINALIZE_PRIORITY = 10
+
+
+class Abandoned(NamedTuple):
+    """``run_task``'s answer, instead of running the task, when it was running on a
+    worker that retired: dask sent it again, to this worker; it may have run there."""
+
+    task_id: int
+    worker: str
+
+
+def _abandoned_on() -> str | None:
+    """The worker this task was processing on when that worker retired, if it was."""
+    from distributed import get_worker
+    from distributed.utils import thread_state  # type: ignore[attr-defined]
+
+    try:
+        task = get_worker().state.tasks.get(thread_state.key)
+    except (ValueError, AttributeError):  # not in a worker's task (run_task in a test)
+        return None
+    annotations = getattr(task, "annotations", None) or {}
+    where: str | None = annotations.get(ABANDONED)
+    return where
 
 
 class TaskStopped(BaseException):
@@ -96,12 +123,11 @@ class PoolOnWorker:
         #: The last tasks that finished here (a stop that comes after one finished must
         #: not be taken for one that came before it started).
         self.finished: collections.deque[int] = collections.deque(maxlen=FINISHED_KEPT)
-        self.started = 0
 
     def initialize(self) -> None:
-        """Run the initializer, once: whichever comes first, the plugin's setup or a task
-        that arrived before it, runs it; the other waits. Registers the finalizer if the
-        initializer succeeds."""
+        """Run the initializer, once (the first of the pool's tasks here does; others
+        that start meanwhile, in other threads, wait for it). Registers the finalizer if
+        the initializer succeeds."""
         with self.init_lock:
             if self.ready.is_set():
                 return
@@ -146,28 +172,37 @@ class PoolPlugin(WorkerPlugin):
         self.hooks_data = hooks_data
         self.log_level = log_level
 
-    async def setup(self, worker: Any) -> None:
-        pool = PoolOnWorker(self.pool_id, self.hooks_data, self.log_level)
+    def setup(self, worker: Any) -> None:
+        """The pool is known here from now on. Its initializer runs just before its first
+        task here, in that task's thread (``run_task``): never on the event loop, and
+        never waiting behind another pool's task."""
         with _pools_changed:
-            _pools[self.pool_id] = pool
+            _pools[self.pool_id] = PoolOnWorker(self.pool_id, self.hooks_data, self.log_level)
             _pools_changed.notify_all()
-        # In the thread tasks run in (one, with one thread per worker): what the
-        # initializer makes for this thread (a sqlite3 connection) is there for the tasks.
-        await _in_task_thread(worker, pool.initialize)
 
     async def teardown(self, worker: Any) -> None:
+        """The pool leaves this worker (closed, terminated, or the worker retires): its
+        finalizer runs, if its initializer ran here."""
         with _pools_changed:
             pool = _pools.pop(self.pool_id, None)
-        if pool is not None:
+        if pool is not None and pool.finalizer is not None:
             await _in_task_thread(worker, pool.finalize)
 
 
 async def _in_task_thread(worker: Any, fn: Callable[[], None]) -> None:
-    """Run ``fn`` in the worker's task thread pool; here if that is shut down already."""
+    """Run ``fn`` in the worker's task threads, where the initializer ran: what it made
+    for its thread (a sqlite3 connection) is closed there. If none is free within
+    FINALIZE_WAIT_SECONDS (another pool's long task), or the worker is closing, it runs
+    here instead; a ``Finalize`` runs once, whichever thread calls it first."""
     executor = worker.executors.get("default")
     try:
-        await asyncio.get_running_loop().run_in_executor(executor, fn)
+        job = asyncio.get_running_loop().run_in_executor(executor, fn)
     except RuntimeError:  # "cannot schedule new futures after shutdown": the worker closes
+        fn()
+        return
+    try:
+        await asyncio.wait_for(asyncio.shield(job), FINALIZE_WAIT_SECONDS)
+    except asyncio.TimeoutError:
         fn()
 
 
@@ -186,7 +221,7 @@ def run_task(
     fn_data: bytes,
     args: bytes,
     buffers: tuple[Any, ...],
-) -> tuple[wire.Message, list[wire.Log], str]:
+) -> tuple[wire.Message | Abandoned, list[wire.Log], str]:
     """The dask task of one hookpool task: its answer, the log records it emitted, and
     the worker's name for messages."""
     answer, records = _run_task(pool_id, task_id, kind, fn_id, fn_data, args, buffers)
@@ -201,31 +236,46 @@ def _run_task(
     fn_data: bytes,
     args: bytes,
     buffers: tuple[Any, ...],
-) -> tuple[wire.Message, list[wire.Log]]:
+) -> tuple[wire.Message | Abandoned, list[wire.Log]]:
+    abandoned_on = _abandoned_on()
+    if abandoned_on is not None:
+        return Abandoned(task_id, abandoned_on), []
     pool = _pool(pool_id)
     if pool is None:
         return wire.Failed(task_id, capture(_not_set_up(pool_id))), []
-    pool.initialize()  # done already, unless this task came before the plugin's setup did
+    pool.initialize()  # once per worker: before the pool's first task here
     if pool.init_error is not None:
         return wire.InitFailed(pool.init_error), []
     records: list[wire.Log] = []
+    with pool.lock:
+        if task_id in pool.cancelled:
+            pool.cancelled.discard(task_id)
+            return wire.Skipped(task_id), []
+        pool.running[task_id] = threading.get_ident()
+    answer: wire.Message
     try:
-        with pool.lock:
-            if task_id in pool.cancelled:
-                pool.cancelled.discard(task_id)
-                return wire.Skipped(task_id), []
-            pool.running[task_id] = threading.get_ident()
-            pool.started += 1
-        try:
-            with _capturing(records, pool.log_level):
-                answer = _answer(pool, task_id, kind, fn_id, fn_data, args, buffers)
-        finally:
-            with pool.lock:
-                del pool.running[task_id]  # from here on, no stop is aimed at it
-                pool.finished.append(task_id)
+        with _capturing(records, pool.log_level):
+            answer = _answer(pool, task_id, kind, fn_id, fn_data, args, buffers)
     except TaskStopped:
-        return wire.Interrupted(task_id), records
+        answer = wire.Interrupted(task_id)
+    if _leave(pool, task_id):
+        answer = wire.Interrupted(task_id)
     return answer, records
+
+
+def _leave(pool: PoolOnWorker, task_id: int) -> bool:
+    """The task is no longer running: no stop is aimed at it from now on, and one aimed
+    at it that has not been raised yet never is. True if one was raised here."""
+    stopped = False
+    while True:
+        try:
+            with pool.lock:
+                if pool.running.pop(task_id, None) is not None:
+                    pool.finished.append(task_id)
+                _raise_in(threading.get_ident(), None)  # drop a pending TaskStopped
+            return stopped
+        except TaskStopped:  # it landed before it could be dropped
+            stopped = True
 
 
 def _answer(
@@ -302,8 +352,9 @@ def stop(pool_id: str, task_id: int, *, cancel: bool) -> str:
         return "stopping"
 
 
-def stop_all(pool_id: str) -> int:
-    """Stop every running task of a pool in this worker (terminate); how many."""
+async def stop_all(pool_id: str) -> int:
+    """Stop every running task of a pool in this worker (terminate); how many. A
+    coroutine function, so that ``client.run(..., wait=False)`` takes it."""
     pool = _pools.get(pool_id)
     if pool is None:
         return 0
@@ -321,8 +372,10 @@ def forget_cancelled(pool_id: str, task_ids: list[int]) -> None:
             pool.cancelled.difference_update(task_ids)
 
 
-def _raise_in(ident: int, kind: type[BaseException]) -> None:
-    ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(ident), ctypes.py_object(kind))
+def _raise_in(ident: int, kind: type[BaseException] | None) -> None:
+    """Raise ``kind`` in thread ``ident`` at its next bytecode (None: cancel that)."""
+    exception = ctypes.py_object(kind) if kind is not None else None
+    ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(ident), exception)
 
 
 # -- asked by the parent (client.run) ------------------------------------------------------
@@ -334,12 +387,6 @@ def initialized_pid(pool_id: str) -> int | None:
     if pool is None or not pool.ready.is_set() or pool.init_error is not None:
         return None
     return os.getpid()
-
-
-def init_failures(pool_id: str) -> wire.ErrorReport | None:
-    """The initializer's error in this worker, if it has run here and failed."""
-    pool = _pools.get(pool_id)
-    return None if pool is None else pool.init_error
 
 
 # -- log records emitted by a task ---------------------------------------------------------
@@ -405,17 +452,29 @@ class NoRetries(SchedulerPlugin):
     ``distributed.scheduler.allowed-failures`` times). Only keys of hookpool pools."""
 
     name = "hookpool-no-retries"
+    #: Registered once per scheduler, by its first pool: the others find it there.
+    idempotent = True
 
     def __init__(self) -> None:
         self.scheduler: Any = None
+        #: Where each hookpool task is processing: its worker's address, by key.
+        self._on: dict[str, str | None] = {}
 
     async def start(self, scheduler: Any) -> None:
         self.scheduler = scheduler
 
     def transition(self, key: Any, start: str, finish: str, *args: Any, **kwargs: Any) -> None:
-        if finish != "processing" or not isinstance(key, str) or not key.startswith(KEY_PREFIX):
+        if not isinstance(key, str) or not key.startswith(KEY_PREFIX) or self.scheduler is None:
             return
-        task = self.scheduler.tasks.get(key) if self.scheduler is not None else None
-        if task is not None:
+        task = self.scheduler.tasks.get(key)
+        if finish == "processing" and task is not None:
             # The scheduler fails a task once more workers died running it than this.
             task.suspicious = max(task.suspicious, self.scheduler.allowed_failures)
+            where = task.processing_on
+            self._on[key] = where.address if where is not None else None
+        elif start == "processing":
+            worker = self._on.pop(key, None)
+            if task is not None and worker is not None and worker not in self.scheduler.workers:
+                # Its worker left in an orderly way (retired) while it was processing
+                # there: dask sends it to another worker, where run_task declines it.
+                task.annotations = {**(task.annotations or {}), ABANDONED: worker}

@@ -7,10 +7,12 @@ Data flow::
            → Engine.submit ──> _manager.Manager: the manager thread and its workers
                                (_fastpath: straight to an idle worker and back)
                           ──> _inline.InlineManager: in the caller's thread
+                          ──> _cluster.ClusterEngine: a dask cluster's workers
            ← Outcome settled (a Future, an ApplyOutcome, a map chunk's slot)
 
-Two engines provide ``Engine``: ``_manager.Manager`` (worker processes) and
-``_inline.InlineManager`` (no processes; for debugging). This module imports neither.
+Three engines provide ``Engine``: ``_manager.Manager`` (worker processes),
+``_inline.InlineManager`` (no processes; for debugging) and ``_cluster.ClusterEngine``
+(a dask.distributed cluster's workers). This module imports none of them.
 """
 
 from __future__ import annotations
@@ -67,6 +69,12 @@ if TYPE_CHECKING:  # for type checkers only: typing is not imported at run time
         @property
         def inline(self) -> bool:
             """True for ``InlineManager``: tasks run in the caller's thread, in ``submit``."""
+            ...
+
+        @property
+        def remote(self) -> bool:
+            """True for ``ClusterEngine``: the workers never import the caller's
+            ``__main__``, so what it defines is pickled by value."""
             ...
 
         def submit(self, task: Task, *, while_closing: bool = False) -> None: ...

@@ -129,6 +129,10 @@ class InlineManager:
     def inline(self) -> bool:
         return True
 
+    @property
+    def remote(self) -> bool:
+        return False
+
     def submit(self, task: Task, *, while_closing: bool = False) -> None:
         """Run ``task`` now, in this thread. Raises if the pool does not accept tasks."""
         self.submit_many([task], while_closing=while_closing)

@@ -168,6 +168,10 @@ class Manager(WorkerEvents):
     def inline(self) -> bool:
         return False
 
+    @property
+    def remote(self) -> bool:
+        return False
+
     def queued(self) -> bool:
         return bool(self._queue)
 

@@ -32,7 +32,9 @@ from ._protocol import OUT_OF_BAND_MIN, ErrorReport
 from ._records import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from typing import Any, ClassVar
+    from typing import Any, ClassVar, TypeVar
+
+    T = TypeVar("T")
 
 __all__ = ["Pickled", "capture", "dumps", "dumps_data", "loads", "loads_data", "rebuild"]
 
@@ -189,7 +191,7 @@ class _ReusableData(threading.local):
         self.busy = False
 
 
-def dumps_data(obj: Any, *, snapshot: bool = True) -> Pickled:
+def dumps_data(obj: Any, *, snapshot: bool = True, remote: bool = False) -> Pickled:
     """Pickle task arguments or a result: with the C pickler and multiprocessing's
     reducers (no Python hook per object) when it can, and with the pickler of ``dumps``
     when it refuses (a lambda, a Lock...), which then does it right or raises the clear
@@ -202,9 +204,12 @@ def dumps_data(obj: Any, *, snapshot: bool = True) -> Pickled:
 
     Plain pickle is trusted only while ``__main__`` is importable in the workers: it would
     pickle a function or class of an interactive ``__main__`` by a name they cannot find.
+    ``remote``: the workers are on a cluster, where ``__main__`` is never the caller's.
     """
     if _is_plain(obj, _LIFT_DEPTH):  # most small tasks: numbers and strings
         return _plain_dumps(obj, 5), ()
+    if remote:
+        return _main_elsewhere(dumps_data, obj, snapshot=snapshot)
     lifted = _lift(obj, _LIFT_DEPTH)
     state = _reusable_data
     if not state.busy and _main_importable():  # busy: re-entered from a __reduce__
@@ -382,7 +387,9 @@ def _by_value(obj: Any) -> bool:
 def _main_importable() -> bool:
     """Whether spawned children re-import ``__main__`` (a script, or ``python -m``);
     asked for every task, so the answer is kept for as long as ``__main__`` stays the
-    same module."""
+    same module. Never, while pickling for a cluster (``_main_elsewhere``)."""
+    if _pickling_for.cluster:
+        return False
     main = sys.modules.get("__main__")
     if main is None:
         return False
@@ -395,6 +402,23 @@ def _main_importable() -> bool:
 
 
 _main_answer: list[Any] = [None, False]
+
+
+class _PicklingFor(threading.local):
+    cluster = False
+
+
+_pickling_for = _PicklingFor()
+
+
+def _main_elsewhere(dump: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """``dump(*args, **kwargs)``, pickling for a cluster's workers: what ``__main__``
+    defines travels by value, since they never import the caller's ``__main__``."""
+    before, _pickling_for.cluster = _pickling_for.cluster, True
+    try:
+        return dump(*args, **kwargs)
+    finally:
+        _pickling_for.cluster = before
 
 
 def _main_is_importable(main: Any) -> bool:
@@ -576,10 +600,13 @@ _CALLABLE_CACHE: dict[Any, bytes] = {}
 _CALLABLE_CACHE_SIZE = 256
 
 
-def dumps_callable(fn: Any) -> bytes:
+def dumps_callable(fn: Any, *, remote: bool = False) -> bytes:
     """Pickle a task function. Functions importable by name are pickled once and cached
     (their pickle is just the name); anything pickled by value is pickled every time,
-    since a closure's cells or a lambda's globals may have changed since."""
+    since a closure's cells or a lambda's globals may have changed since. ``remote``:
+    for workers on a cluster, which cannot import the caller's ``__main__``."""
+    if remote:
+        return _main_elsewhere(dumps, fn)
     if type(fn) is not types.FunctionType:
         return dumps(fn)
     data = _CALLABLE_CACHE.get(fn)
@@ -590,6 +617,11 @@ def dumps_callable(fn: Any) -> bytes:
             _CALLABLE_CACHE.clear()
         data = _CALLABLE_CACHE[fn] = dumps(fn)
     return data
+
+
+def dumps_for_cluster(obj: Any) -> bytes:
+    """``dumps`` for a cluster's workers: what ``__main__`` defines goes by value."""
+    return _main_elsewhere(dumps, obj)
 
 
 def callable_name(fn: Any) -> str:

@@ -89,8 +89,14 @@ def start_engine(
     """
     cluster = cluster if cluster is not None else os.environ.get(CLUSTER_ENV_VAR) or None
     if cluster is not None:
-        from ._cluster import start_cluster_engine
-
+        try:
+            from ._cluster import start_cluster_engine
+        except ImportError as exc:
+            if not (exc.name or "").startswith(("distributed", "dask")):
+                raise
+            raise ImportError(
+                'cluster= needs dask.distributed: pip install "hookpool[dask]"'
+            ) from exc
         return start_cluster_engine(
             cluster,
             inline=inline_requested(inline),

@@ -1,0 +1,428 @@
+"""A pool on a dask.distributed cluster: ``Pool(..., cluster=...)``.
+
+Every test runs against a real ``distributed.LocalCluster(processes=True)`` on 127.0.0.1,
+2 workers with one thread each: the session's (``dask_client``), or one of its own when
+it changes the cluster (a worker joining or retiring, the scheduler going away). The
+facade tests marked ``cluster`` (tests/test_facades.py) run there too.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import logging
+import os
+import time
+import traceback
+from collections.abc import Iterator
+from concurrent.futures import CancelledError
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+distributed = pytest.importorskip("distributed")
+
+import tasks_cluster  # noqa: E402
+from conftest import run_script  # noqa: E402
+from tasks import counts, fin_record, init_record, pid, square  # noqa: E402
+from tasks_cluster import marks  # noqa: E402
+from tasks_hooks import wait_for  # noqa: E402
+
+import hookpool  # noqa: E402
+
+
+@contextlib.contextmanager
+def own_cluster(workers: int = 1) -> Iterator[tuple[Any, Any]]:
+    """A LocalCluster and a client of it, for one test that changes its cluster."""
+    cluster = distributed.LocalCluster(
+        n_workers=workers,
+        threads_per_worker=1,
+        processes=True,
+        host="127.0.0.1",
+        dashboard_address=":0",
+    )
+    client = distributed.Client(cluster, set_as_default=False, timeout=30)
+    try:
+        yield cluster, client
+    finally:
+        client.close(timeout=30)
+        cluster.close(timeout=30)
+
+
+def hooks(directory: Path) -> dict[str, Any]:
+    d = str(directory)
+    return {
+        "initializer": init_record,
+        "initargs": (d,),
+        "finalizer": fin_record,
+        "finalargs": (d,),
+    }
+
+
+# -- one argument ---------------------------------------------------------------------------
+
+
+def test_the_whole_pool_api_runs_on_a_cluster(dask_client: Any) -> None:
+    """The same calls as locally, with the same results."""
+    seen: list[Any] = []
+    with hookpool.Pool(cluster=dask_client) as pool:
+        assert pool.map(square, range(50)) == [x * x for x in range(50)]
+        assert pool.map(square, range(50), chunksize=7) == [x * x for x in range(50)]
+        assert pool.starmap(pow, [(2, 3), (3, 2)]) == [8, 9]
+        assert list(pool.imap(square, range(20))) == [x * x for x in range(20)]
+        assert sorted(pool.imap_unordered(square, range(20), 3)) == [x * x for x in range(20)]
+        result = pool.apply_async(square, (7,), callback=seen.append)
+        assert result.get(timeout=30) == 49
+        assert pool.submit(square, 8).result(timeout=30) == 64
+        assert pool.map(square, range(30), progress=lambda done, total: None) == [
+            x * x for x in range(30)
+        ]
+        pool.close()
+        pool.join()
+    assert seen == [49]
+    with pytest.raises(ValueError, match="Pool not running"):
+        pool.apply_async(square, (1,))
+
+
+def test_the_executor_runs_on_a_cluster(dask_client: Any) -> None:
+    with hookpool.ProcessPoolExecutor(cluster=dask_client) as executor:
+        futures = [executor.submit(square, i) for i in range(10)]
+        assert [f.result(timeout=30) for f in futures] == [i * i for i in range(10)]
+        assert list(executor.map(square, range(100), chunksize=9)) == [i * i for i in range(100)]
+    with pytest.raises(RuntimeError):
+        executor.submit(square, 1)
+
+
+def test_a_scheduler_address_and_the_environment_variable(
+    dask_cluster: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """``cluster=`` takes an address (the pool makes and closes its own client), and
+    ``HOOKPOOL_CLUSTER`` puts a pool there without touching its code: a real ``__main__``
+    script, its function and lambda defined there."""
+    address = dask_cluster.scheduler_address
+    with hookpool.Pool(cluster=address) as pool:
+        assert pool.apply(square, (5,)) == 25
+    script = (
+        "import os\n"
+        "import hookpool\n"
+        "def triple(x):\n"
+        "    return 3 * x\n"
+        "if __name__ == '__main__':\n"
+        "    with hookpool.Pool(2) as pool:\n"
+        "        elsewhere = pool.apply(lambda: os.getpid()) != os.getpid()\n"
+        "        print(pool.map(triple, range(4)), elsewhere)\n"
+        "        print(type(pool._manager).__name__)\n"
+    )
+    monkeypatch.setenv("HOOKPOOL_CLUSTER", address)
+    done = run_script(script, tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split("\n")[:2] == ["[0, 3, 6, 9] True", "ClusterEngine"]
+
+
+# -- hooks ----------------------------------------------------------------------------------
+
+
+def test_hooks_run_once_per_worker_and_the_finalizer_at_close(
+    dask_client: Any, tmp_path: Path
+) -> None:
+    pool = hookpool.Pool(cluster=dask_client, **hooks(tmp_path))
+    assert pool.map(square, range(40), chunksize=1) == [x * x for x in range(40)]
+    workers = set(pool.worker_pids)
+    inits, fins = counts(str(tmp_path))
+    assert inits == {str(p): 1 for p in workers}  # every worker, once: not per task
+    assert len(inits) == 2
+    assert fins == {}
+    pool.close()
+    pool.join()
+    inits, fins = counts(str(tmp_path))
+    assert fins == inits  # each worker's finalizer ran once, at close + join
+
+
+@pytest.mark.parametrize("how", ["terminate", "with"])
+def test_the_finalizer_runs_at_terminate_and_with_exit(
+    dask_client: Any, tmp_path: Path, how: str
+) -> None:
+    pool = hookpool.Pool(cluster=dask_client, **hooks(tmp_path))
+    assert pool.map(square, range(8)) == [x * x for x in range(8)]
+    if how == "terminate":
+        pool.terminate()
+        pool.join()
+    else:
+        with pool:
+            pass
+        pool.join()
+    inits, fins = counts(str(tmp_path))
+    assert len(inits) == 2
+    assert fins == inits
+
+
+def test_two_pools_on_one_cluster_keep_their_hooks_apart(dask_client: Any, tmp_path: Path) -> None:
+    a_dir, b_dir = tmp_path / "a", tmp_path / "b"
+    a_dir.mkdir()
+    b_dir.mkdir()
+    a = hookpool.Pool(cluster=dask_client, **hooks(a_dir))
+    b = hookpool.Pool(cluster=dask_client, **hooks(b_dir))
+    assert a.map(square, range(6)) == b.map(square, range(6))
+    a.close()
+    a.join()
+    a_inits, a_fins = counts(str(a_dir))
+    b_inits, b_fins = counts(str(b_dir))
+    assert a_fins == a_inits and len(a_inits) == 2
+    assert b_fins == {}  # a's close ran a's finalizers only
+    assert b.apply(square, (3,)) == 9  # and b's hooks are still in place
+    b.close()
+    b.join()
+    assert counts(str(b_dir))[1] == b_inits
+    assert counts(str(a_dir)) == (a_inits, a_fins)  # b's never ran in a's files
+
+
+@pytest.mark.slow
+def test_a_worker_that_joins_later_runs_the_initializer_and_a_retired_one_the_finalizer(
+    tmp_path: Path,
+) -> None:
+    """The hooks reach a worker that joins after the pool started: its initializer runs
+    there before the pool's first task there; retiring a worker gracefully runs its
+    finalizer while the pool goes on."""
+    with own_cluster(1) as (cluster, client):
+        pool = hookpool.Pool(cluster=client, **hooks(tmp_path))
+        first = pool.apply(pid)
+        cluster.scale(2)
+        client.wait_for_workers(2, timeout=30)
+        pids: set[int] = set()
+        deadline = time.monotonic() + 30
+        while len(pids) < 2 and time.monotonic() < deadline:
+            pids.update(pool.map(tasks_cluster.nap_then_pid, [0.05] * 8, chunksize=1))
+        assert len(pids) == 2 and first in pids
+        inits, fins = counts(str(tmp_path))
+        assert inits == {str(p): 1 for p in pids} and fins == {}
+        joiner = next(p for p in pids if p != first)
+        address = next(a for a, p in client.run(os.getpid).items() if p == joiner)
+        client.retire_workers([address], close_workers=True)
+        wait_for(lambda: str(joiner) in counts(str(tmp_path))[1], 30, "the finalizer")
+        assert pool.map(square, range(5)) == [x * x for x in range(5)]
+        pool.close()
+        pool.join()
+        inits, fins = counts(str(tmp_path))
+        assert fins == inits and len(inits) == 2
+
+
+def test_an_initializer_that_raises_breaks_the_pool_with_the_worker_frames(
+    dask_client: Any,
+) -> None:
+    from tasks_hooks import init_fail
+
+    pool = hookpool.Pool(cluster=dask_client, initializer=init_fail, initargs=("/nonexistent",))
+    try:
+        with pytest.raises(hookpool.InitializerError) as info:
+            pool.apply_async(square, (1,)).get(timeout=30)
+        cause = info.value.__cause__
+        assert isinstance(cause, FileNotFoundError)
+        assert "init_fail" in [f.name for f in traceback.extract_tb(cause.__traceback__)]
+        with pytest.raises(hookpool.PoolBrokenError):
+            pool.apply_async(square, (1,))
+    finally:
+        pool.terminate()
+        assert pool._manager.join(30)
+
+
+# -- failures -------------------------------------------------------------------------------
+
+
+def test_a_killed_worker_fails_exactly_its_task_which_never_runs_twice(
+    dask_client: Any, tmp_path: Path
+) -> None:
+    d = str(tmp_path)
+    with hookpool.ProcessPoolExecutor(cluster=dask_client) as executor:
+        doomed = executor.submit(tasks_cluster.mark_then_die, d, "doomed")
+        others = [executor.submit(tasks_cluster.mark_then_square, d, i) for i in range(12)]
+        with pytest.raises(hookpool.WorkerLostError, match="not run again") as info:
+            doomed.result(timeout=60)
+        assert "mark_then_die" in str(info.value)
+        assert [f.result(timeout=60) for f in others] == [i * i for i in range(12)]
+        dask_client.wait_for_workers(2, timeout=30)  # the nanny restarts it
+        time.sleep(1.0)  # a second run would have marked by now
+        assert len(marks(d, "doomed")) == 1
+        assert all(len(marks(d, f"ran-{i}")) == 1 for i in range(12))
+
+
+def test_task_timeout_stops_the_task_and_the_worker_goes_on(
+    dask_client: Any, tmp_path: Path
+) -> None:
+    d = str(tmp_path)
+    with hookpool.Pool(cluster=dask_client, task_timeout=0.5) as pool:
+        started = time.monotonic()
+        result = pool.apply_async(tasks_cluster.nap, (30, d, "napped"))
+        with pytest.raises(hookpool.TaskTimeoutError, match=r"timeout of 0\.5 s"):
+            result.get(timeout=30)
+        assert time.monotonic() - started < 10
+        with pytest.raises(hookpool.TaskTimeoutError):
+            pool.apply(tasks_cluster.spin, (30,))
+        # Both workers are free again: the stopped tasks no longer hold them.
+        assert pool.map(square, range(10), chunksize=1) == [x * x for x in range(10)]
+        assert pool.apply(tasks_cluster.spin, (0.01,), task_timeout=20) > 0
+    assert marks(d, "napped") == []
+
+
+def test_cancel_stops_a_running_task_and_a_queued_one_never_runs(
+    dask_client: Any, tmp_path: Path
+) -> None:
+    d = str(tmp_path)
+    with hookpool.ProcessPoolExecutor(cluster=dask_client) as executor:
+        running = [executor.submit(tasks_cluster.nap, 30, d, f"long-{i}") for i in range(2)]
+        queued = executor.submit(tasks_cluster.nap, 0, d, "queued")
+        wait_for(lambda: len(executor._manager._flying) == 2, 10, "two tasks handed over")
+        time.sleep(0.3)
+        assert executor.cancel(queued)  # still in the pool's queue: never runs
+        assert queued.cancelled()
+        for future in running:
+            assert executor.cancel(future)  # stopped on its worker
+            with pytest.raises(CancelledError):
+                future.result(timeout=10)
+        done = executor.submit(square, 3)
+        assert done.result(timeout=30) == 9
+        assert executor.cancel(done) is False  # finished: its result stands
+    assert marks(d, "queued") == []
+    assert marks(d, "long-0") == marks(d, "long-1") == []
+
+
+def test_unpicklable_hooks_and_local_only_arguments_are_refused_at_once(
+    dask_client: Any,
+) -> None:
+    ctx = hookpool.get_context()
+    with pytest.raises(TypeError, match=r"distributed\.Lock"):
+        hookpool.Pool(cluster=dask_client, initializer=print, initargs=(ctx.Lock(),))
+    with pytest.raises(ValueError, match="maxtasksperchild=3 cannot apply on a cluster"):
+        hookpool.Pool(cluster=dask_client, maxtasksperchild=3)
+    with pytest.raises(ValueError, match="max_memory_per_child"):
+        hookpool.ProcessPoolExecutor(cluster=dask_client, max_memory_per_child="1GiB")
+    with pytest.raises(ValueError, match="context='forkserver' cannot apply"):
+        hookpool.Pool(cluster=dask_client, context="forkserver")
+    with pytest.raises(ValueError, match="choose one"):
+        hookpool.Pool(cluster=dask_client, inline=True)
+    with pytest.raises(TypeError, match="scheduler address"):
+        hookpool.Pool(cluster=42)
+
+
+def test_without_dask_installed_cluster_says_what_to_install(tmp_path: Path) -> None:
+    script = (
+        "import sys\n"
+        "sys.modules['distributed'] = None  # as if not installed\n"
+        "import hookpool\n"
+        "if __name__ == '__main__':\n"
+        "    try:\n"
+        "        hookpool.Pool(cluster='tcp://127.0.0.1:1')\n"
+        "    except ImportError as exc:\n"
+        "        print(exc)\n"
+        "    print('distributed' in sys.modules and sys.modules['distributed'] is not None)\n"
+    )
+    done = run_script(script, tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split("\n")[:2] == [
+        'cluster= needs dask.distributed: pip install "hookpool[dask]"',
+        "False",
+    ]
+
+
+@pytest.mark.slow
+def test_nothing_hangs_when_the_scheduler_goes_away(tmp_path: Path) -> None:
+    d = str(tmp_path)
+    with own_cluster(1) as (cluster, client):
+        pool = hookpool.Pool(cluster=client)
+        assert pool.apply(square, (2,)) == 4
+        running = pool.apply_async(tasks_cluster.nap, (60, d, "never"))
+        time.sleep(0.5)
+        started = time.monotonic()
+        cluster.close(timeout=30)  # the scheduler and its worker go away
+        with pytest.raises((hookpool.WorkerLostError, hookpool.PoolBrokenError)):
+            running.get(timeout=60)
+        wait_for(lambda: pool._manager.state.is_final, 30, "the pool to break")
+        with pytest.raises(hookpool.PoolBrokenError, match="scheduler"):
+            pool.apply_async(square, (1,))
+        pool.terminate()
+        assert pool._manager.join(60)
+        assert time.monotonic() - started < 60
+
+
+# -- what travels ---------------------------------------------------------------------------
+
+
+def test_a_function_is_unpickled_once_per_worker_not_per_task(dask_client: Any) -> None:
+    with hookpool.Pool(cluster=dask_client) as pool:
+        before = dict(pool.map(tasks_cluster.unpickled, range(8), chunksize=1))
+        fn = tasks_cluster.Counted(10)
+        assert pool.map(fn, range(40), chunksize=1) == [x + 10 for x in range(40)]
+        after = dict(pool.map(tasks_cluster.unpickled, range(8), chunksize=1))
+    assert sum(after.values()) - sum(before.get(p, 0) for p in after) <= 2
+
+
+def test_imap_reads_an_endless_input_a_bounded_window_ahead(dask_client: Any) -> None:
+    counter = [0]
+    with hookpool.Pool(cluster=dask_client) as pool:
+        results = pool.imap(square, tasks_cluster.endless(counter))
+        taken = list(itertools.islice(results, 50))
+        assert taken == [x * x for x in range(50)]
+        time.sleep(0.3)
+        assert counter[0] < 50 + 500, counter[0]
+        pool.terminate()
+
+
+def test_log_records_from_tasks_reach_the_parents_handlers(
+    dask_client: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING)
+    with hookpool.Pool(cluster=dask_client) as pool:
+        worker_pid = pool.apply(tasks_cluster.log_and_return, ("hi",))
+    records = [r for r in caplog.records if r.name == "tasks_cluster"]
+    assert [r.getMessage() for r in records] == ["from the task: hi"]
+    assert records[0].process == worker_pid
+    assert str(worker_pid) in records[0].hookpool_worker
+
+
+def test_ctrl_c_while_waiting_stops_waiting_and_the_with_exit_stops_the_task(
+    dask_cluster: Any, tmp_path: Path
+) -> None:
+    script = (
+        "import os, signal, sys, threading, time\n"
+        "import hookpool, tasks_cluster\n"
+        "if __name__ == '__main__':\n"
+        "    d = sys.argv[1]\n"
+        "    threading.Timer(1.0, os.kill, (os.getpid(), signal.SIGINT)).start()\n"
+        "    started = time.monotonic()\n"
+        "    try:\n"
+        "        with hookpool.Pool(cluster=sys.argv[2]) as pool:\n"
+        "            pool.apply(tasks_cluster.nap, (20, d, 'finished'))\n"
+        "    except KeyboardInterrupt:\n"
+        "        print('interrupted after', round(time.monotonic() - started))\n"
+    )
+    done = run_script(
+        script, tmp_path, timeout=60, args=(str(tmp_path), dask_cluster.scheduler_address)
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("interrupted after"), done.stdout
+    assert int(done.stdout.split()[-1]) < 10
+    time.sleep(0.5)
+    assert marks(str(tmp_path), "finished") == []
+
+
+@pytest.mark.slow
+def test_a_task_whose_worker_retires_while_it_runs_is_not_run_again(tmp_path: Path) -> None:
+    """dask sends a task that was running on a worker it retires to another worker; the
+    task is not assumed idempotent, so it fails with WorkerLostError instead."""
+    d = str(tmp_path)
+    with own_cluster(2) as (_, client), hookpool.Pool(cluster=client) as pool:
+        running = pool.apply_async(tasks_cluster.nap, (3, d, "retired"))
+        wait_for(lambda: bool(marks(d, "retired") or _running_on(client)), 10, "the start")
+        address = _running_on(client)
+        client.retire_workers([address], close_workers=True)
+        with pytest.raises(hookpool.WorkerLostError, match="retired"):
+            running.get(timeout=30)
+        assert pool.apply(square, (3,)) == 9
+        time.sleep(3.5)
+        assert len(marks(d, "retired")) <= 1  # the first run may have ended; no second
+
+
+def _running_on(client: Any) -> str:
+    """The address of the worker processing a task, or ""."""
+    busy = [address for address, keys in client.processing().items() if keys]
+    return busy[0] if busy else ""
