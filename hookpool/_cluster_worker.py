@@ -25,6 +25,7 @@ bytecode, so a task blocked in C code (a sleep, a read) stops when that call ret
 from __future__ import annotations
 
 import asyncio
+import builtins
 import collections
 import contextlib
 import ctypes
@@ -33,6 +34,7 @@ import logging
 import multiprocessing.util
 import os
 import threading
+import types
 from collections.abc import Callable
 
 from distributed.diagnostics.plugin import SchedulerPlugin, WorkerPlugin
@@ -70,6 +72,8 @@ SETUP_WAIT_SECONDS = 60.0
 FINALIZE_WAIT_SECONDS = 5.0
 #: How many finished task ids a worker remembers per pool (see ``stop``).
 FINISHED_KEPT = 4096
+#: The names a function of the caller's main script has as its module.
+_MAIN_NAMES = frozenset({"__main__", "__mp_main__"})
 #: As in ``_worker``: the finalizer runs before multiprocessing's own exit handlers.
 _FINALIZE_PRIORITY = 10
 
@@ -120,6 +124,11 @@ class PoolOnWorker:
         self.running: dict[int, int] = {}
         #: Tasks the parent cancelled before they started here: skipped if they come.
         self.cancelled: set[int] = set()
+        #: What the pool's ``__main__`` functions see as their module globals here: one
+        #: namespace, as a worker that imported the caller's ``__main__`` has one module
+        #: (see ``adopt``). Only this pool's functions share it.
+        self.main: dict[str, Any] = {"__name__": "__main__", "__builtins__": builtins}
+        self.main_lock = threading.Lock()
         #: The last tasks that finished here (a stop that comes after one finished must
         #: not be taken for one that came before it started).
         self.finished: collections.deque[int] = collections.deque(maxlen=FINISHED_KEPT)
@@ -133,6 +142,10 @@ class PoolOnWorker:
                 return
             try:
                 hooks: Hooks = loads(self.hooks_data)
+                hooks = hooks._replace(
+                    initializer=self.adopt(hooks.initializer),
+                    finalizer=self.adopt(hooks.finalizer),
+                )
                 hooks.initialize()
             except BaseException as exc:
                 self.init_error = capture(exc, skip_frames=1)
@@ -143,6 +156,46 @@ class PoolOnWorker:
                 )
             finally:
                 self.ready.set()
+
+    def adopt(self, fn: Any) -> Any:
+        """``fn``, a function of the caller's ``__main__`` (unpickled by value), made to
+        share the pool's one ``__main__`` namespace here, with the functions it calls.
+
+        cloudpickle gives each function it unpickles a globals dict of its own: an
+        initializer that sets ``global conn`` would set it where no task looks. Locally
+        every function of ``__main__`` shares the module's globals, because the worker
+        imports the script; this gives a pool's hooks and tasks on a cluster the same.
+        A name already in the namespace keeps its value (state the initializer made).
+        """
+        if type(fn) is not types.FunctionType or fn.__module__ not in _MAIN_NAMES:
+            return fn
+        captured = fn.__globals__
+        if captured is self.main:
+            return fn
+        with self.main_lock:
+            rebound: dict[int, types.FunctionType] = {}
+            top = self._rebind(fn, captured, rebound)
+            for name, value in captured.items():
+                if type(value) is types.FunctionType and value.__globals__ is captured:
+                    value = self._rebind(value, captured, rebound)
+                self.main.setdefault(name, value)
+            return top
+
+    def _rebind(
+        self, fn: types.FunctionType, captured: dict[str, Any], rebound: dict[int, Any]
+    ) -> types.FunctionType:
+        known = rebound.get(id(fn))
+        if known is None:
+            known = types.FunctionType(
+                fn.__code__, self.main, fn.__name__, fn.__defaults__, fn.__closure__
+            )
+            known.__kwdefaults__ = fn.__kwdefaults__
+            known.__qualname__ = fn.__qualname__
+            known.__module__ = fn.__module__
+            known.__doc__ = fn.__doc__
+            known.__dict__.update(fn.__dict__)
+            rebound[id(fn)] = known
+        return known
 
     def finalize(self) -> None:
         """Run the finalizer, if the initializer succeeded and it has not run yet."""
@@ -292,7 +345,7 @@ def _answer(
     try:
         fn = pool.functions.get(fn_id)
         if fn is None:
-            fn = pool.functions[fn_id] = loads(fn_data)
+            fn = pool.functions[fn_id] = pool.adopt(loads(fn_data))
         args = loads_data(args_data, buffers)
         stage = wire.Stage.RUN
         result = _run(kind, fn, args)

@@ -103,21 +103,28 @@ def test_a_scheduler_address_and_the_environment_variable(
     address = dask_cluster.scheduler_address
     with hookpool.Pool(cluster=address) as pool:
         assert pool.apply(square, (5,)) == 25
+    # The initializer sets a global of __main__ that the tasks (a function and a lambda
+    # of __main__, which travel by value) read: as locally, they share one namespace.
     script = (
         "import os\n"
         "import hookpool\n"
-        "def triple(x):\n"
-        "    return 3 * x\n"
+        "def setup(k):\n"
+        "    global FACTOR\n"
+        "    FACTOR = k\n"
+        "def scaled(x):\n"
+        "    return helper(x) * FACTOR\n"
+        "def helper(x):\n"
+        "    return x + 1\n"
         "if __name__ == '__main__':\n"
-        "    with hookpool.Pool(2) as pool:\n"
+        "    with hookpool.Pool(2, initializer=setup, initargs=(3,)) as pool:\n"
         "        elsewhere = pool.apply(lambda: os.getpid()) != os.getpid()\n"
-        "        print(pool.map(triple, range(4)), elsewhere)\n"
+        "        print(pool.map(scaled, range(4)), pool.apply(lambda: FACTOR), elsewhere)\n"
         "        print(type(pool._manager).__name__)\n"
     )
     monkeypatch.setenv("HOOKPOOL_CLUSTER", address)
     done = run_script(script, tmp_path)
     assert done.returncode == 0, done.stderr
-    assert done.stdout.split("\n")[:2] == ["[0, 3, 6, 9] True", "ClusterEngine"]
+    assert done.stdout.split("\n")[:2] == ["[3, 6, 9, 12] 3 True", "ClusterEngine"]
 
 
 # -- hooks ----------------------------------------------------------------------------------
