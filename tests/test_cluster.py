@@ -164,6 +164,22 @@ def test_the_finalizer_runs_at_terminate_and_with_exit(
     assert fins == inits
 
 
+@pytest.mark.slow
+def test_closing_the_cluster_runs_the_finalizers(tmp_path: Path) -> None:
+    """The cluster goes away under a running pool: each worker's finalizer runs as dask
+    closes it, and the pool then breaks instead of waiting."""
+    with own_cluster(2) as (cluster, client):
+        pool = hookpool.Pool(cluster=client, **hooks(tmp_path))
+        assert pool.map(tasks_cluster.nap_then_pid, [0.05] * 8, chunksize=1)
+        inits = counts(str(tmp_path))[0]
+        assert len(inits) == 2
+        cluster.close(timeout=30)
+        assert counts(str(tmp_path))[1] == inits
+        wait_for(lambda: pool._manager.state.is_final, 30, "the pool to break")
+        pool.terminate()
+        assert pool._manager.join(30)
+
+
 def test_two_pools_on_one_cluster_keep_their_hooks_apart(dask_client: Any, tmp_path: Path) -> None:
     a_dir, b_dir = tmp_path / "a", tmp_path / "b"
     a_dir.mkdir()

@@ -30,6 +30,7 @@ PAGES = [
     "api.md",
     "benchmarks.md",
     "joblib.md",
+    "scaling-out.md",
 ]
 GUARD = 'if __name__ == "__main__":'
 FENCE = re.compile(r"^```(?P<lang>[\w-]*)[^\n]*\n(?P<body>.*?)^```[ \t]*$", re.S | re.M)
@@ -70,6 +71,7 @@ def test_pages_have_runnable_examples() -> None:
         "logging.md",
         "debugging.md",
         "joblib.md",
+        "scaling-out.md",
     ]:
         assert page in pages, f"{page} has no runnable example"
 
