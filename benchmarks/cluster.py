@@ -116,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     facades = {"pool": pool, "executor": executor}
     samples: dict[str, tuple[list[float], list[float]]] = {row: ([], []) for row, *_ in PAIRS}
     try:
-        for row, raw, ours, facade in PAIRS:  # warm up: workers, imports, the hooks
+        for _row, raw, ours, facade in PAIRS:  # warm up: workers, imports, the hooks
             raw(client)
             ours(facades[facade])
         for round_number in range(args.rounds):
@@ -141,9 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def render(
-    samples: dict[str, tuple[list[float], list[float]]], rounds: int, version: str
-) -> str:
+def render(samples: dict[str, tuple[list[float], list[float]]], rounds: int, version: str) -> str:
     lines = [
         f"hookpool on dask.distributed {version}: LocalCluster, 2 workers x 1 thread, "
         f"{rounds} rounds (medians; ratio = hookpool ÷ raw dask, lower is faster)",

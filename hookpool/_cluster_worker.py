@@ -74,6 +74,8 @@ FINALIZE_WAIT_SECONDS = 5.0
 FINISHED_KEPT = 4096
 #: The names a function of the caller's main script has as its module.
 _MAIN_NAMES = frozenset({"__main__", "__mp_main__"})
+#: How many pools that left a worker it remembers (see ``_gone``).
+GONE_KEPT = 4096
 #: As in ``_worker``: the finalizer runs before multiprocessing's own exit handlers.
 _FINALIZE_PRIORITY = 10
 
@@ -214,7 +216,23 @@ def _finalize(hooks: Hooks, pool_id: str) -> None:
 
 #: The pools with hooks in this worker process, by id.
 _pools: dict[str, PoolOnWorker] = {}
+#: The pools that left this worker process (terminated: ``stop_all``; their plugin torn
+#: down), oldest first. dask may still start a task of one: one handed over just before
+#: its pool was terminated reaches the worker after the pool's plugin left, its dask
+#: future cancelled on the way. It is skipped at once: waiting for a plugin that never
+#: comes would hold the worker's thread (and the next pools' tasks queued behind it) for
+#: SETUP_WAIT_SECONDS.
+_gone: dict[str, None] = {}
 _pools_changed = threading.Condition()
+
+
+def _mark_gone(pool_id: str) -> None:
+    """The pool's tasks that still come here are skipped (see ``_gone``)."""
+    with _pools_changed:
+        _gone[pool_id] = None
+        while len(_gone) > GONE_KEPT:
+            del _gone[next(iter(_gone))]
+        _pools_changed.notify_all()
 
 
 class PoolPlugin(WorkerPlugin):
@@ -231,6 +249,7 @@ class PoolPlugin(WorkerPlugin):
         never waiting behind another pool's task."""
         with _pools_changed:
             _pools[self.pool_id] = PoolOnWorker(self.pool_id, self.hooks_data, self.log_level)
+            _gone.pop(self.pool_id, None)  # set up again (dask re-adds a plugin by name)
             _pools_changed.notify_all()
 
     async def teardown(self, worker: Any) -> None:
@@ -238,6 +257,7 @@ class PoolPlugin(WorkerPlugin):
         finalizer runs, if its initializer ran here."""
         with _pools_changed:
             pool = _pools.pop(self.pool_id, None)
+            _mark_gone(self.pool_id)
         if pool is not None and pool.finalizer is not None:
             await _in_task_thread(worker, pool.finalize)
 
@@ -260,10 +280,11 @@ async def _in_task_thread(worker: Any, fn: Callable[[], None]) -> None:
 
 
 def _pool(pool_id: str) -> PoolOnWorker | None:
-    """This worker's state of the pool, waiting (bounded) for its plugin to arrive."""
+    """This worker's state of the pool, waiting (bounded) for its plugin to arrive; None
+    at once if the pool has left (``_gone``)."""
     with _pools_changed:
-        _pools_changed.wait_for(lambda: pool_id in _pools, SETUP_WAIT_SECONDS)
-        return _pools.get(pool_id)
+        _pools_changed.wait_for(lambda: pool_id in _pools or pool_id in _gone, SETUP_WAIT_SECONDS)
+        return None if pool_id in _gone else _pools.get(pool_id)
 
 
 def run_task(
@@ -294,6 +315,8 @@ def _run_task(
     if abandoned_on is not None:
         return Abandoned(task_id, abandoned_on), []
     pool = _pool(pool_id)
+    if pool is None and pool_id in _gone:  # terminated: its task came too late
+        return wire.Skipped(task_id), []
     if pool is None:
         return wire.Failed(task_id, capture(_not_set_up(pool_id))), []
     pool.initialize()  # once per worker: before the pool's first task here
@@ -303,6 +326,8 @@ def _run_task(
     with pool.lock:
         if task_id in pool.cancelled:
             pool.cancelled.discard(task_id)
+            return wire.Skipped(task_id), []
+        if pool_id in _gone:  # terminated while this task waited for the initializer
             return wire.Skipped(task_id), []
         pool.running[task_id] = threading.get_ident()
     answer: wire.Message
@@ -406,8 +431,10 @@ def stop(pool_id: str, task_id: int, *, cancel: bool) -> str:
 
 
 async def stop_all(pool_id: str) -> int:
-    """Stop every running task of a pool in this worker (terminate); how many. A
-    coroutine function, so that ``client.run(..., wait=False)`` takes it."""
+    """Stop every running task of a pool in this worker (terminate); how many. Its tasks
+    that start here from now on are skipped. A coroutine function, so that
+    ``client.run(..., wait=False)`` takes it."""
+    _mark_gone(pool_id)
     pool = _pools.get(pool_id)
     if pool is None:
         return 0

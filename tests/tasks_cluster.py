@@ -97,3 +97,15 @@ def endless(counter: list[int]) -> Any:
         counter[0] = n + 1
         yield n
         n += 1
+
+
+def threads_waiting_for_a_pool() -> int:
+    """Run on a worker (client.run): how many of its threads wait in run_task for a pool's
+    plugin to arrive."""
+    import sys
+    import traceback
+
+    return sum(
+        any(frame.name == "_pool" for frame in traceback.extract_stack(top))
+        for top in sys._current_frames().values()
+    )

@@ -8,6 +8,7 @@ facade tests marked ``cluster`` (tests/test_facades.py) run there too.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import itertools
 import logging
@@ -307,6 +308,57 @@ def test_cancel_stops_a_running_task_and_a_queued_one_never_runs(
         assert executor.cancel(done) is False  # finished: its result stands
     assert marks(d, "queued") == []
     assert marks(d, "long-0") == marks(d, "long-1") == []
+
+
+@pytest.mark.parametrize("how", ["terminated", "torn down"])
+def test_a_task_of_a_pool_that_left_the_worker_is_skipped_at_once(
+    how: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """dask may start a task of a pool after the pool left the worker: one handed over
+    just before a terminate, whose cancel and the plugin's removal overtook it. It is
+    skipped at once (without running the initializer): waiting for the plugin to arrive
+    would hold the worker's thread, and every task queued behind it, for
+    SETUP_WAIT_SECONDS. Run here in-process, as dask would run it on a worker."""
+    from hookpool import _cluster_worker as remote
+    from hookpool import _protocol as wire
+
+    monkeypatch.setattr(remote, "SETUP_WAIT_SECONDS", 10.0)
+    pool_id = f"left-{how.replace(' ', '-')}-{os.getpid()}"
+    plugin = remote.PoolPlugin(pool_id, b"not hooks: loading them would fail", None)
+    plugin.setup(worker=None)
+    try:
+        if how == "terminated":
+            asyncio.run(remote.stop_all(pool_id))
+        else:
+            asyncio.run(plugin.teardown(worker=None))
+        started = time.monotonic()
+        answer, records, _ = remote.run_task(pool_id, 1, 0, 1, b"", b"", ())
+        assert type(answer) is wire.Skipped, answer
+        assert records == []
+        assert time.monotonic() - started < 5
+    finally:
+        asyncio.run(plugin.teardown(worker=None))
+
+
+@pytest.mark.slow
+def test_terminate_with_tasks_on_their_way_leaves_no_worker_thread_behind(
+    dask_client: Any,
+) -> None:
+    """A pool terminated right after handing tasks over: those that reach a worker after
+    the pool left it do not hold its thread, so the next pool's tasks run at once."""
+    for _ in range(10):
+        pool = hookpool.Pool(cluster=dask_client)
+        pool.map_async(square, range(200), chunksize=1)
+        time.sleep(0.05)
+        pool.terminate()
+        assert pool._manager.join(30)
+        time.sleep(0.3)
+        waiting = dask_client.run(tasks_cluster.threads_waiting_for_a_pool)
+        assert not any(waiting.values()), waiting
+    with hookpool.Pool(cluster=dask_client) as pool:
+        started = time.monotonic()
+        assert pool.map(square, range(20), chunksize=1) == [x * x for x in range(20)]
+        assert time.monotonic() - started < 10
 
 
 def test_unpicklable_hooks_and_local_only_arguments_are_refused_at_once(
