@@ -129,6 +129,10 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     faces on the session's dask LocalCluster too (``dask_client``)."""
     if "facade" not in metafunc.fixturenames:
         return
+    for mark in metafunc.definition.iter_markers("parametrize"):
+        names = mark.args[0]
+        if "facade" in (names.replace(" ", "").split(",") if isinstance(names, str) else names):
+            return  # a test's own parameter of that name, not this fixture
     faces = ["Pool", "ProcessPoolExecutor"]
     if metafunc.definition.get_closest_marker("cluster") is not None:
         faces += ["Pool-on-cluster", "ProcessPoolExecutor-on-cluster"]
@@ -157,10 +161,11 @@ def facade(request: pytest.FixtureRequest) -> Iterator[MakeFace]:
     assert all(awake), "lost wake-up: the manager slept through the stop until poked"
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def dask_cluster() -> Iterator[Any]:
-    """One real ``distributed.LocalCluster`` for the session: 2 worker processes with one
-    thread each, on 127.0.0.1 (started by the first test that needs it)."""
+    """One real ``distributed.LocalCluster`` per test module that needs one: 2 worker
+    processes with one thread each, on 127.0.0.1. Not one per session: its connections
+    and threads would count as leaks in the modules that check for them."""
     distributed = pytest.importorskip("distributed")
     cluster = distributed.LocalCluster(
         n_workers=2,
@@ -175,9 +180,9 @@ def dask_cluster() -> Iterator[Any]:
         cluster.close(timeout=30)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def dask_client(dask_cluster: Any) -> Iterator[Any]:
-    """A client of the session's cluster."""
+    """A client of the module's cluster."""
     import distributed
 
     client = distributed.Client(dask_cluster, set_as_default=False, timeout=30)

@@ -1,7 +1,7 @@
 """A pool on a dask.distributed cluster: ``Pool(..., cluster=...)``.
 
 Every test runs against a real ``distributed.LocalCluster(processes=True)`` on 127.0.0.1,
-2 workers with one thread each: the session's (``dask_client``), or one of its own when
+2 workers with one thread each: the module's (``dask_client``), or one of its own when
 it changes the cluster (a worker joining or retiring, the scheduler going away). The
 facade tests marked ``cluster`` (tests/test_facades.py) run there too.
 """
