@@ -30,6 +30,7 @@ import queue
 import threading
 import time
 import uuid
+import weakref
 from collections.abc import Callable
 from concurrent.futures import CancelledError
 
@@ -39,6 +40,7 @@ from ._answers import answer, internal_error, resolve
 from ._engine import CancelRequest, Task, refusal
 from ._errors import TaskTimeoutError
 from ._records import TYPE_CHECKING
+from ._reentry import check_may_block, critical, reentered
 from ._serialize import dumps_for_cluster, rebuild
 from ._state import PoolState
 
@@ -63,6 +65,13 @@ STOP_GRACE_SECONDS = 5.0
 CHECK_SECONDS = 1.0
 #: A client that cannot reach the scheduler for this long breaks the pool.
 RECONNECT_SECONDS = 10.0
+#: With tasks waiting and no worker in the cluster for this long, they fail.
+NO_WORKERS_SECONDS = 30.0
+#: A task with a ``task_timeout`` that has not started on a worker this long after it
+#: was handed over (plus its timeout) fails as timed out.
+START_WAIT_SECONDS = 60.0
+#: How many distinct function pickles the pool keeps an id for (see ``_function_id``).
+FUNCTIONS_KEPT = 256
 
 
 def connect(cluster: object) -> tuple[Any, bool]:
@@ -87,7 +96,7 @@ def connect(cluster: object) -> tuple[Any, bool]:
 class _InFlight:
     """A task handed to the cluster."""
 
-    __slots__ = ("deadline", "future", "settled", "stopping", "task")
+    __slots__ = ("deadline", "future", "settled", "started", "stop_sent", "stopping", "task")
 
     def __init__(self, task: Task, future: Any, deadline: float | None) -> None:
         self.task = task
@@ -96,6 +105,10 @@ class _InFlight:
         self.deadline = deadline
         #: Since when a stop is aimed at it (cancel, timeout); None if not.
         self.stopping: float | None = None
+        #: The workers were asked to stop it (``_stop``).
+        self.stop_sent = False
+        #: Its worker said it started (only asked for tasks with a timeout).
+        self.started = False
         #: Its outcome is settled (timed out, say) while its dask future has not finished:
         #: it still holds a worker thread, so it still takes a slot (``_dispatch``).
         self.settled = False
@@ -119,7 +132,11 @@ class ClusterEngine:
         self._dialect = dialect
         self._name = name
         self._id = uuid.uuid4().hex[:12]
-        self._lock = threading.Lock()
+        #: Re-entrant: a signal handler that interrupted a caller holding it may still
+        #: terminate() or close() the pool (see ``_reentry``).
+        self._lock = threading.RLock()
+        #: Set (under the lock) once the settler thread will run nothing more.
+        self._ended = False
         self._state = PoolState.RUNNING
         self._broken_error: BaseException | None = None
         self._holds = 0
@@ -140,6 +157,8 @@ class ClusterEngine:
         self._slots_counted = time.monotonic()
         #: Since when the client has not been connected to the scheduler (None: it is).
         self._disconnected_since: float | None = None
+        #: Since when the cluster has had no workers (None: it has some).
+        self._no_workers_since: float | None = None
         self._thread = threading.Thread(
             target=self._settle_loop, name=f"{name}-cluster-settler", daemon=True
         )
@@ -166,6 +185,7 @@ class ClusterEngine:
     def submit(self, task: Task, *, while_closing: bool = False) -> None:
         self.submit_many([task], while_closing=while_closing)
 
+    @critical
     def submit_many(self, tasks: list[Task], *, while_closing: bool = False) -> None:
         with self._lock:
             state = self._state
@@ -182,10 +202,12 @@ class ClusterEngine:
     def close(self) -> None:
         self._become(PoolState.CLOSING)
 
+    @critical
     def hold(self) -> None:
         with self._lock:
             self._holds += 1
 
+    @critical
     def release(self) -> None:
         with self._lock:
             self._holds -= 1
@@ -196,6 +218,7 @@ class ClusterEngine:
         Finished first: its result stands (False). Waits (boundedly) to know which."""
         if future.cancel():  # still in this pool's queue
             return True
+        check_may_block("cancel()")
         with self._lock:
             task_id = self._by_outcome.get(id(future))
             flying = self._flying.get(task_id) if task_id is not None else None
@@ -211,6 +234,7 @@ class ClusterEngine:
         request.done.wait(STOP_GRACE_SECONDS + RPC_SECONDS)
         return request.cancelled
 
+    @critical
     def cancel_queued(self) -> None:
         """Cancel every task not handed to the cluster yet: they will never run."""
         with self._lock:
@@ -224,8 +248,13 @@ class ClusterEngine:
         self._become(PoolState.TERMINATING)
 
     def join(self, timeout: float | None = None) -> bool:
+        """Wait for the settler thread to end; True if it has. From a signal handler
+        that interrupted this thread inside the engine, False at once (the settler may
+        need what the interrupted frame holds; the pool still stops)."""
         if threading.current_thread() is self._thread:
             raise RuntimeError("cannot join the pool from one of its own callbacks")
+        if reentered():
+            return False
         self._thread.join(timeout)
         return not self._thread.is_alive()
 
@@ -243,14 +272,18 @@ class ClusterEngine:
         """No local worker processes."""
         return []
 
+    @critical
     def call_soon(self, callback: Callable[[], None]) -> None:
-        if self._thread.is_alive():
-            self._inbox.put(callback)
-        else:
+        with self._lock:
+            ended = self._ended
+            if not ended:
+                self._inbox.put(callback)
+        if ended:
             callback()
 
     # -- handing over ------------------------------------------------------------------
 
+    @critical
     def _dispatch(self) -> None:
         """Hand queued tasks to the cluster while it has a free thread for each.
 
@@ -268,8 +301,10 @@ class ClusterEngine:
                     continue  # cancelled while queued
                 task.claimed = True
                 task.task_id = next(self._ids)
-                # Counted as handed over now, so that no other thread exceeds the slots.
+                # Counted as handed over now, so that no other thread exceeds the slots;
+                # known to cancel() now (a stop aimed at it reaches the workers first).
                 self._flying[task.task_id] = _InFlight(task, None, None)
+                self._by_outcome[id(task.future)] = task.task_id
             self._hand_over(task)
 
     def _count_slots(self) -> int:
@@ -280,7 +315,12 @@ class ClusterEngine:
     def _hand_over(self, task: Task) -> None:
         fn_id = self._function_id(task.fn)
         key = f"{remote.KEY_PREFIX}{self._id}-{task.task_id}"
-        deadline = None if task.timeout is None else time.monotonic() + task.timeout
+        deadline = None
+        if task.timeout is not None:
+            # The clock starts as the task starts on its worker (after the initializer
+            # there, as locally: see _on_started); until then, a bound on the wait.
+            _StartRouter.of(self._client).watch(self)
+            deadline = time.monotonic() + task.timeout + START_WAIT_SECONDS
         try:
             future = self._client.submit(
                 remote.run_task,
@@ -295,25 +335,39 @@ class ClusterEngine:
                 pure=False,
             )
         except Exception as exc:
+            self.call_soon(functools.partial(self._fail_now, task, _lost_cluster(exc)))
             with self._lock:
-                del self._flying[task.task_id]
-            self._inbox.put(functools.partial(self._fail_now, task, _lost_cluster(exc)))
+                self._flying.pop(task.task_id, None)
+                self._by_outcome.pop(id(task.future), None)
             return
         flying = _InFlight(task, future, deadline)
         with self._lock:
-            if task.task_id not in self._flying:  # settled meanwhile: terminated
+            placeholder = self._flying.get(task.task_id)
+            if placeholder is None:  # settled meanwhile: terminated
                 future.cancel()
                 return
+            # A cancel() that came during the submit: the workers skip it already.
+            flying.stopping, flying.stop_sent = placeholder.stopping, placeholder.stop_sent
             self._flying[task.task_id] = flying
-            self._by_outcome[id(task.future)] = task.task_id
         future.add_done_callback(functools.partial(_finished, self._inbox, task.task_id))
         if deadline is not None:
             self._wake()  # the settler's next timeout may be this one
+
+    def _on_started(self, task_id: int) -> None:
+        """On the settler thread: the task started on its worker (``NoRetries``' event,
+        forwarded to this client by the scheduler): its ``task_timeout`` runs from now."""
+        with self._lock:
+            flying = self._flying.get(task_id)
+            if flying is not None and flying.task.timeout is not None and not flying.started:
+                flying.started = True
+                flying.deadline = time.monotonic() + flying.task.timeout
 
     def _function_id(self, data: bytes) -> int:
         with self._lock:
             fn_id = self._functions.get(data)
             if fn_id is None:
+                if len(self._functions) >= FUNCTIONS_KEPT:
+                    self._functions.clear()  # the workers unpickle them again
                 fn_id = self._functions[data] = next(self._function_ids)
             return fn_id
 
@@ -362,12 +416,40 @@ class ClusterEngine:
         if done:
             self._settle_finished(done)
         self._check_deadlines()
-        if self._queue and time.monotonic() - self._slots_counted > CHECK_SECONDS:
-            with contextlib.suppress(Exception):  # workers may have joined or left
-                self._slots = self._count_slots()
-            self._slots_counted = time.monotonic()
+        if (self._queue or self._flying) and time.monotonic() - self._slots_counted > CHECK_SECONDS:
+            self._check_workers()
         self._dispatch()
         self._check_connected()
+
+    def _check_workers(self) -> None:
+        """Count the cluster's threads again (workers join and leave); tasks waiting
+        while it has had none for NO_WORKERS_SECONDS fail, instead of waiting for a
+        worker that may never come."""
+        now = self._slots_counted = time.monotonic()
+        try:
+            threads: dict[str, int] = self._client.nthreads()
+        except Exception:
+            return  # the connection check deals with it
+        self._slots = max(1, sum(threads.values()))
+        if threads:
+            self._no_workers_since = None
+            return
+        if self._no_workers_since is None:
+            self._no_workers_since = now
+        elif now - self._no_workers_since > NO_WORKERS_SECONDS:
+            from ._std_errors import WorkerLostError
+
+            with self._lock:
+                flights = [f for f in self._flying.values() if not f.settled]
+            for flying in flights:
+                error = WorkerLostError(
+                    f"the dask cluster has had no workers for {NO_WORKERS_SECONDS:.0f} s "
+                    f"with {flying.task.describe()} waiting (its worker left, or was "
+                    f"retired, and none came instead)"
+                )
+                self._settle(flying, error=error)
+                if flying.future is not None:
+                    flying.future.cancel()
 
     def _check_connected(self) -> None:
         """A client that has not been connected to the scheduler for RECONNECT_SECONDS
@@ -392,7 +474,7 @@ class ClusterEngine:
         if ok:
             try:
                 answers = self._client.gather([flying.future for flying in ok])
-            except Exception:
+            except Exception:  # one would not come: fetch each, to fail only that one
                 answers = [_one_answer(flying.future) for flying in ok]
         for flying, got in zip(ok, answers, strict=True):
             self._on_answer(flying, got)
@@ -403,7 +485,13 @@ class ClusterEngine:
 
     def _on_answer(self, flying: _InFlight, got: Any) -> None:
         if isinstance(got, BaseException):
-            self._on_lost(flying, got)
+            if _is_connection_error(got):
+                self._on_lost(flying, got)
+            else:  # its answer could not be sent, or decoded here: that task fails
+                self._settle(
+                    flying,
+                    error=self._dialect.undecodable_result(got, flying.task.describe(), "?"),
+                )
             return
         message, records, worker = got
         if records:
@@ -425,7 +513,7 @@ class ClusterEngine:
             return
         if flying.settled:
             return  # timed out, or stopped: its answer came too late
-        value, failed = answer(task, message, self._dialect, worker, catch=Exception)
+        value, failed = answer(task, message, self._dialect, worker)
         self._settle(flying, value=value, error=failed)
 
     def _on_lost(self, flying: _InFlight, error: BaseException | None = None) -> None:
@@ -490,16 +578,19 @@ class ClusterEngine:
         its answer."""
         with self._lock:
             flying = self._flying.get(task_id)
-            if flying is None or flying.stopping is not None:
+            if flying is None or flying.stop_sent:
                 return
-            flying.stopping = time.monotonic()
+            flying.stop_sent = True
+            if flying.stopping is None:
+                flying.stopping = time.monotonic()
         try:
             found = self._client.run(
                 remote.stop, self._id, task_id, cancel=True, wait=True, on_error="return"
             )
         except Exception:
-            found = {}
-        if flying.future is not None and not {"stopping", "finished"} & set(found.values()):
+            found = None  # not known where it is: its answer (or the grace) settles it
+        known = found is not None and all(isinstance(what, str) for what in found.values())
+        if known and flying.future is not None and set(found.values()) <= {"absent"}:
             # Not started anywhere: every worker now skips it, and the scheduler drops it.
             flying.future.cancel()
         self._wake()
@@ -510,6 +601,11 @@ class ClusterEngine:
             flights = list(self._flying.values())
         for flying in flights:
             if flying.settled:
+                if flying.stopping is not None and now - flying.stopping > STOP_GRACE_SECONDS:
+                    # Stopped, and still not done (blocked in C code): it no longer
+                    # counts, for the slots or for close(); its worker thread is busy
+                    # until the call returns, and dask queues tasks behind it there.
+                    self._forget(flying.task)
                 continue
             if flying.stopping is not None:
                 if now - flying.stopping > STOP_GRACE_SECONDS:
@@ -520,6 +616,7 @@ class ClusterEngine:
                 # The caller hears of it now; the worker stops the task at its next
                 # bytecode (a task blocked in C code holds its thread until it returns).
                 flying.task.timed_out = True
+                flying.stopping = now
                 self._settle_stopped(flying, "the cluster")
                 # Asking the workers takes a round trip (longer, if one is unresponsive):
                 # not on this thread, which settles every other task.
@@ -573,7 +670,11 @@ class ClusterEngine:
                     self._settle(flying, error=self._dialect.terminated_error())
                 self._forget(flying.task)
         self._drain_inbox()
+        _StartRouter.of(self._client).forget(self)
         self._unregister()
+        with self._lock:
+            self._ended = True  # call_soon runs callbacks itself from now on
+        self._drain_inbox()  # what came during _unregister
         self._become(PoolState.STOPPED)
         return True
 
@@ -648,10 +749,10 @@ class ClusterEngine:
         from ._std_errors import WorkerLostError
 
         return WorkerLostError(
-            f"the cluster worker {worker} left (retired) while running {task.describe()}, "
-            f"which may have run to its end there but whose result went with it. dask "
-            f"would run it again on another worker; hookpool does not (tasks are not "
-            f"assumed idempotent). Other tasks are not affected."
+            f"the cluster worker {worker} left (retired, or died after the task finished, "
+            f"its result with it) while holding {task.describe()}, which may have run to "
+            f"its end there. dask would run it again on another worker; hookpool does not "
+            f"(tasks are not assumed idempotent). Other tasks are not affected."
         )
 
     def _timeout_error(self, task: Task, worker: str) -> BaseException:
@@ -662,6 +763,52 @@ class ClusterEngine:
 
     def _refusal(self, state: PoolState) -> Exception:
         return refusal(state, self._name, self._broken_error, self._dialect)
+
+
+class _StartRouter:
+    """Delivers the "task started" events of one client's pools (the scheduler sends
+    them to the client that subscribed to ``remote.STARTED``; a client has one handler
+    per topic, hence one router for all its pools)."""
+
+    def __init__(self, client: Any) -> None:
+        self._client = client
+        self._engines: weakref.WeakValueDictionary[str, ClusterEngine] = (
+            weakref.WeakValueDictionary()
+        )
+        self._subscribed = False
+
+    @classmethod
+    def of(cls, client: Any) -> _StartRouter:
+        with _routers_lock:
+            router = _routers.get(client)
+            if router is None:
+                router = _routers[client] = cls(client)
+            return router
+
+    def watch(self, engine: ClusterEngine) -> None:
+        with _routers_lock:
+            self._engines[engine._id] = engine
+            if not self._subscribed:
+                self._client.subscribe_topic(remote.STARTED, self)
+                self._subscribed = True
+
+    def forget(self, engine: ClusterEngine) -> None:
+        with _routers_lock:
+            self._engines.pop(engine._id, None)
+
+    def __call__(self, event: Any) -> None:
+        """On the client's event loop: hand the event to its pool's settler thread."""
+        key = event[1] if isinstance(event, tuple) else event
+        if not isinstance(key, str) or not key.startswith(remote.KEY_PREFIX):
+            return
+        pool_id, _, task_id = key[len(remote.KEY_PREFIX) :].rpartition("-")
+        engine = self._engines.get(pool_id)
+        if engine is not None and task_id.isdigit():
+            engine.call_soon(functools.partial(engine._on_started, int(task_id)))
+
+
+_routers: weakref.WeakKeyDictionary[Any, _StartRouter] = weakref.WeakKeyDictionary()
+_routers_lock = threading.Lock()
 
 
 def _finished(inbox: queue.SimpleQueue[Any], task_id: int, future: Any) -> None:
@@ -681,6 +828,15 @@ def _one_answer(future: Any) -> Any:
         return future.result(timeout=RPC_SECONDS)
     except BaseException as exc:
         return exc
+
+
+def _is_connection_error(error: BaseException) -> bool:
+    """An error that says the cluster could not be reached (not this task's fault)."""
+    return isinstance(error, (OSError, TimeoutError)) or type(error).__name__ in (
+        "CommClosedError",
+        "FutureCancelledError",
+        "CancelledError",
+    )
 
 
 def _is_killed_worker(error: BaseException | None) -> bool:

@@ -66,6 +66,8 @@ logger = logging.getLogger("hookpool")
 KEY_PREFIX = "hookpool-"
 #: The annotation ``NoRetries`` puts on a task whose worker retired while it ran there.
 ABANDONED = "hookpool-abandoned-on"
+#: The topic of the event ``run_task`` sends as a task starts (``NoRetries`` reads it).
+STARTED = "hookpool-started"
 #: How long a task waits for its pool's plugin to reach a worker that just joined.
 SETUP_WAIT_SECONDS = 60.0
 #: How long a finalizer waits for a task thread to run in (see ``_in_task_thread``).
@@ -74,6 +76,8 @@ FINALIZE_WAIT_SECONDS = 5.0
 FINISHED_KEPT = 4096
 #: The names a function of the caller's main script has as its module.
 _MAIN_NAMES = frozenset({"__main__", "__mp_main__"})
+#: How many of a pool's functions a worker keeps unpickled.
+FUNCTIONS_KEPT = 256
 #: How many pools that left a worker it remembers (see ``_gone``).
 GONE_KEPT = 4096
 #: As in ``_worker``: the finalizer runs before multiprocessing's own exit handlers.
@@ -86,6 +90,15 @@ class Abandoned(NamedTuple):
 
     task_id: int
     worker: str
+
+
+def _say_started() -> None:
+    """Tell the scheduler (``NoRetries``) that this task runs from now on."""
+    from distributed import get_worker
+    from distributed.utils import thread_state  # type: ignore[attr-defined]
+
+    with contextlib.suppress(ValueError, AttributeError):  # not in a worker's task
+        get_worker().log_event(STARTED, thread_state.key)
 
 
 def _abandoned_on() -> str | None:
@@ -131,6 +144,8 @@ class PoolOnWorker:
         #: (see ``adopt``). Only this pool's functions share it.
         self.main: dict[str, Any] = {"__name__": "__main__", "__builtins__": builtins}
         self.main_lock = threading.Lock()
+        #: The value of each name of ``main`` as the last pickle brought it.
+        self.sent: dict[str, Any] = {}
         #: The last tasks that finished here (a stop that comes after one finished must
         #: not be taken for one that came before it started).
         self.finished: collections.deque[int] = collections.deque(maxlen=FINISHED_KEPT)
@@ -167,7 +182,11 @@ class PoolOnWorker:
         initializer that sets ``global conn`` would set it where no task looks. Locally
         every function of ``__main__`` shares the module's globals, because the worker
         imports the script; this gives a pool's hooks and tasks on a cluster the same.
-        A name already in the namespace keeps its value (state the initializer made).
+        Each pickle brings the values its functions' globals had in the caller when it
+        was made: they replace the ones an earlier pickle brought (a loop variable, a
+        reassigned constant, a redefined function), as each by-value pickle sees its
+        own locally; a value that code here assigned since (the initializer's
+        ``global conn``) is kept, as a worker's own module keeps it locally.
         """
         if type(fn) is not types.FunctionType or fn.__module__ not in _MAIN_NAMES:
             return fn
@@ -180,7 +199,8 @@ class PoolOnWorker:
             for name, value in captured.items():
                 if type(value) is types.FunctionType and value.__globals__ is captured:
                     value = self._rebind(value, captured, rebound)
-                self.main.setdefault(name, value)
+                if name not in self.main or self.main[name] is self.sent.get(name, _NOTHING):
+                    self.main[name] = self.sent[name] = value
             return top
 
     def _rebind(
@@ -224,6 +244,10 @@ _pools: dict[str, PoolOnWorker] = {}
 #: SETUP_WAIT_SECONDS.
 _gone: dict[str, None] = {}
 _pools_changed = threading.Condition()
+#: (pool, task) cancelled on a worker that had not set the pool up yet (see ``stop``).
+_early_cancels: set[tuple[str, int]] = set()
+#: A marker: no value.
+_NOTHING = object()
 
 
 def _mark_gone(pool_id: str) -> None:
@@ -329,7 +353,11 @@ def _run_task(
             return wire.Skipped(task_id), []
         if pool_id in _gone:  # terminated while this task waited for the initializer
             return wire.Skipped(task_id), []
+        if _early_cancels and (pool_id, task_id) in _early_cancels:
+            _early_cancels.discard((pool_id, task_id))
+            return wire.Skipped(task_id), []
         pool.running[task_id] = threading.get_ident()
+    _say_started()
     answer: wire.Message
     try:
         with _capturing(records, pool.log_level):
@@ -370,6 +398,8 @@ def _answer(
     try:
         fn = pool.functions.get(fn_id)
         if fn is None:
+            if len(pool.functions) >= FUNCTIONS_KEPT:
+                pool.functions.clear()
             fn = pool.functions[fn_id] = pool.adopt(loads(fn_data))
         args = loads_data(args_data, buffers)
         stage = wire.Stage.RUN
@@ -386,7 +416,10 @@ def _answer(
         raise
     except BaseException as exc:
         return wire.Failed(task_id, capture(exc), False, wire.Stage.RESULT, describe(result))
-    return wire.Done(task_id, wire.blob(data), out_of_band)
+    # dask sends results with pickle protocol 4, which cannot carry a PickleBuffer: the
+    # large buffers go as bytes (one copy; locally they go to the pipe as they are).
+    buffers = tuple(bytes(buffer.raw()) for buffer in out_of_band)
+    return wire.Done(task_id, bytes(data), buffers)
 
 
 @functools.cache
@@ -417,6 +450,9 @@ def stop(pool_id: str, task_id: int, *, cancel: bool) -> str:
     way), or "absent" (not run here; with ``cancel``, it is skipped if it comes)."""
     pool = _pools.get(pool_id)
     if pool is None:
+        if cancel:  # its plugin has not arrived yet: the task is skipped if it comes
+            with _pools_changed:
+                _early_cancels.add((pool_id, task_id))
         return "absent"
     with pool.lock:
         ident = pool.running.get(task_id)
@@ -527,9 +563,21 @@ def _install_handler(level: int) -> None:
 
 
 class NoRetries(SchedulerPlugin):
-    """On the scheduler: a hookpool task whose worker dies while running it fails with
-    ``KilledWorker`` at once, instead of running again elsewhere (dask's default, up to
-    ``distributed.scheduler.allowed-failures`` times). Only keys of hookpool pools."""
+    """On the scheduler: a hookpool task is never run twice behind its pool's back.
+
+    * Its worker dies while running it: it fails with ``KilledWorker`` at once, instead
+      of running again elsewhere (dask's default, up to
+      ``distributed.scheduler.allowed-failures`` times). A task that dask had only queued
+      on that worker, behind others (another pool's, another client's), has not run: it
+      is retried, as dask does. A task counts as running once the worker has a thread
+      for it when dask sends it there, or once ``run_task`` says it started
+      (``STARTED``, an event on the worker's stream, which reaches the scheduler before
+      the worker's death does unless the worker dies within milliseconds of the start).
+    * Its worker leaves in an orderly way (retired) while it runs there, or leaves with
+      its result before the pool fetched it: dask would run it again elsewhere; it is
+      annotated ``ABANDONED`` instead, and ``run_task`` declines it.
+
+    Only keys of hookpool pools are touched."""
 
     name = "hookpool-no-retries"
     #: Registered once per scheduler, by its first pool: the others find it there.
@@ -539,6 +587,8 @@ class NoRetries(SchedulerPlugin):
         self.scheduler: Any = None
         #: Where each hookpool task is processing: its worker's address, by key.
         self._on: dict[str, str | None] = {}
+        #: Hookpool tasks known to have started (see ``_running``).
+        self._started: set[str] = set()
 
     async def start(self, scheduler: Any) -> None:
         self.scheduler = scheduler
@@ -548,13 +598,36 @@ class NoRetries(SchedulerPlugin):
             return
         task = self.scheduler.tasks.get(key)
         if finish == "processing" and task is not None:
-            # The scheduler fails a task once more workers died running it than this.
-            task.suspicious = max(task.suspicious, self.scheduler.allowed_failures)
             where = task.processing_on
             self._on[key] = where.address if where is not None else None
-        elif start == "processing":
+            if where is None or len(where.processing) <= where.nthreads:
+                self._running(task)  # a thread is free for it there: it starts now
+        elif start == "processing" and finish != "memory":
             worker = self._on.pop(key, None)
-            if task is not None and worker is not None and worker not in self.scheduler.workers:
-                # Its worker left in an orderly way (retired) while it was processing
-                # there: dask sends it to another worker, where run_task declines it.
-                task.annotations = {**(task.annotations or {}), ABANDONED: worker}
+            gone = worker is not None and worker not in self.scheduler.workers
+            if task is not None and gone and key in self._started:
+                # Its worker left in an orderly way (retired) while it ran there: dask
+                # sends it to another worker, where run_task declines it. (One that was
+                # only queued there never ran: dask runs it elsewhere, as it should.)
+                self._abandon(task, worker or "?")
+        elif start == "memory" and finish != "forgotten" and task is not None:
+            # Its result was lost with its worker before the pool fetched it: dask would
+            # compute it again; where it sends it, run_task declines it.
+            self._abandon(task, "?")
+        if finish in ("forgotten", "memory", "erred"):
+            self._on.pop(key, None)
+            self._started.discard(key)
+
+    def log_event(self, topic: str, msg: Any) -> None:
+        if topic == STARTED and self.scheduler is not None:
+            task = self.scheduler.tasks.get(msg)
+            if task is not None and task.state == "processing":
+                self._running(task)
+
+    def _running(self, task: Any) -> None:
+        # The scheduler fails a task once more workers died running it than this.
+        task.suspicious = max(task.suspicious, self.scheduler.allowed_failures)
+        self._started.add(task.key)
+
+    def _abandon(self, task: Any, worker: str) -> None:
+        task.annotations = {**(task.annotations or {}), ABANDONED: worker}

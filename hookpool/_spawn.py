@@ -87,7 +87,8 @@ def start_engine(
     ``max_memory`` (bytes, ``max_memory_per_child``) is ignored inline, as
     ``maxtasksperchild`` is: there is no worker to retire.
     """
-    cluster = cluster if cluster is not None else os.environ.get(CLUSTER_ENV_VAR) or None
+    if cluster is None and inline is not True:  # an explicit inline=True wins over it
+        cluster = os.environ.get(CLUSTER_ENV_VAR) or None
     if cluster is not None:
         try:
             from ._cluster import start_cluster_engine

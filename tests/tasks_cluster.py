@@ -109,3 +109,20 @@ def threads_waiting_for_a_pool() -> int:
         any(frame.name == "_pool" for frame in traceback.extract_stack(top))
         for top in sys._current_frames().values()
     )
+
+
+def mark_then_die_later(directory: str, name: str, delay: float) -> None:
+    """Task: count the start, run a while, then the worker dies by SIGKILL."""
+    mark(directory, name)
+    time.sleep(delay)
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def mark_then_return(directory: str, name: str, value: Any) -> Any:
+    mark(directory, name)
+    return value
+
+
+def slow_init(seconds: float) -> None:
+    """Initializer: a slow set-up (a model load)."""
+    time.sleep(seconds)

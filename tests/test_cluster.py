@@ -501,3 +501,115 @@ def _running_on(client: Any) -> str:
     """The address of the worker processing a task, or ""."""
     busy = [address for address, keys in client.processing().items() if keys]
     return busy[0] if busy else ""
+
+
+# -- found in review: each of these failed before its fix ------------------------------
+
+
+def test_large_results_and_large_maps_come_back(dask_client: Any) -> None:
+    """Results of 64 KiB and more travel out of band locally; dask cannot carry those
+    buffers, so on a cluster they go as bytes."""
+    with hookpool.ProcessPoolExecutor(cluster=dask_client) as executor:
+        assert len(executor.submit(bytes, 1_000_000).result(timeout=60)) == 1_000_000
+        assert executor.submit(len, b"x" * 2_000_000).result(timeout=60) == 2_000_000
+    with hookpool.Pool(cluster=dask_client) as pool:
+        assert pool.map(str, range(100_000)) == [str(x) for x in range(100_000)]
+
+
+def test_main_globals_follow_the_caller_as_locally(
+    dask_cluster: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Each pickle of a __main__ function brings the caller's current globals (a loop
+    variable, a reassigned constant); what the initializer assigned in the worker stays."""
+    script = (
+        "import hookpool\n"
+        "K = 1\n"
+        "def setup():\n"
+        "    global STATE\n"
+        "    STATE = 'set up'\n"
+        "if __name__ == '__main__':\n"
+        "    with hookpool.Pool(initializer=setup) as pool:\n"
+        "        loop = [pool.apply(lambda: i * 10) for i in range(5)]\n"
+        "        first = pool.map(lambda x: x * K, range(4))\n"
+        "        K = 2\n"
+        "        second = pool.map(lambda x: x * K, range(4))\n"
+        "        print(loop, first, second, pool.apply(lambda: STATE))\n"
+    )
+    monkeypatch.setenv("HOOKPOOL_CLUSTER", dask_cluster.scheduler_address)
+    done = run_script(script, tmp_path)
+    assert done.returncode == 0, done.stderr
+    expected = "[0, 10, 20, 30, 40] [0, 1, 2, 3] [0, 2, 4, 6] set up"
+    assert done.stdout.strip() == expected
+
+
+@pytest.mark.slow
+def test_a_dying_worker_fails_only_the_task_it_ran_with_two_pools_on_it(tmp_path: Path) -> None:
+    """Another pool's tasks that dask had queued on that worker never ran there: they
+    run elsewhere, once, instead of failing."""
+    d = str(tmp_path)
+    with own_cluster(2) as (_, client):
+        a = hookpool.Pool(cluster=client)
+        b = hookpool.Pool(cluster=client)
+        assert a.apply(pid) and b.apply(pid)
+        doomed = [
+            a.apply_async(tasks_cluster.mark_then_die_later, (d, f"d{i}", 1.0)) for i in range(2)
+        ]
+        wait_for(lambda: len(marks(d, "d0") + marks(d, "d1")) == 2, 10, "both started")
+        innocent = [
+            b.apply_async(tasks_cluster.mark_then_return, (d, f"i{i}", i)) for i in range(2)
+        ]
+        for result in doomed:
+            with pytest.raises(hookpool.WorkerLostError):
+                result.get(timeout=60)
+        assert [r.get(timeout=60) for r in innocent] == [0, 1]
+        assert [len(marks(d, f"i{i}")) for i in range(2)] == [1, 1]
+        assert [len(marks(d, f"d{i}")) for i in range(2)] == [1, 1]
+        a.terminate()
+        b.terminate()
+
+
+def test_a_result_lost_with_its_worker_is_not_computed_again(
+    dask_client: Any, tmp_path: Path
+) -> None:
+    d = str(tmp_path)
+    with hookpool.Pool(cluster=dask_client) as pool:
+        pool.apply(pid)
+        # A callback that holds the pool's settler thread: A's answer waits on its worker.
+        pool.apply_async(abs, (-1,), callback=lambda _: time.sleep(3))
+        time.sleep(0.3)
+        a = pool.apply_async(tasks_cluster.mark_then_return, (d, "A", "A's result"))
+        wait_for(lambda: bool(marks(d, "A")), 10, "A to run")
+        time.sleep(0.3)
+        os.kill(marks(d, "A")[0], 9)
+        with pytest.raises(hookpool.WorkerLostError):
+            a.get(timeout=60)
+        time.sleep(1.0)
+        assert len(marks(d, "A")) == 1
+    dask_client.wait_for_workers(2, timeout=30)
+
+
+def test_task_timeout_runs_from_the_start_not_through_the_initializer(
+    dask_client: Any,
+) -> None:
+    with hookpool.Pool(
+        cluster=dask_client,
+        initializer=tasks_cluster.slow_init,
+        initargs=(2.0,),
+        task_timeout=1.5,
+    ) as pool:
+        assert pool.map(abs, [-4, -3, -2, -1], chunksize=1) == [4, 3, 2, 1]
+
+
+@pytest.mark.slow
+def test_tasks_fail_when_the_cluster_is_left_without_workers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import hookpool._cluster
+
+    monkeypatch.setattr(hookpool._cluster, "NO_WORKERS_SECONDS", 2.0)
+    with own_cluster(1) as (_, client), hookpool.Pool(cluster=client) as pool:
+        running = pool.apply_async(tasks_cluster.nap, (3, str(tmp_path), "x"))
+        wait_for(lambda: bool(_running_on(client)), 10, "the start")
+        client.retire_workers([_running_on(client)], close_workers=True)
+        with pytest.raises(hookpool.WorkerLostError):
+            running.get(timeout=30)
