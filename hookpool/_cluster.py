@@ -331,6 +331,7 @@ class ClusterEngine:
                 task.fn,
                 task.args,
                 task.buffers,
+                task.timeout is not None,
                 key=key,
                 pure=False,
             )
