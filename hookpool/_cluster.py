@@ -72,6 +72,12 @@ NO_WORKERS_SECONDS = 30.0
 START_WAIT_SECONDS = 60.0
 #: How many distinct function pickles the pool keeps an id for (see ``_function_id``).
 FUNCTIONS_KEPT = 256
+#: How many of a pool's tasks the cluster may hold per worker thread: one running, the
+#: rest queued (by the scheduler, or on the worker), so that a worker starts its next
+#: task as soon as one ends, without a round trip through this client (``_dispatch``).
+#: Measured with 2 one-thread workers, map chunksize=1 of tiny tasks: 2: 2.5x raw
+#: client.map, 4: 1.7x, 8: 1.6x, 16: 1.6x.
+TASKS_PER_THREAD = 8
 
 
 def connect(cluster: object) -> tuple[Any, bool]:
@@ -155,6 +161,9 @@ class ClusterEngine:
         self._plugin_name = f"hookpool-pool-{self._id}"
         self._slots = self._count_slots()
         self._slots_counted = time.monotonic()
+        #: Handed-over tasks whose dask future has finished, being settled: their threads
+        #: are free, so they no longer count against the slots (``_settle_some``).
+        self._finishing = 0
         #: Since when the client has not been connected to the scheduler (None: it is).
         self._disconnected_since: float | None = None
         #: Since when the cluster has had no workers (None: it has some).
@@ -285,74 +294,93 @@ class ClusterEngine:
 
     @critical
     def _dispatch(self) -> None:
-        """Hand queued tasks to the cluster while it has a free thread for each.
+        """Hand queued tasks to the cluster while it has room for them, in one batch.
 
-        At most one task per worker thread is with the cluster at a time, so that a task
-        dask counts as processing on a worker is (nearly always) one that runs there:
-        when that worker dies, ``NoRetries`` fails its tasks, and none of them can be
-        one that was only waiting in the worker's queue.
+        At most TASKS_PER_THREAD tasks per worker thread are with the cluster at a time:
+        the rest wait in the pool's queue, where a cancel is certain. A task handed over
+        while every thread has one already may wait in a worker's queue, so it is marked
+        ``confirm``: before it runs, its worker tells the scheduler (``NoRetries``), and
+        should that worker then die, the task fails instead of running again elsewhere
+        (one that never started runs elsewhere). A task with a ``task_timeout`` is not
+        queued on a worker: it goes when a thread is free, so that its wait for a start
+        is short (see ``_hand_over``).
         """
         while True:
+            batch: list[tuple[Task, bool]] = []
             with self._lock:
-                if not self._queue or len(self._flying) >= self._slots:
-                    return
-                task = self._queue.popleft()
-                if not task.future.set_running_or_notify_cancel():
-                    continue  # cancelled while queued
-                task.claimed = True
-                task.task_id = next(self._ids)
-                # Counted as handed over now, so that no other thread exceeds the slots;
-                # known to cancel() now (a stop aimed at it reaches the workers first).
-                self._flying[task.task_id] = _InFlight(task, None, None)
-                self._by_outcome[id(task.future)] = task.task_id
-            self._hand_over(task)
+                busy = len(self._flying) - self._finishing
+                while self._queue and busy < self._slots * TASKS_PER_THREAD:
+                    task = self._queue[0]
+                    if task.timeout is not None and busy >= self._slots:
+                        break
+                    self._queue.popleft()
+                    if not task.future.set_running_or_notify_cancel():
+                        continue  # cancelled while queued
+                    task.claimed = True
+                    task.task_id = next(self._ids)
+                    # Counted as handed over now, so that no other thread exceeds the room;
+                    # known to cancel() now (a stop aimed at it reaches the workers first).
+                    self._flying[task.task_id] = _InFlight(task, None, None)
+                    self._by_outcome[id(task.future)] = task.task_id
+                    batch.append((task, busy >= self._slots))
+                    busy += 1
+            if not batch:
+                return
+            self._hand_over(batch)
 
     def _count_slots(self) -> int:
         """The cluster's worker threads: how many tasks it may have at once."""
         threads: dict[str, int] = self._client.nthreads()
         return max(1, sum(threads.values()))
 
-    def _hand_over(self, task: Task) -> None:
-        fn_id = self._function_id(task.fn)
-        key = f"{remote.KEY_PREFIX}{self._id}-{task.task_id}"
-        deadline = None
-        if task.timeout is not None:
-            # The clock starts as the task starts on its worker (after the initializer
-            # there, as locally: see _on_started); until then, a bound on the wait.
+    def _hand_over(self, batch: list[tuple[Task, bool]]) -> None:
+        """Submit ``batch`` (tasks, and whether each must confirm its start) as one
+        graph: one message to the scheduler however many tasks it holds."""
+        tasks = [task for task, _ in batch]
+        timed = any(task.timeout is not None for task in tasks)
+        if timed:
+            # A timed task's clock starts as it starts on its worker (after the initializer
+            # there, as locally): the router must listen for that before it can happen.
             _StartRouter.of(self._client).watch(self)
-            deadline = time.monotonic() + task.timeout + START_WAIT_SECONDS
         try:
-            future = self._client.submit(
+            futures = self._client.map(
                 remote.run_task,
-                self._id,
-                task.task_id,
-                int(task.kind),
-                fn_id,
-                task.fn,
-                task.args,
-                task.buffers,
-                task.timeout is not None,
-                key=key,
+                [self._id] * len(tasks),
+                [task.task_id for task in tasks],
+                [int(task.kind) for task in tasks],
+                [self._function_id(task.fn) for task in tasks],
+                [task.fn for task in tasks],
+                [task.args for task in tasks],
+                [task.buffers for task in tasks],
+                [task.timeout is not None for task in tasks],
+                [confirm for _, confirm in batch],
+                key=[f"{remote.KEY_PREFIX}{self._id}-{task.task_id}" for task in tasks],
                 pure=False,
             )
         except Exception as exc:
-            self.call_soon(functools.partial(self._fail_now, task, _lost_cluster(exc)))
+            for task in tasks:
+                self.call_soon(functools.partial(self._fail_now, task, _lost_cluster(exc)))
             with self._lock:
-                self._flying.pop(task.task_id, None)
-                self._by_outcome.pop(id(task.future), None)
+                for task in tasks:
+                    self._flying.pop(task.task_id, None)
+                    self._by_outcome.pop(id(task.future), None)
             return
-        flying = _InFlight(task, future, deadline)
-        with self._lock:
-            placeholder = self._flying.get(task.task_id)
-            if placeholder is None:  # settled meanwhile: terminated
-                future.cancel()
-                return
-            # A cancel() that came during the submit: the workers skip it already.
-            flying.stopping, flying.stop_sent = placeholder.stopping, placeholder.stop_sent
-            self._flying[task.task_id] = flying
-        future.add_done_callback(functools.partial(_finished, self._inbox, task.task_id))
-        if deadline is not None:
-            self._wake()  # the settler's next timeout may be this one
+        for task, future in zip(tasks, futures, strict=True):
+            deadline = None
+            if task.timeout is not None:  # until it starts (_on_started), a bound on the wait
+                deadline = time.monotonic() + task.timeout + START_WAIT_SECONDS
+            flying = _InFlight(task, future, deadline)
+            with self._lock:
+                placeholder = self._flying.get(task.task_id)
+                if placeholder is None:  # settled meanwhile: terminated
+                    future.cancel()
+                    continue
+                # A cancel() that came during the submit: the workers skip it already.
+                flying.stopping, flying.stop_sent = placeholder.stopping, placeholder.stop_sent
+                self._flying[task.task_id] = flying
+            future.add_done_callback(functools.partial(_finished, self._inbox, task.task_id))
+        if timed:
+            self._wake()  # the settler's next timeout may be one of these
 
     def _on_started(self, task_id: int) -> None:
         """On the settler thread: the task started on its worker (``NoRetries``' event,
@@ -415,7 +443,15 @@ class ClusterEngine:
             else:
                 item()
         if done:
-            self._settle_finished(done)
+            # Their threads are free: the next tasks go out before the answers are fetched.
+            with self._lock:
+                self._finishing = len(done)
+            try:
+                self._dispatch()
+                self._settle_finished(done)
+            finally:
+                with self._lock:
+                    self._finishing = 0
         self._check_deadlines()
         if (self._queue or self._flying) and time.monotonic() - self._slots_counted > CHECK_SECONDS:
             self._check_workers()
@@ -511,6 +547,13 @@ class ClusterEngine:
             return
         if type(message) is remote.Abandoned:
             self._settle(flying, error=self._abandoned(task, message.worker))
+            return
+        if type(message) is remote.Unconfirmed:
+            cause = RuntimeError(
+                f"{message.worker} could not confirm the start of {task.describe()} with the "
+                f"scheduler, so it did not run it"
+            )
+            self._settle(flying, error=_lost_cluster(cause))
             return
         if flying.settled:
             return  # timed out, or stopped: its answer came too late

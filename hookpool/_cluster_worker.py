@@ -55,6 +55,7 @@ __all__ = [
     "NoRetries",
     "PoolPlugin",
     "TaskStopped",
+    "Unconfirmed",
     "initialized_pid",
     "run_task",
     "stop",
@@ -70,6 +71,11 @@ ABANDONED = "hookpool-abandoned-on"
 STARTED = "hookpool-started"
 #: A task without a timeout says it started only if it still runs after this long.
 STARTED_AFTER_SECONDS = 0.005
+#: The scheduler handler ``NoRetries`` adds: a task that may have waited in its worker's
+#: queue is marked as running there before it starts (``_confirm_start``).
+CONFIRM_HANDLER = "hookpool_confirm_start"
+#: How long a task waits for the scheduler to confirm its start.
+CONFIRM_SECONDS = 30.0
 #: How long a task waits for its pool's plugin to reach a worker that just joined.
 SETUP_WAIT_SECONDS = 60.0
 #: How long a finalizer waits for a task thread to run in (see ``_in_task_thread``).
@@ -92,6 +98,36 @@ class Abandoned(NamedTuple):
 
     task_id: int
     worker: str
+
+
+class Unconfirmed(NamedTuple):
+    """``run_task``'s answer, instead of running the task, when the scheduler did not
+    confirm its start (``_confirm_start``): it did not run."""
+
+    task_id: int
+    worker: str
+
+
+def _confirm_start() -> bool:
+    """Before a task that may have waited in this worker's queue starts: have the
+    scheduler (``NoRetries``) mark it as running here, so that if this worker dies from
+    now on, the task fails instead of running again elsewhere. False: the scheduler no
+    longer has it processing here (released, or sent elsewhere): it must not run."""
+    from distributed import get_worker
+    from distributed.utils import sync, thread_state  # type: ignore[attr-defined]
+
+    try:
+        worker, key = get_worker(), thread_state.key
+    except (ValueError, AttributeError):  # not in a worker's task (a test calling it)
+        return True
+    confirm = getattr(worker.scheduler, CONFIRM_HANDLER)
+    try:
+        confirmed: bool = sync(
+            worker.loop, confirm, key=key, worker=worker.address, callback_timeout=CONFIRM_SECONDS
+        )
+    except Exception:  # the scheduler is out of reach: whatever this task returns is lost
+        return False
+    return confirmed
 
 
 def _say_started(pool: PoolOnWorker, task_id: int, *, at_once: bool) -> None:
@@ -339,11 +375,15 @@ def run_task(
     args: bytes,
     buffers: tuple[Any, ...],
     timed: bool = False,
-) -> tuple[wire.Message | Abandoned, list[wire.Log], str]:
+    confirm: bool = False,
+) -> tuple[wire.Message | Abandoned | Unconfirmed, list[wire.Log], str]:
     """The dask task of one hookpool task: its answer, the log records it emitted, and
     the worker's name for messages. ``timed``: it has a ``task_timeout``, which runs
-    from its start: say at once that it started."""
-    answer, records = _run_task(pool_id, task_id, kind, fn_id, fn_data, args, buffers, timed)
+    from its start: say at once that it started. ``confirm``: it may have waited in this
+    worker's queue: the scheduler confirms its start first (``_confirm_start``)."""
+    answer, records = _run_task(
+        pool_id, task_id, kind, fn_id, fn_data, args, buffers, timed, confirm
+    )
     return answer, records, _worker_name()
 
 
@@ -356,7 +396,8 @@ def _run_task(
     args: bytes,
     buffers: tuple[Any, ...],
     timed: bool,
-) -> tuple[wire.Message | Abandoned, list[wire.Log]]:
+    confirm: bool,
+) -> tuple[wire.Message | Abandoned | Unconfirmed, list[wire.Log]]:
     abandoned_on = _abandoned_on()
     if abandoned_on is not None:
         return Abandoned(task_id, abandoned_on), []
@@ -379,6 +420,9 @@ def _run_task(
             _early_cancels.discard((pool_id, task_id))
             return wire.Skipped(task_id), []
         pool.running[task_id] = threading.get_ident()
+    if confirm and not _confirm_start():
+        _leave(pool, task_id)
+        return Unconfirmed(task_id, _worker_name()), []
     _say_started(pool, task_id, at_once=timed)
     answer: wire.Message
     try:
@@ -592,9 +636,11 @@ class NoRetries(SchedulerPlugin):
       ``distributed.scheduler.allowed-failures`` times). A task that dask had only queued
       on that worker, behind others (another pool's, another client's), has not run: it
       is retried, as dask does. A task counts as running once the worker has a thread
-      for it when dask sends it there, or once ``run_task`` says it started
-      (``STARTED``, an event on the worker's stream, which reaches the scheduler before
-      the worker's death does unless the worker dies within milliseconds of the start).
+      for it when dask sends it there, once ``run_task`` asks ``confirm_start`` (a task
+      the pool sent while every thread had one of its tasks), or once ``run_task`` says
+      it started (``STARTED``, an event on the worker's stream, which reaches the
+      scheduler before the worker's death does unless the worker dies within
+      milliseconds of the start).
     * Its worker leaves in an orderly way (retired) while it runs there, or leaves with
       its result before the pool fetched it: dask would run it again elsewhere; it is
       annotated ``ABANDONED`` instead, and ``run_task`` declines it.
@@ -607,13 +653,24 @@ class NoRetries(SchedulerPlugin):
 
     def __init__(self) -> None:
         self.scheduler: Any = None
-        #: Where each hookpool task is processing: its worker's address, by key.
+        #: Where each hookpool task is processing, or its result is: its worker, by key.
         self._on: dict[str, str | None] = {}
         #: Hookpool tasks known to have started (see ``_running``).
         self._started: set[str] = set()
 
     async def start(self, scheduler: Any) -> None:
         self.scheduler = scheduler
+        scheduler.handlers[CONFIRM_HANDLER] = self.confirm_start
+
+    def confirm_start(self, key: str, worker: str) -> bool:
+        """``_confirm_start``: the task is about to start on ``worker``; True if it is
+        processing there, and from now on counts as running there."""
+        task = self.scheduler.tasks.get(key)
+        where = task.processing_on if task is not None else None
+        if where is None or where.address != worker:
+            return False
+        self._running(task)
+        return True
 
     def transition(self, key: Any, start: str, finish: str, *args: Any, **kwargs: Any) -> None:
         if not isinstance(key, str) or not key.startswith(KEY_PREFIX) or self.scheduler is None:
@@ -635,9 +692,10 @@ class NoRetries(SchedulerPlugin):
         elif start == "memory" and finish != "forgotten" and task is not None:
             # Its result was lost with its worker before the pool fetched it: dask would
             # compute it again; where it sends it, run_task declines it.
-            self._abandon(task, "?")
-        if finish in ("forgotten", "memory", "erred"):
+            self._abandon(task, self._on.get(key) or "?")
+        if finish in ("forgotten", "erred"):
             self._on.pop(key, None)
+        if finish in ("forgotten", "memory", "erred"):
             self._started.discard(key)
 
     def log_event(self, topic: str, msg: Any) -> None:

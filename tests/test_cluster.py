@@ -31,6 +31,7 @@ from tasks_cluster import marks  # noqa: E402
 from tasks_hooks import wait_for  # noqa: E402
 
 import hookpool  # noqa: E402
+from hookpool._cluster import TASKS_PER_THREAD  # noqa: E402
 
 
 @contextlib.contextmanager
@@ -270,6 +271,55 @@ def test_a_killed_worker_fails_exactly_its_task_which_never_runs_twice(
         assert all(len(marks(d, f"ran-{i}")) == 1 for i in range(12))
 
 
+def test_a_task_that_waited_in_its_workers_queue_fails_if_that_worker_dies_under_it(
+    dask_client: Any, tmp_path: Path
+) -> None:
+    """The cluster holds more of a pool's tasks than it has threads: one that waited
+    behind another on its worker and then started there counts as run (``confirm``)."""
+    d = str(tmp_path)
+    with hookpool.ProcessPoolExecutor(cluster=dask_client) as executor:
+        first = [executor.submit(tasks_cluster.nap, 0.5, d, f"first-{i}") for i in range(2)]
+        # Both threads are busy: it waits on its worker, then runs, and the worker dies
+        # (once the other task's result is fetched: a result lost with its worker fails).
+        doomed = executor.submit(tasks_cluster.mark_then_die_later, d, "doomed", 1.0)
+        with pytest.raises(hookpool.WorkerLostError, match="not run again"):
+            doomed.result(timeout=60)
+        assert [f.result(timeout=60) for f in first] == ["woke", "woke"]
+        dask_client.wait_for_workers(2, timeout=30)  # the nanny restarts it
+        time.sleep(1.0)  # a second run would have marked by now
+        assert len(marks(d, "doomed")) == 1
+
+
+def _confirm_handler(dask_scheduler: Any, *, on: bool) -> None:
+    from hookpool._cluster_worker import CONFIRM_HANDLER
+
+    if on:
+        plugin = dask_scheduler.plugins["hookpool-no-retries"]
+        dask_scheduler.handlers[CONFIRM_HANDLER] = plugin.confirm_start
+    else:
+        del dask_scheduler.handlers[CONFIRM_HANDLER]
+
+
+def test_a_queued_task_whose_start_the_scheduler_cannot_confirm_does_not_run(
+    dask_client: Any, tmp_path: Path
+) -> None:
+    d = str(tmp_path)
+    with hookpool.ProcessPoolExecutor(cluster=dask_client) as executor:
+        assert executor.submit(square, 2).result(timeout=30) == 4  # NoRetries is there
+        wait_for(lambda: not executor._manager._flying, 10, "that task forgotten")
+        dask_client.run_on_scheduler(_confirm_handler, on=False)
+        try:
+            first = [executor.submit(tasks_cluster.nap, 0.3, d, f"first-{i}") for i in range(2)]
+            queued = executor.submit(tasks_cluster.mark_then_return, d, "queued", 1)
+            with pytest.raises(hookpool.PoolBrokenError, match="could not confirm the start"):
+                queued.result(timeout=30)
+            assert [f.result(timeout=30) for f in first] == ["woke", "woke"]
+        finally:
+            dask_client.run_on_scheduler(_confirm_handler, on=True)
+        assert marks(d, "queued") == []
+        assert executor.submit(square, 3).result(timeout=30) == 9
+
+
 def test_task_timeout_stops_the_task_and_the_worker_goes_on(
     dask_client: Any, tmp_path: Path
 ) -> None:
@@ -294,11 +344,17 @@ def test_cancel_stops_a_running_task_and_a_queued_one_never_runs(
     d = str(tmp_path)
     with hookpool.ProcessPoolExecutor(cluster=dask_client) as executor:
         running = [executor.submit(tasks_cluster.nap, 30, d, f"long-{i}") for i in range(2)]
-        queued = executor.submit(tasks_cluster.nap, 0, d, "queued")
-        wait_for(lambda: len(executor._manager._flying) == 2, 10, "two tasks handed over")
+        # The workers' queues fill (TASKS_PER_THREAD per thread), the last stays in the pool's.
+        at_workers = 2 * (TASKS_PER_THREAD - 1)
+        queued = [executor.submit(tasks_cluster.nap, 0, d, f"q{i}") for i in range(at_workers + 1)]
+        wait_for(lambda: len(executor._manager._flying) == 2 + at_workers, 10, "handed over")
         time.sleep(0.3)
-        assert executor.cancel(queued)  # still in the pool's queue: never runs
-        assert queued.cancelled()
+        assert executor.cancel(queued[-1])  # still in the pool's queue: never handed over
+        assert queued[-1].cancelled()
+        for future in queued[:-1]:
+            assert executor.cancel(future)  # waiting on its worker: skipped there
+            with pytest.raises(CancelledError):
+                future.result(timeout=10)
         for future in running:
             assert executor.cancel(future)  # stopped on its worker
             with pytest.raises(CancelledError):
@@ -306,7 +362,7 @@ def test_cancel_stops_a_running_task_and_a_queued_one_never_runs(
         done = executor.submit(square, 3)
         assert done.result(timeout=30) == 9
         assert executor.cancel(done) is False  # finished: its result stands
-    assert marks(d, "queued") == []
+    assert [marks(d, f"q{i}") for i in range(at_workers + 1)] == [[]] * (at_workers + 1)
     assert marks(d, "long-0") == marks(d, "long-1") == []
 
 
@@ -581,7 +637,7 @@ def test_a_result_lost_with_its_worker_is_not_computed_again(
         wait_for(lambda: bool(marks(d, "A")), 10, "A to run")
         time.sleep(0.3)
         os.kill(marks(d, "A")[0], 9)
-        with pytest.raises(hookpool.WorkerLostError):
+        with pytest.raises(hookpool.WorkerLostError, match=r"worker tcp://127\.0\.0\.1:\d+ left"):
             a.get(timeout=60)
         time.sleep(1.0)
         assert len(marks(d, "A")) == 1
