@@ -102,7 +102,16 @@ def connect(cluster: object) -> tuple[Any, bool]:
 class _InFlight:
     """A task handed to the cluster."""
 
-    __slots__ = ("deadline", "future", "settled", "started", "stop_sent", "stopping", "task")
+    __slots__ = (
+        "deadline",
+        "finished",
+        "future",
+        "settled",
+        "started",
+        "stop_sent",
+        "stopping",
+        "task",
+    )
 
     def __init__(self, task: Task, future: Any, deadline: float | None) -> None:
         self.task = task
@@ -118,6 +127,9 @@ class _InFlight:
         #: Its outcome is settled (timed out, say) while its dask future has not finished:
         #: it still holds a worker thread, so it still takes a slot (``_dispatch``).
         self.settled = False
+        #: Its dask future finished and it is being settled: its thread is free, so it no
+        #: longer takes a slot, though it is in ``_flying`` until ``_forget``.
+        self.finished = False
 
 
 class ClusterEngine:
@@ -161,8 +173,7 @@ class ClusterEngine:
         self._plugin_name = f"hookpool-pool-{self._id}"
         self._slots = self._count_slots()
         self._slots_counted = time.monotonic()
-        #: Handed-over tasks whose dask future has finished, being settled: their threads
-        #: are free, so they no longer count against the slots (``_settle_some``).
+        #: How many in ``_flying`` are ``finished`` (``_settle_some``, ``_forget``).
         self._finishing = 0
         #: Since when the client has not been connected to the scheduler (None: it is).
         self._disconnected_since: float | None = None
@@ -338,11 +349,11 @@ class ClusterEngine:
         graph: one message to the scheduler however many tasks it holds."""
         tasks = [task for task, _ in batch]
         timed = any(task.timeout is not None for task in tasks)
-        if timed:
-            # A timed task's clock starts as it starts on its worker (after the initializer
-            # there, as locally): the router must listen for that before it can happen.
-            _StartRouter.of(self._client).watch(self)
         try:
+            if timed:
+                # A timed task's clock starts as it starts on its worker (after the
+                # initializer there, as locally): the router listens before it can happen.
+                _StartRouter.of(self._client).watch(self)
             futures = self._client.map(
                 remote.run_task,
                 [self._id] * len(tasks),
@@ -445,13 +456,19 @@ class ClusterEngine:
         if done:
             # Their threads are free: the next tasks go out before the answers are fetched.
             with self._lock:
-                self._finishing = len(done)
+                for flying in done:
+                    if not flying.finished:
+                        flying.finished = True
+                        self._finishing += 1
             try:
                 self._dispatch()
                 self._settle_finished(done)
             finally:
-                with self._lock:
-                    self._finishing = 0
+                with self._lock:  # any not forgotten (an error on the way) count again
+                    for flying in done:
+                        if flying.finished and self._flying.get(flying.task.task_id) is flying:
+                            flying.finished = False
+                            self._finishing -= 1
         self._check_deadlines()
         if (self._queue or self._flying) and time.monotonic() - self._slots_counted > CHECK_SECONDS:
             self._check_workers()
@@ -548,6 +565,9 @@ class ClusterEngine:
         if type(message) is remote.Abandoned:
             self._settle(flying, error=self._abandoned(task, message.worker))
             return
+        if type(message) is remote.Unconfirmed and task.cancel is not None:
+            self._settle_stopped(flying, worker)
+            return
         if type(message) is remote.Unconfirmed:
             cause = RuntimeError(
                 f"{message.worker} could not confirm the start of {task.describe()} with the "
@@ -607,6 +627,9 @@ class ClusterEngine:
         """Its dask future has finished: it no longer takes a slot."""
         with self._lock:
             flying = self._flying.pop(task.task_id, None)
+            if flying is not None and flying.finished:
+                flying.finished = False
+                self._finishing -= 1
             self._by_outcome.pop(id(task.future), None)
         if flying is not None and flying.future is not None:
             flying.future.release()

@@ -420,14 +420,15 @@ def _run_task(
             _early_cancels.discard((pool_id, task_id))
             return wire.Skipped(task_id), []
         pool.running[task_id] = threading.get_ident()
-    if confirm and not _confirm_start():
-        _leave(pool, task_id)
-        return Unconfirmed(task_id, _worker_name()), []
-    _say_started(pool, task_id, at_once=timed)
-    answer: wire.Message
-    try:
-        with _capturing(records, pool.log_level):
-            answer = _answer(pool, task_id, kind, fn_id, fn_data, args, buffers)
+    answer: wire.Message | Unconfirmed
+    try:  # a stop may land from here on: while it waits for its confirmation, too
+        if confirm and not _confirm_start():
+            answer = Unconfirmed(task_id, _worker_name())
+        else:
+            if timed or not confirm:  # (a confirmed start needs no event)
+                _say_started(pool, task_id, at_once=timed)
+            with _capturing(records, pool.log_level):
+                answer = _answer(pool, task_id, kind, fn_id, fn_data, args, buffers)
     except TaskStopped:
         answer = wire.Interrupted(task_id)
     if _leave(pool, task_id):
@@ -669,6 +670,7 @@ class NoRetries(SchedulerPlugin):
         where = task.processing_on if task is not None else None
         if where is None or where.address != worker:
             return False
+        self._on[key] = worker  # (work stealing moves a task without a transition)
         self._running(task)
         return True
 
@@ -693,6 +695,8 @@ class NoRetries(SchedulerPlugin):
             # Its result was lost with its worker before the pool fetched it: dask would
             # compute it again; where it sends it, run_task declines it.
             self._abandon(task, self._on.get(key) or "?")
+        if finish == "memory" and task is not None and task.who_has:
+            self._on[key] = next(iter(task.who_has)).address  # where its result is
         if finish in ("forgotten", "erred"):
             self._on.pop(key, None)
         if finish in ("forgotten", "memory", "erred"):
@@ -702,6 +706,8 @@ class NoRetries(SchedulerPlugin):
         if topic == STARTED and self.scheduler is not None:
             task = self.scheduler.tasks.get(msg)
             if task is not None and task.state == "processing":
+                if task.processing_on is not None:
+                    self._on[msg] = task.processing_on.address
                 self._running(task)
 
     def _running(self, task: Any) -> None:

@@ -126,3 +126,11 @@ def mark_then_return(directory: str, name: str, value: Any) -> Any:
 def slow_init(seconds: float) -> None:
     """Initializer: a slow set-up (a model load)."""
     time.sleep(seconds)
+
+
+def running_here(pool_id: str) -> list[int]:
+    """The ids of the pool's tasks this worker counts as running (a stop aims at them)."""
+    from hookpool import _cluster_worker
+
+    pool = _cluster_worker._pools.get(pool_id)
+    return sorted(pool.running) if pool is not None else []

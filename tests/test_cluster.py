@@ -320,6 +320,72 @@ def test_a_queued_task_whose_start_the_scheduler_cannot_confirm_does_not_run(
         assert executor.submit(square, 3).result(timeout=30) == 9
 
 
+def _slow_confirm(dask_scheduler: Any) -> None:
+    from hookpool._cluster_worker import CONFIRM_HANDLER
+
+    plugin = dask_scheduler.plugins["hookpool-no-retries"]
+
+    async def slow(key: str, worker: str) -> bool:
+        await asyncio.sleep(3.0)
+        confirmed: bool = plugin.confirm_start(key, worker)
+        return confirmed
+
+    dask_scheduler.handlers[CONFIRM_HANDLER] = slow
+
+
+def test_a_task_cancelled_while_its_start_is_being_confirmed_does_not_run(
+    dask_client: Any, tmp_path: Path
+) -> None:
+    """The stop lands in the wait for the scheduler: the task ends there, and its worker
+    no longer counts it as running (a later stop would hit whatever that thread runs)."""
+    d = str(tmp_path)
+    with hookpool.ProcessPoolExecutor(cluster=dask_client) as executor:
+        assert executor.submit(square, 2).result(timeout=30) == 4  # NoRetries is there
+        wait_for(lambda: not executor._manager._flying, 10, "that task forgotten")
+        dask_client.run_on_scheduler(_slow_confirm)
+        try:
+            first = [executor.submit(tasks_cluster.nap, 0.2, d, f"first-{i}") for i in range(2)]
+            queued = executor.submit(tasks_cluster.mark_then_return, d, "queued", 1)
+            assert [f.result(timeout=30) for f in first] == ["woke", "woke"]
+            time.sleep(0.5)  # the queued task waits for its confirmation
+            assert executor.cancel(queued)
+            with pytest.raises(CancelledError):
+                queued.result(timeout=30)
+        finally:
+            dask_client.run_on_scheduler(_confirm_handler, on=True)
+        pool_id = executor._manager._id
+        assert dask_client.run(tasks_cluster.running_here, pool_id) == {
+            worker: [] for worker in dask_client.scheduler_info()["workers"]
+        }
+        assert marks(d, "queued") == []
+        assert executor.submit(square, 3).result(timeout=30) == 9
+
+
+def test_the_cluster_never_holds_more_than_its_share_of_a_pools_tasks(dask_client: Any) -> None:
+    """Callbacks that submit more as each answer is settled: the pool still hands the
+    cluster at most TASKS_PER_THREAD tasks per worker thread (counted here as those whose
+    dask future has not finished), and its count of those being settled returns to 0."""
+    most = 2 * TASKS_PER_THREAD
+    with hookpool.Pool(cluster=dask_client) as pool:
+        engine = pool._manager
+        seen: list[int] = []
+        more: list[Any] = []
+
+        def submit_more(_: object) -> None:
+            if len(more) < 200:
+                more.append(pool.apply_async(square, (len(more),), callback=submit_more))
+                with engine._lock:  # handed over, and not finished on the cluster
+                    flying = list(engine._flying.values())
+                seen.append(sum(1 for f in flying if f.future is None or not f.future.done()))
+
+        first = [pool.apply_async(square, (i,), callback=submit_more) for i in range(most)]
+        assert [r.get(timeout=60) for r in first] == [i * i for i in range(most)]
+        wait_for(lambda: len(more) == 200 and all(r.ready() for r in more), 60, "all done")
+        assert [r.get(timeout=5) for r in more] == [i * i for i in range(200)]
+        assert max(seen) <= most
+        assert engine._finishing == 0
+
+
 def test_task_timeout_stops_the_task_and_the_worker_goes_on(
     dask_client: Any, tmp_path: Path
 ) -> None:
