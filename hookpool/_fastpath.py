@@ -69,6 +69,7 @@ PEEK_BYTES = 64 * 1024
 BORROW_CHECK_SECONDS = 0.5
 
 _NOT_YET = object()  # _take_answer: nothing whole to read yet
+_PEEK = int(socket.MSG_PEEK | socket.MSG_DONTWAIT)  # (an int: IntFlag's | costs a call)
 
 
 class FastPath:
@@ -272,7 +273,7 @@ class FastPath:
             return None
         peeked = self._peeked
         try:
-            size = sock.recv_into(peeked, PEEK_BYTES, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+            size = sock.recv_into(peeked, PEEK_BYTES, _PEEK)
         except BlockingIOError:
             return _NOT_YET
         except OSError:

@@ -231,6 +231,11 @@ class _Worker:
                 self.phase = _Phase.IDLE
                 if self.stop_requested:
                     return
+                # Wait in poll(), not in read(): a read sleeping on the socket is also
+                # woken each time the parent reads an answer this worker wrote (the
+                # socket's room to write grew), a wake-up that costs the reading parent
+                # an interrupt to this worker's CPU; poll() is woken only for input.
+                readable.poll()
                 self._take(inbox.recv(), queued)
                 continue
             if readable.poll(0):  # read everything sent so far: a Skip may follow its Call
