@@ -26,7 +26,7 @@ from typing import Any
 import pytest
 import tasks
 import tasks_api
-from conftest import assert_gone, shared_pool
+from conftest import assert_gone, run_script, shared_pool
 
 import hookpool
 import hookpool._pool
@@ -599,6 +599,51 @@ def test_accepted_contexts(make_pool: Callable[..., Any], context: Any) -> None:
     pool = make_pool(1, context=context)
     assert pool.apply(tasks.square, (6,)) == 36
     assert pool.apply(tasks.pid) in pool.worker_pids
+
+
+FORKSERVER_PRELOAD_SCRIPT = """
+import multiprocessing
+import multiprocessing.forkserver
+import os
+import sys
+
+import hookpool
+
+
+def where_loaded(_):
+    import marker
+
+    return marker.LOADED_IN, os.getpid(), os.getppid(), "hookpool._worker" in sys.modules
+
+
+if __name__ == "__main__":
+    with open("marker.py", "w") as f:
+        f.write("import os\\nLOADED_IN = os.getpid()\\n")
+    sys.path.insert(0, os.getcwd())
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(["marker"])  # the program's own
+    with hookpool.Pool(1, context="forkserver", maxtasksperchild=1) as pool:
+        answers = pool.map(where_loaded, range(3), chunksize=1)
+    print(multiprocessing.forkserver._forkserver._preload_modules)
+    for loaded_in, pid, ppid, has_worker in answers:
+        print(loaded_in == ppid != pid, has_worker)
+    print(len({pid for _, pid, _, _ in answers}))
+"""
+
+
+def test_forkserver_preloads_the_worker_modules_and_keeps_the_programs(
+    tmp_path: Path,
+) -> None:
+    # The server imports hookpool's worker modules once, so that each worker it forks (a
+    # replacement, with maxtasksperchild) does not import them again; what the program
+    # asked it to preload stays, and is preloaded (imported in the server, the workers'
+    # parent).
+    proc = run_script(FORKSERVER_PRELOAD_SCRIPT, tmp_path, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[0] == "['marker', 'hookpool._worker']"
+    assert lines[1:4] == ["True True"] * 3
+    assert lines[4] == "3"  # a new worker per task
 
 
 def _manager_threads() -> int:
