@@ -474,6 +474,11 @@ class Cell:
     def count(self, metric: str) -> int:
         return sum(metric in s for s in self.samples)
 
+    def spread(self, metric: str) -> tuple[float, float] | None:
+        """The lowest and highest sample of ``metric``."""
+        values = [s[metric] for s in self.samples if metric in s]
+        return (min(values), max(values)) if values else None
+
     def failure_text(self) -> str | None:
         if not self.failures:
             return None
@@ -1037,8 +1042,12 @@ def limits_grid(report: Report) -> list[list[str]]:
         text = cell.failure_text() or (
             fmt_value(v, "s") if (v := cell.value(metric)) is not None else "n/a"
         )
-        body.append([what, text, str(cell.count(metric))])
-    return [["Machine limit", "Median", "Samples"], *body] if body else []
+        spread = cell.spread(metric)
+        low_high = "" if spread is None else " to ".join(fmt_value(v, "s") for v in spread)
+        body.append([what, text, low_high, str(cell.count(metric))])
+    # The range shows what a median hides: a limit measured across cores (say, the pipe
+    # RT: on one core, or waking the other) falls in two groups, and its median in either.
+    return [["Machine limit", "Median", "Range", "Samples"], *body] if body else []
 
 
 LEFT = {"Workload", "Target", "Met", "Machine limit"}
