@@ -417,14 +417,8 @@ class ClusterEngine:
             if known is not None:
                 return known
         carrier: Any = data
-        if len(data) >= SCATTER_FUNCTION_BYTES:  # (not under the lock: round trips)
-            # With no worker to keep a copy (dask would wait for one), or if the copy
-            # fails, the pickle travels with each task, which waits for a worker as usual.
-            with contextlib.suppress(Exception):
-                if self._client.nthreads():
-                    carrier = self._client.scatter(
-                        data, broadcast=True, hash=False, timeout=RPC_SECONDS
-                    )
+        if len(data) >= SCATTER_FUNCTION_BYTES:  # (not under the lock: a round trip)
+            carrier = self._client.scatter(data, broadcast=True, hash=False)
         with self._lock:
             known = self._functions.get(data)  # another thread's, meanwhile
             if known is None:

@@ -590,19 +590,6 @@ def test_a_pool_keeps_few_large_closures_on_the_cluster(dask_client: Any) -> Non
     wait_for(lambda: copies() == 0, 10, "the pool's copies to go at close")
 
 
-def test_a_large_closure_waits_for_a_worker_as_any_task_does() -> None:
-    # With no worker to keep the closure's copy, it travels with its task, which waits
-    # for a worker to join, as any task does; apply_async itself does not wait (dask's
-    # scatter would wait for a worker, 30 s here).
-    with own_cluster(0) as (cluster, client), hookpool.Pool(cluster=client) as pool:
-        data = os.urandom(128 * 1024)
-        submitting = time.monotonic()
-        waiting = pool.apply_async(lambda: len(data))
-        assert time.monotonic() - submitting < 10
-        cluster.scale(1)
-        assert waiting.get(timeout=60) == len(data)
-
-
 def test_imap_reads_an_endless_input_a_bounded_window_ahead(dask_client: Any) -> None:
     counter = [0]
     with hookpool.Pool(cluster=dask_client) as pool:
