@@ -72,13 +72,6 @@ NO_WORKERS_SECONDS = 30.0
 START_WAIT_SECONDS = 60.0
 #: How many distinct function pickles the pool keeps an id for (see ``_function_id``).
 FUNCTIONS_KEPT = 256
-#: A function pickle this large (a closure over data, say) goes to the workers once, as
-#: data the cluster keeps (``client.scatter``), not inside each of its tasks; a smaller
-#: one travels with each task, which costs less than a dependency.
-SCATTER_FUNCTION_BYTES = 64 * 1024
-#: How many such copies the pool keeps on the cluster (on every worker), the oldest going
-#: first: a program that makes a new large closure per call does not pile them up there.
-SCATTERED_KEPT = 8
 #: How many of a pool's tasks the cluster may hold per worker thread: one running, the
 #: rest queued (by the scheduler, or on the worker), so that a worker starts its next
 #: task as soon as one ends, without a round trip through this client (``_dispatch``).
@@ -172,9 +165,8 @@ class ClusterEngine:
         self._by_outcome: dict[int, int] = {}  # id(outcome) -> task id
         #: What the settler thread has to do: a finished task's id, or a callable.
         self._inbox: queue.SimpleQueue[int | Callable[[], None]] = queue.SimpleQueue()
-        #: Function pickles -> the id workers cache the function under, and what carries
-        #: the pickle to them: the bytes, or, for a large one, the cluster's copy.
-        self._functions: dict[bytes, tuple[int, Any]] = {}
+        #: Function pickles -> the id workers cache the function under.
+        self._functions: dict[bytes, int] = {}
         self._function_ids = itertools.count(1)
         level = _root_level() if forward_logging else None
         self._plugin = remote.PoolPlugin(self._id, _hooks_data(hooks), level)
@@ -367,7 +359,8 @@ class ClusterEngine:
                 [self._id] * len(tasks),
                 [task.task_id for task in tasks],
                 [int(task.kind) for task in tasks],
-                *zip(*[self._function(task.fn) for task in tasks], strict=True),
+                [self._function_id(task.fn) for task in tasks],
+                [task.fn for task in tasks],
                 [task.args for task in tasks],
                 [task.buffers for task in tasks],
                 [task.timeout is not None for task in tasks],
@@ -409,27 +402,14 @@ class ClusterEngine:
                 flying.started = True
                 flying.deadline = time.monotonic() + flying.task.timeout
 
-    def _function(self, data: bytes) -> tuple[int, Any]:
-        """The id workers cache the function pickled as ``data`` under, and what carries
-        ``data`` to them (see ``SCATTER_FUNCTION_BYTES``)."""
+    def _function_id(self, data: bytes) -> int:
         with self._lock:
-            known = self._functions.get(data)
-            if known is not None:
-                return known
-        carrier: Any = data
-        if len(data) >= SCATTER_FUNCTION_BYTES:  # (not under the lock: a round trip)
-            carrier = self._client.scatter(data, broadcast=True, hash=False)
-        with self._lock:
-            known = self._functions.get(data)  # another thread's, meanwhile
-            if known is None:
+            fn_id = self._functions.get(data)
+            if fn_id is None:
                 if len(self._functions) >= FUNCTIONS_KEPT:
                     self._functions.clear()  # the workers unpickle them again
-                elif carrier is not data:
-                    copies = [k for k, (_, c) in self._functions.items() if c is not k]
-                    if len(copies) >= SCATTERED_KEPT:
-                        del self._functions[copies[0]]  # (tasks that need it keep it)
-                known = self._functions[data] = (next(self._function_ids), carrier)
-            return known
+                fn_id = self._functions[data] = next(self._function_ids)
+            return fn_id
 
     # -- the settler thread ------------------------------------------------------------
 
@@ -758,8 +738,6 @@ class ClusterEngine:
                 self._forget(flying.task)
         self._drain_inbox()
         _StartRouter.of(self._client).forget(self)
-        with self._lock:
-            self._functions.clear()  # the cluster's copies go
         self._unregister()
         with self._lock:
             self._ended = True  # call_soon runs callbacks itself from now on

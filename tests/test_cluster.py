@@ -31,7 +31,7 @@ from tasks_cluster import marks  # noqa: E402
 from tasks_hooks import wait_for  # noqa: E402
 
 import hookpool  # noqa: E402
-from hookpool._cluster import SCATTERED_KEPT, TASKS_PER_THREAD  # noqa: E402
+from hookpool._cluster import TASKS_PER_THREAD  # noqa: E402
 
 
 @contextlib.contextmanager
@@ -551,43 +551,6 @@ def test_a_function_is_unpickled_once_per_worker_not_per_task(dask_client: Any) 
         assert pool.map(fn, range(40), chunksize=1) == [x + 10 for x in range(40)]
         after = dict(pool.map(tasks_cluster.unpickled, range(8), chunksize=1))
     assert sum(after.values()) - sum(before.get(p, 0) for p in after) <= 2
-
-
-def test_a_large_closure_goes_to_the_cluster_once_not_with_each_task(
-    dask_client: Any, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    data = os.urandom(256 * 1024)  # random: its pickle cannot be smaller
-    scattered: list[int] = []
-    scatter = dask_client.scatter
-
-    def counted(value: Any, *args: Any, **kwargs: Any) -> Any:
-        scattered.append(len(value))
-        return scatter(value, *args, **kwargs)
-
-    monkeypatch.setattr(dask_client, "scatter", counted)
-    with hookpool.Pool(cluster=dask_client) as pool:
-        fn = lambda x: x + len(data)  # noqa: E731
-        assert pool.map(fn, range(12), chunksize=1) == [x + len(data) for x in range(12)]
-        assert pool.map(fn, range(4), chunksize=1) == [x + len(data) for x in range(4)]
-        assert pool.apply(square, (3,)) == 9  # small: it travels with its task
-    assert len(scattered) == 1
-    assert scattered[0] > len(data)
-
-
-def test_a_pool_keeps_few_large_closures_on_the_cluster(dask_client: Any) -> None:
-    earlier = set(dask_client.who_has())  # (an earlier test's may still be leaving)
-
-    def copies() -> int:  # the data client.scatter keeps: keys named after its type
-        keys = set(dask_client.who_has()) - earlier
-        return sum(str(key).startswith("bytes-") for key in keys)
-
-    with hookpool.Pool(cluster=dask_client) as pool:
-        for i in range(SCATTERED_KEPT + 3):  # a new large closure for each call
-            data = os.urandom(128 * 1024)
-            assert pool.apply(lambda x, data=data: x + len(data), (i,)) == i + len(data)
-        assert copies() > 0
-        wait_for(lambda: copies() <= SCATTERED_KEPT, 10, "the oldest to go")
-    wait_for(lambda: copies() == 0, 10, "the pool's copies to go at close")
 
 
 def test_imap_reads_an_endless_input_a_bounded_window_ahead(dask_client: Any) -> None:
