@@ -467,16 +467,19 @@ class Cell:
     max_wall_s: float = 0.0
     skipped: str | None = None
 
+    def values(self, metric: str) -> list[float]:
+        return [s[metric] for s in self.samples if metric in s]
+
     def value(self, metric: str) -> float | None:
-        values = [s[metric] for s in self.samples if metric in s]
+        values = self.values(metric)
         return median(values) if values else None
 
     def count(self, metric: str) -> int:
-        return sum(metric in s for s in self.samples)
+        return len(self.values(metric))
 
     def spread(self, metric: str) -> tuple[float, float] | None:
         """The lowest and highest sample of ``metric``."""
-        values = [s[metric] for s in self.samples if metric in s]
+        values = self.values(metric)
         return (min(values), max(values)) if values else None
 
     def failure_text(self) -> str | None:

@@ -637,7 +637,6 @@ def where_loaded(_):
 if __name__ == "__main__":
     with open("marker.py", "w") as f:
         f.write(MARKER)
-    sys.path.insert(0, os.getcwd())
     context = multiprocessing.get_context("forkserver")
     context.set_forkserver_preload(["marker"])  # the program's own
     with hookpool.Pool(1, context="forkserver", maxtasksperchild=1) as pool:
