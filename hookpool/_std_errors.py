@@ -3,8 +3,8 @@
 Their bases live in ``concurrent.futures.process`` and ``multiprocessing.pool``, which
 import ``multiprocessing.connection`` and with it ``tempfile``, ``shutil``, ``random``...:
 some 7 ms. The manager imports this module where it raises one of these, and once its
-pool has answered and is idle (``Manager._loop``); ``hookpool.WorkerLostError`` and the
-like import it too.
+pool has been open and idle for a moment (``Manager._import_errors_once_settled``);
+``hookpool.WorkerLostError`` and the like import it too.
 """
 
 from __future__ import annotations

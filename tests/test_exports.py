@@ -249,3 +249,23 @@ def test_a_parent_starts_a_pool_without_the_heavy_imports(tmp_path: Path) -> Non
     for module in MANAGER_IMPORTS:
         thread = imported_by[module]
         assert thread is None or thread.endswith("-manager"), (module, thread)
+
+
+def test_an_open_idle_pool_imports_its_errors_on_the_manager_thread(tmp_path: Path) -> None:
+    """The errors with standard-library bases cannot be imported as the interpreter exits
+    (``_std_errors``): an open pool's manager imports them once the pool has been idle for
+    a moment. The watch is bounded: five seconds of idleness."""
+    script = WATCH_IMPORTS + (
+        "import time\n"
+        "from hookpool import Pool\n"
+        'if __name__ == "__main__":\n'
+        "    with Pool(1) as pool:\n"
+        "        assert pool.apply(abs, (-1,)) == 1\n"
+        "        deadline = time.monotonic() + 5\n"
+        '        while "hookpool._std_errors" not in sys.modules and time.monotonic() < deadline:\n'
+        "            time.sleep(0.01)\n"
+        '        print(first_imported_by.get("hookpool._std_errors"))\n'
+    )
+    result = run_script(script, tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().endswith("-manager"), result.stdout
