@@ -89,10 +89,11 @@ FUNCTIONS_PER_WORKER = 64
 #: While workers are out in the fast path, the manager sleeps at most this long before
 #: taking them back (a borrower cut short by a signal handler may not have woken it).
 TAKE_BACK_SECONDS = 1.0
-#: The manager imports ``_std_errors`` once its open pool has been idle this long: not
-#: while the first workers boot or a task is out, nor in a short script's last moments
-#: (a pool closed just after its result), on the cores its workers exit on.
-IMPORT_ERRORS_AFTER_IDLE_SECONDS = 0.25
+#: The manager imports ``_std_errors`` at the first idle moment of its open pool once the
+#: pool is this old: not while the first workers boot or a task is out, nor in a short
+#: script's last moments (a pool closed just after its result), on the cores its workers
+#: exit on.
+IMPORT_ERRORS_AFTER_SECONDS = 0.25
 
 
 class Manager(WorkerEvents):
@@ -127,7 +128,7 @@ class Manager(WorkerEvents):
         self._commands: collections.deque[Callable[[], None]] = collections.deque()
         self._startup_failures = 0  # workers in a row that died before reporting Ready
         self._std_errors_imported = False  # see _import_errors_once_settled
-        self._idle_since: float | None = None
+        self._created = time.monotonic()
         self._holds = 0  # lazy maps still submitting while closing (see hold())
         self._winding_down = False
         self._kill_on_stop = False  # terminate(kill=True): no grace period, no finalizers
@@ -394,7 +395,7 @@ class Manager(WorkerEvents):
             parked = self._park_idle()
             if parked:  # taken back by then at the latest (see TAKE_BACK_SECONDS)
                 timeout = TAKE_BACK_SECONDS if timeout is None else min(timeout, TAKE_BACK_SECONDS)
-            look_again = self._import_errors_once_settled()
+            look_again = self._import_errors_once_settled(parked)
             if look_again is not None:
                 timeout = look_again if timeout is None else min(timeout, look_again)
             events = self.poller.wait(timeout)
@@ -473,21 +474,20 @@ class Manager(WorkerEvents):
             value, error = decoded or answer(task, task.answer, self.dialect, worker_name)
             self._settle(task, value=value, error=error)
 
-    def _import_errors_once_settled(self) -> float | None:
-        """Import ``_std_errors`` (some 7 ms of CPU) once the pool has been open and idle
-        for ``IMPORT_ERRORS_AFTER_IDLE_SECONDS``, so that its errors can still be raised
-        as the interpreter exits; the seconds until it looks again, or None."""
-        if self._std_errors_imported:
+    def _import_errors_once_settled(self, parked: bool) -> float | None:
+        """Import ``_std_errors`` (some 7 ms of CPU) at the first idle moment of the open
+        pool once it is ``IMPORT_ERRORS_AFTER_SECONDS`` old, so that its errors can still
+        be raised as the interpreter exits; the seconds until the manager should look
+        again, or None.
+
+        Not a wake of its own while workers are parked: waking takes them back, perhaps
+        from a caller between two calls; the manager wakes by ``TAKE_BACK_SECONDS`` then.
+        """
+        if self._std_errors_imported or self._state is not PoolState.RUNNING or not self._idle():
             return None
-        if self._state is not PoolState.RUNNING or not self._idle():
-            self._idle_since = None
-            return None
-        now = time.monotonic()
-        if self._idle_since is None:
-            self._idle_since = now
-        left = self._idle_since + IMPORT_ERRORS_AFTER_IDLE_SECONDS - now
+        left = self._created + IMPORT_ERRORS_AFTER_SECONDS - time.monotonic()
         if left > 0:
-            return left
+            return None if parked else left
         self._std_errors_imported = True
         with contextlib.suppress(Exception):  # too late: the interpreter is exiting
             from . import _std_errors  # noqa: F401
