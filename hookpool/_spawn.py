@@ -87,6 +87,7 @@ def start_engine(
 
     The workers are started first, the manager imported after: a worker takes tens of
     milliseconds to boot, and the parent imports the engine meanwhile instead of before.
+    (With forkserver, while the fork server boots: a start waits for that.)
     ``max_memory`` (bytes, ``max_memory_per_child``) is ignored inline, as
     ``maxtasksperchild`` is: there is no worker to retire.
     """
@@ -119,6 +120,11 @@ def start_engine(
     spawner = Spawner(
         context, hooks, pool_name=name, forward_logging=forward_logging, max_memory=max_memory
     )
+    if context.get_start_method() == "forkserver":
+        # There the first start waits for the fork server to boot (it forks the worker and
+        # sends back its pid): start the server, and import the engine while it boots.
+        spawner.start_server()
+        from . import _manager  # noqa: F401
     started = spawner.start_many(processes)
     try:
         from ._manager import Manager
@@ -205,6 +211,14 @@ class Spawner:
         finally:
             child_end.close()
         return StartedWorker(name, process, parent_end, stop_fd)
+
+    def start_server(self) -> None:
+        """With forkserver: start the fork server if it is not running, without waiting
+        for it to boot (``start`` does, the first time)."""
+        if self.context.get_start_method() == "forkserver":
+            import multiprocessing.forkserver
+
+            multiprocessing.forkserver.ensure_running()
 
     def start_many(self, count: int) -> list[StartedWorker]:
         """Start ``count`` workers; if one fails to start, kill those already started."""
