@@ -696,7 +696,7 @@ if __name__ == "__main__":
     with Pool(1) as pool:
         name = pool.apply(make_segment)
     pid = resource_tracker._resource_tracker._pid
-    print(os.getpriority(os.PRIO_PROCESS, pid), os.getpriority(os.PRIO_PROCESS, 0))
+    print(os.getpriority(os.PRIO_PROCESS, pid) - os.getpriority(os.PRIO_PROCESS, 0))
     # The worker registered the segment with the program's tracker, not one of its own:
     # it outlives the worker, as with the standard library's pools.
     segment = shared_memory.SharedMemory(name=name)
@@ -707,18 +707,16 @@ if __name__ == "__main__":
 
 
 @pytest.mark.skipif(not hasattr(os, "setpriority"), reason="no resource tracker here")
-@pytest.mark.parametrize(("started_by", "nicer_by"), [("hookpool", 10), ("program", 0)])
+@pytest.mark.parametrize(("started_by", "niceness"), [("hookpool", "10"), ("program", "0")])
 def test_a_resource_tracker_hookpool_starts_runs_niced_and_is_shared(
-    tmp_path: Path, started_by: str, nicer_by: int
+    tmp_path: Path, started_by: str, niceness: str
 ) -> None:
     """The resource tracker boots beside the first workers but nothing waits for it: when
     hookpool starts it, it runs at a lower priority (``_spawn._start_resource_tracker``);
     one the program started is left alone. Either way the workers register with it."""
     result = run_script(TRACKER_SCRIPT, tmp_path, args=(started_by,))
     assert result.returncode == 0, result.stderr
-    tracker, program, text = result.stdout.split()
-    assert int(tracker) == min(int(program) + nicer_by, 19), result.stdout
-    assert text == "hi", result.stdout
+    assert result.stdout.split() == [niceness, "hi"], result.stdout
     assert "leaked" not in result.stderr, result.stderr
 
 
