@@ -57,9 +57,6 @@ CLUSTER_ENV_VAR = "HOOKPOOL_CLUSTER"
 _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"", "0", "false", "no", "off"})
 _WARNING = 30  # logging.WARNING, the root logger's level until someone sets another
-#: How much lower than the program's own hookpool sets the CPU priority of the standard
-#: library's resource tracker, when hookpool starts it (``_start_resource_tracker``).
-RESOURCE_TRACKER_NICE = 10
 
 SpawnContext = multiprocessing.context.SpawnContext | multiprocessing.context.ForkServerContext
 
@@ -172,7 +169,6 @@ class Spawner:
         self.context = context
         if context.get_start_method() == "forkserver":
             _preload_in_forkserver(context)
-        _start_resource_tracker()
         self.hooks = SpawnedHooks(hooks)
         self.pool_name = pool_name
         self.forward_logging = forward_logging
@@ -334,32 +330,6 @@ def _preload_in_forkserver(context: SpawnContext) -> None:
     preload = list(getattr(server, "_preload_modules", ["__main__"]))
     if _worker.__name__ not in preload:
         context.set_forkserver_preload([*preload, _worker.__name__])
-
-
-def _start_resource_tracker() -> None:
-    """Start the standard library's resource tracker, if it is not running yet, at a low
-    CPU priority (``RESOURCE_TRACKER_NICE``, as ``nice -n 10`` would).
-
-    Every spawn or forkserver child is handed the tracker's descriptor as it starts, so the
-    first ``Process.start()`` starts the tracker: one more interpreter booting, on the same
-    cores as the pool's first workers, though nothing waits for it (what processes register
-    queues in its pipe). Niced, it boots once they have. A tracker already running (the
-    program's, or one a parent handed down) is left as it is; so is every platform without
-    one.
-    """
-    if not hasattr(os, "setpriority"):  # Windows: no resource tracker
-        return
-    from multiprocessing import resource_tracker
-
-    tracker = resource_tracker._resource_tracker
-    if getattr(tracker, "_pid", 0) is not None or getattr(tracker, "_fd", None) is not None:
-        return
-    resource_tracker.ensure_running()
-    pid = getattr(tracker, "_pid", None)
-    if isinstance(pid, int):
-        with contextlib.suppress(OSError):  # it exited already: it will be restarted
-            niceness = os.getpriority(os.PRIO_PROCESS, pid) + RESOURCE_TRACKER_NICE
-            os.setpriority(os.PRIO_PROCESS, pid, min(niceness, 19))
 
 
 def _root_level() -> int:

@@ -679,47 +679,6 @@ def test_fork_is_refused(context: Any) -> None:
     assert _manager_threads() <= before  # no pool was started
 
 
-TRACKER_SCRIPT = """
-import os, sys
-from multiprocessing import resource_tracker, shared_memory
-from hookpool import Pool
-
-def make_segment():
-    block = shared_memory.SharedMemory(create=True, size=16)
-    block.buf[:2] = b"hi"
-    block.close()
-    return block.name
-
-if __name__ == "__main__":
-    if sys.argv[1] == "program":
-        resource_tracker.ensure_running()
-    with Pool(1) as pool:
-        name = pool.apply(make_segment)
-    pid = resource_tracker._resource_tracker._pid
-    print(os.getpriority(os.PRIO_PROCESS, pid) - os.getpriority(os.PRIO_PROCESS, 0))
-    # The worker registered the segment with the program's tracker, not one of its own:
-    # it outlives the worker, as with the standard library's pools.
-    segment = shared_memory.SharedMemory(name=name)
-    print(bytes(segment.buf[:2]).decode())
-    segment.close()
-    segment.unlink()
-"""
-
-
-@pytest.mark.skipif(not hasattr(os, "setpriority"), reason="no resource tracker here")
-@pytest.mark.parametrize(("started_by", "niceness"), [("hookpool", "10"), ("program", "0")])
-def test_a_resource_tracker_hookpool_starts_runs_niced_and_is_shared(
-    tmp_path: Path, started_by: str, niceness: str
-) -> None:
-    """The resource tracker boots beside the first workers but nothing waits for it: when
-    hookpool starts it, it runs at a lower priority (``_spawn._start_resource_tracker``);
-    one the program started is left alone. Either way the workers register with it."""
-    result = run_script(TRACKER_SCRIPT, tmp_path, args=(started_by,))
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.split() == [niceness, "hi"], result.stdout
-    assert "leaked" not in result.stderr, result.stderr
-
-
 def test_unknown_context_is_refused() -> None:
     with pytest.raises(ValueError, match="'nonsense'"):
         hookpool.Pool(1, context="nonsense")
