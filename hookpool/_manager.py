@@ -39,6 +39,7 @@ import functools
 import itertools
 import logging
 import os
+import sys
 import threading
 import time
 import weakref
@@ -89,10 +90,9 @@ FUNCTIONS_PER_WORKER = 64
 #: While workers are out in the fast path, the manager sleeps at most this long before
 #: taking them back (a borrower cut short by a signal handler may not have woken it).
 TAKE_BACK_SECONDS = 1.0
-#: The manager imports ``_std_errors`` at the first idle moment of its open pool once the
-#: pool is this old: not while the first workers boot or a task is out, nor in a short
-#: script's last moments (a pool closed just after its result), on the cores its workers
-#: exit on.
+#: The manager imports ``_std_errors`` once its open pool is this old: not while the first
+#: workers boot, nor in a short script's last moments (a pool closed just after its
+#: result), on the cores its workers exit on.
 IMPORT_ERRORS_AFTER_SECONDS = 0.25
 
 
@@ -395,7 +395,7 @@ class Manager(WorkerEvents):
             parked = self._park_idle()
             if parked:  # taken back by then at the latest (see TAKE_BACK_SECONDS)
                 timeout = TAKE_BACK_SECONDS if timeout is None else min(timeout, TAKE_BACK_SECONDS)
-            look_again = self._import_errors_once_settled(parked)
+            look_again = self._import_errors_once_settled()
             if look_again is not None:
                 timeout = look_again if timeout is None else min(timeout, look_again)
             events = self.poller.wait(timeout)
@@ -474,28 +474,27 @@ class Manager(WorkerEvents):
             value, error = decoded or answer(task, task.answer, self.dialect, worker_name)
             self._settle(task, value=value, error=error)
 
-    def _import_errors_once_settled(self, parked: bool) -> float | None:
-        """Import ``_std_errors`` (some 7 ms of CPU) at the first idle moment of the open
-        pool once it is ``IMPORT_ERRORS_AFTER_SECONDS`` old, so that its errors can still
-        be raised as the interpreter exits; the seconds until the manager should look
-        again, or None.
+    def _import_errors_once_settled(self) -> float | None:
+        """Import ``_std_errors`` (some 7 ms of CPU) once the open pool is
+        ``IMPORT_ERRORS_AFTER_SECONDS`` old, so that its errors can still be raised as the
+        interpreter exits: a task out then, whose worker dies, fails with
+        ``WorkerLostError``. The seconds until the manager should look again, or None.
 
-        Not a wake of its own while workers are parked: waking takes them back, perhaps
-        from a caller between two calls; the manager wakes by ``TAKE_BACK_SECONDS`` then.
+        It wakes for that even with workers parked: the one take-back it costs, once per
+        pool, is cheaper than the wrong error at exit.
         """
-        if self._std_errors_imported or self._state is not PoolState.RUNNING or not self._idle():
+        if self._std_errors_imported or self._state is not PoolState.RUNNING:
+            return None
+        if f"{__package__}._std_errors" in sys.modules:  # another pool, or the program
+            self._std_errors_imported = True
             return None
         left = self._created + IMPORT_ERRORS_AFTER_SECONDS - time.monotonic()
         if left > 0:
-            return None if parked else left
+            return left
         self._std_errors_imported = True
         with contextlib.suppress(Exception):  # too late: the interpreter is exiting
             from . import _std_errors  # noqa: F401
         return None
-
-    def _idle(self) -> bool:
-        """No task queued or out, and every worker has started (reported Ready)."""
-        return not self._queue and all(w.reported_ready and not w.inflight for w in self._workers)
 
     def _dispatch(self) -> None:
         """Move queued tasks to workers with room; one frame per worker per pass."""

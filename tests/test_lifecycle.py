@@ -390,6 +390,23 @@ def test_a_worker_that_dies_as_the_parent_exits_fails_its_task(tmp_path: Path) -
     assert "Traceback" not in proc.stderr, proc.stderr
 
 
+SETTLED_DRAIN_DEATH_SCRIPT = DRAIN_DEATH_SCRIPT.replace(
+    "    executor.submit(die_later",
+    "    executor.submit(abs, -1).result(30)\n    time.sleep(0.6)\n    executor.submit(die_later",
+)
+
+
+def test_a_worker_that_dies_as_the_parent_exits_fails_with_worker_lost(tmp_path: Path) -> None:
+    """The same, from a pool a moment old, idle in between (its workers parked): the
+    manager has imported those errors by then (``_import_errors_once_settled``), so the
+    task fails with the right one, not the fallback."""
+    assert "time.sleep(0.6)" in SETTLED_DRAIN_DEATH_SCRIPT
+    proc = run_script(SETTLED_DRAIN_DEATH_SCRIPT, tmp_path, timeout=30)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["WorkerLostError"], proc.stdout
+    assert "Traceback" not in proc.stderr, proc.stderr
+
+
 def kill_if_worker(p: int) -> None:
     """SIGKILL ``p`` if it is still a multiprocessing child (not a recycled pid)."""
     try:
