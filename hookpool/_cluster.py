@@ -565,10 +565,10 @@ class ClusterEngine:
         if type(message) is remote.Abandoned:
             self._settle(flying, error=self._abandoned(task, message.worker))
             return
-        if type(message) is remote.Unconfirmed and task.cancel is not None:
-            self._settle_stopped(flying, worker)
-            return
         if type(message) is remote.Unconfirmed:
+            if task.cancel is not None:  # cancelled meanwhile: it never ran, as asked
+                self._settle_stopped(flying, worker)
+                return
             cause = RuntimeError(
                 f"{message.worker} could not confirm the start of {task.describe()} with the "
                 f"scheduler, so it did not run it"
