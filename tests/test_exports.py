@@ -269,3 +269,24 @@ def test_an_open_idle_pool_imports_its_errors_on_the_manager_thread(tmp_path: Pa
     result = run_script(script, tmp_path)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip().endswith("-manager"), result.stdout
+
+
+def test_a_short_script_does_not_import_the_errors_at_all(tmp_path: Path) -> None:
+    """A pool closed before it is ``IMPORT_ERRORS_AFTER_SECONDS`` old never imports them
+    (about 7 ms of CPU, on the cores its workers exit on). The delay is raised to 60 s
+    here, so that a slow machine cannot reach it."""
+    script = (
+        "import sys\n"
+        "import hookpool._manager\n"
+        "from hookpool import Pool\n"
+        "hookpool._manager.IMPORT_ERRORS_AFTER_SECONDS = 60.0\n"
+        'if __name__ == "__main__":\n'
+        "    with Pool(2) as pool:\n"
+        "        assert pool.map(abs, range(-5, 5)) == list(map(abs, range(-5, 5)))\n"
+        "        pool.close()\n"
+        "        pool.join()\n"
+        f"    print(sorted(set({MANAGER_IMPORTS!r}) & set(sys.modules)))\n"
+    )
+    result = run_script(script, tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]", result.stdout
