@@ -90,9 +90,9 @@ FUNCTIONS_PER_WORKER = 64
 #: While workers are out in the fast path, the manager sleeps at most this long before
 #: taking them back (a borrower cut short by a signal handler may not have woken it).
 TAKE_BACK_SECONDS = 1.0
-#: The manager imports ``_std_errors`` once its open pool is this old: not while the first
-#: workers boot, nor in a short script's last moments (a pool closed just after its
-#: result), on the cores its workers exit on.
+#: ``_std_errors`` is imported once a pool is this old and still open (``_import_errors``):
+#: not while the first workers boot, nor in a short script's last moments (a pool closed
+#: just after its result), on the cores its workers exit on.
 IMPORT_ERRORS_AFTER_SECONDS = 0.25
 
 
@@ -127,8 +127,6 @@ class Manager(WorkerEvents):
         self._workers: list[WorkerHandle] = []
         self._commands: collections.deque[Callable[[], None]] = collections.deque()
         self._startup_failures = 0  # workers in a row that died before reporting Ready
-        self._std_errors_imported = False  # see _import_errors_once_settled
-        self._created = time.monotonic()
         self._holds = 0  # lazy maps still submitting while closing (see hold())
         self._winding_down = False
         self._kill_on_stop = False  # terminate(kill=True): no grace period, no finalizers
@@ -158,6 +156,12 @@ class Manager(WorkerEvents):
             raise
         self._thread = threading.Thread(target=self._run, name=f"{self._name}-manager", daemon=True)
         self._thread.start()
+        if f"{__package__}._std_errors" not in sys.modules:
+            timer = threading.Timer(
+                IMPORT_ERRORS_AFTER_SECONDS, _import_errors, (weakref.ref(self),)
+            )
+            timer.name, timer.daemon = f"{self._name}-errors", True
+            timer.start()
         _live.add(self)
 
     # -- thread-safe entry points (any thread) -------------------------------------------
@@ -395,9 +399,6 @@ class Manager(WorkerEvents):
             parked = self._park_idle()
             if parked:  # taken back by then at the latest (see TAKE_BACK_SECONDS)
                 timeout = TAKE_BACK_SECONDS if timeout is None else min(timeout, TAKE_BACK_SECONDS)
-            look_again = self._import_errors_once_settled()
-            if look_again is not None:
-                timeout = look_again if timeout is None else min(timeout, look_again)
             events = self.poller.wait(timeout)
             if parked:
                 self._after_sleep()
@@ -473,28 +474,6 @@ class Manager(WorkerEvents):
             assert task.answer is not None
             value, error = decoded or answer(task, task.answer, self.dialect, worker_name)
             self._settle(task, value=value, error=error)
-
-    def _import_errors_once_settled(self) -> float | None:
-        """Import ``_std_errors`` (some 7 ms of CPU) once the open pool is
-        ``IMPORT_ERRORS_AFTER_SECONDS`` old, so that its errors can still be raised as the
-        interpreter exits: a task out then, whose worker dies, fails with
-        ``WorkerLostError``. The seconds until the manager should look again, or None.
-
-        It wakes for that even with workers parked: the one take-back it costs, once per
-        pool, is cheaper than the wrong error at exit.
-        """
-        if self._std_errors_imported or self._state is not PoolState.RUNNING:
-            return None
-        if f"{__package__}._std_errors" in sys.modules:  # another pool, or the program
-            self._std_errors_imported = True
-            return None
-        left = self._created + IMPORT_ERRORS_AFTER_SECONDS - time.monotonic()
-        if left > 0:
-            return left
-        self._std_errors_imported = True
-        with contextlib.suppress(Exception):  # too late: the interpreter is exiting
-            from . import _std_errors  # noqa: F401
-        return None
 
     def _dispatch(self) -> None:
         """Move queued tasks to workers with room; one frame per worker per pass."""
@@ -638,3 +617,15 @@ def _stop_all_at_exit() -> None:
 
 # Registered after multiprocessing.util's own exit hook, so it runs before it (LIFO).
 atexit.register(_stop_all_at_exit)
+
+
+def _import_errors(manager: weakref.ref[Manager]) -> None:
+    """Import ``_std_errors`` (some 7 ms of CPU) if the pool is still open, so that its
+    errors can still be raised as the interpreter exits: a task out then, whose worker
+    dies, fails with ``WorkerLostError`` (see ``_std_errors``). From a timer thread, not
+    the manager's: waking that one would take parked workers back from their callers,
+    and a slow answer one of them was about to read would be unpickled there instead."""
+    alive = manager()
+    if alive is not None and alive.state is PoolState.RUNNING:
+        with contextlib.suppress(Exception):  # too late: the interpreter is exiting
+            from . import _std_errors  # noqa: F401

@@ -3,7 +3,7 @@
 Their bases live in ``concurrent.futures.process`` and ``multiprocessing.pool``, which
 import ``multiprocessing.connection`` and with it ``tempfile``, ``shutil``, ``random``...:
 some 7 ms. The manager imports this module where it raises one of these, and once its
-pool is a moment old (``Manager._import_errors_once_settled``);
+pool is a moment old (``_manager._import_errors``);
 ``hookpool.WorkerLostError`` and the like import it too.
 """
 

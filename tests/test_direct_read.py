@@ -47,13 +47,9 @@ def _clean_state() -> Iterator[None]:
 
 
 def _idle_pool(make_pool: MakePool, processes: int = 1, **kwargs: Any) -> hookpool.Pool:
-    """A pool whose workers are all up, idle and parked (so a task goes straight to one),
-    and past the manager's one wake of its own, once the pool is a moment old (it takes
-    the workers back: see ``Manager._import_errors_once_settled``)."""
+    """A pool whose workers are all up, idle and parked (so a task goes straight to one)."""
     pool = make_pool(processes, **kwargs)
     assert pool.map(tasks.square, range(2 * processes), 1) == [i * i for i in range(2 * processes)]
-    manager: Any = pool._manager
-    wait_for(lambda: manager._std_errors_imported, what="the errors imported")
     _wait_parked(pool, processes)
     return pool
 

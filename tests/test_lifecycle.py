@@ -398,7 +398,7 @@ SETTLED_DRAIN_DEATH_SCRIPT = DRAIN_DEATH_SCRIPT.replace(
 
 def test_a_worker_that_dies_as_the_parent_exits_fails_with_worker_lost(tmp_path: Path) -> None:
     """The same, from a pool a moment old, idle in between (its workers parked): the
-    manager has imported those errors by then (``_import_errors_once_settled``), so the
+    pool has imported those errors by then (``_manager._import_errors``), so the
     task fails with the right one, not the fallback."""
     assert "time.sleep(0.6)" in SETTLED_DRAIN_DEATH_SCRIPT
     proc = run_script(SETTLED_DRAIN_DEATH_SCRIPT, tmp_path, timeout=30)
