@@ -100,6 +100,7 @@ class ProcessPoolExecutor(concurrent.futures.Executor):
         self._manager: Engine = start_engine(
             inline=inline,
             processes=max_workers,
+            on_demand=True,
             hooks=hooks,
             context=ctx,
             maxtasksperchild=max_tasks_per_child,

@@ -105,11 +105,15 @@ class Manager(WorkerEvents):
         processes: int,
         spawner: WorkerSource,
         started: list[Any],
+        on_demand: bool = False,
         maxtasksperchild: int | None,
         dialect: Dialect,
         max_memory: int | None = None,
     ) -> None:
         self._size = processes
+        #: How many workers the pool keeps: its size, or with ``on_demand`` (the executor,
+        #: as the standard library's) as many as its tasks have needed so far, up to it.
+        self._wanted = len(started) if on_demand else processes
         self._spawner = spawner
         self.maxtasks = maxtasksperchild
         self.dialect = dialect  # the errors of the facade (Pool or executor)
@@ -148,7 +152,7 @@ class Manager(WorkerEvents):
         try:
             for worker in started:
                 self._adopt(worker)
-            for _ in range(processes - len(started)):
+            for _ in range(self._wanted - len(started)):
                 self._start_worker()
         except BaseException:
             self._kill_all()
@@ -432,7 +436,10 @@ class Manager(WorkerEvents):
         self._dispatch()
         alive = sum(1 for w in self._workers if not w.stopping and not w.condemned)
         if state is PoolState.RUNNING or self._queue:
-            while alive < self._size:
+            if self._wanted < self._size:
+                outstanding = len(self._queue) + sum(len(w.inflight) for w in self._workers)
+                self._wanted = min(self._size, max(self._wanted, outstanding))
+            while alive < self._wanted:
                 self._start_worker()
                 alive += 1
         elif not self._queue and not self._holds and not any(w.inflight for w in self._workers):

@@ -74,6 +74,7 @@ def start_engine(
     max_memory: int | None = None,
     cluster: object = None,
     local_only: dict[str, object] | None = None,
+    on_demand: bool = False,
 ) -> Engine:
     """The engine behind a facade: a ``ClusterEngine`` on a dask cluster if ``cluster``
     (or ``HOOKPOOL_CLUSTER``) names one, an ``InlineManager`` if inline mode is on (see
@@ -86,7 +87,8 @@ def start_engine(
     milliseconds to boot, and the parent imports the engine meanwhile instead of before.
     (With forkserver, while the fork server boots: a start waits for that.)
     ``max_memory`` (bytes, ``max_memory_per_child``) is ignored inline, as
-    ``maxtasksperchild`` is: there is no worker to retire.
+    ``maxtasksperchild`` is: there is no worker to retire. ``on_demand`` (the executor):
+    one worker now, the others as tasks need them (``Manager``).
     """
     if cluster is None and inline is not True:  # an explicit inline=True wins over it
         cluster = os.environ.get(CLUSTER_ENV_VAR) or None
@@ -122,12 +124,13 @@ def start_engine(
         # sends back its pid): start the server, and import the engine while it boots.
         spawner.start_server()
         from . import _manager  # noqa: F401
-    started = spawner.start_many(processes)
+    started = spawner.start_many(1 if on_demand else processes)
     try:
         from ._manager import Manager
 
         return Manager(
             processes=processes,
+            on_demand=on_demand,
             spawner=spawner,
             started=started,
             maxtasksperchild=maxtasksperchild,
