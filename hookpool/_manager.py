@@ -158,15 +158,18 @@ class Manager(WorkerEvents):
             self._kill_all()
             self._close_fds()
             raise
+        self._errors_timer: threading.Timer | None = None  # see _import_errors
         self._thread = threading.Thread(target=self._run, name=f"{self._name}-manager", daemon=True)
         self._thread.start()
+        _live.add(self)
         if f"{__package__}._std_errors" not in sys.modules:
             timer = threading.Timer(
                 IMPORT_ERRORS_AFTER_SECONDS, _import_errors, (weakref.ref(self),)
             )
             timer.name, timer.daemon = f"{self._name}-errors", True
-            timer.start()
-        _live.add(self)
+            with contextlib.suppress(RuntimeError):  # no thread to spare: it is optional
+                timer.start()
+                self._errors_timer = timer
 
     # -- thread-safe entry points (any thread) -------------------------------------------
 
@@ -386,6 +389,9 @@ class Manager(WorkerEvents):
             self._kill_all()
         finally:
             self.fastpath.take_back()
+            if self._errors_timer is not None:  # no thread of the pool outlives its join()
+                self._errors_timer.cancel()
+                self._errors_timer.join(REAP_SECONDS)
             self._become(PoolState.STOPPED)
             self._fail_everything(self._broken_error or PoolTerminatedError("the pool stopped"))
             self._settle_unsettled()
@@ -491,7 +497,11 @@ class Manager(WorkerEvents):
         now = time.monotonic()
         # While a worker is still starting, queue nothing behind a busy one: it will be
         # ready in a moment, and the first worker up would otherwise take everything.
-        prefetch = all(w.reported_ready or w.stopping for w in self._workers)
+        # Nor while the pool may still start workers for what is queued (an executor's,
+        # see _wanted): the tasks wait for them instead of piling up behind a warm one.
+        prefetch = self._wanted >= self._size and all(
+            w.reported_ready or w.stopping for w in self._workers
+        )
         while queue:
             worker = self._pick_worker(queue[0], now, prefetch)
             if worker is None:

@@ -238,11 +238,12 @@ class HookpoolBackend(AutoBatchingMixin, ParallelBackendBase):  # type: ignore[m
             batches and is replaced (running the initializer).
 
     Lifetime of the workers:
-        The first ``Parallel`` call that runs on processes starts ``n_jobs`` workers. The
-        next calls that ask for the same number reuse them; a call that asks for another
-        number waits for the old workers to finish their work and run their finalizers,
-        then starts new ones. joblib's ``terminate()`` at the end of each call leaves the
-        workers running. They leave, each running its finalizer, when:
+        The first ``Parallel`` call that runs on processes starts workers as its batches
+        need them, up to ``n_jobs``. The next calls that ask for the same number reuse
+        them; a call that asks for another number waits for the old workers to finish
+        their work and run their finalizers, then starts new ones. joblib's
+        ``terminate()`` at the end of each call leaves the workers running. They leave,
+        each running its finalizer, when:
 
         - the backend is released: at the end of the ``parallel_config`` block, unless
           something still refers to it (a ``Parallel`` object or an unfinished generator

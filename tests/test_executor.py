@@ -37,6 +37,7 @@ from tasks import (
     pid,
     raise_value_error,
     sleep_then,
+    sleep_then_pid,
     square,
 )
 from tasks_exec import join_manager, kill_self, mark_then_sleep, running_pids, write_marker
@@ -148,6 +149,42 @@ def test_workers_start_as_tasks_need_them(make_hook: MakeExecutor, tmp_path: Pat
     inits, fins = counts(d)
     assert sorted(int(p) for p in inits) == sorted(pids)
     assert fins == dict.fromkeys(inits, 1)
+
+
+def test_a_burst_after_quick_tasks_spreads_over_new_workers(make_hook: MakeExecutor) -> None:
+    """One warm worker that ran quick tasks one at a time would take a burst of slow
+    ones queued behind its current one (prefetch, at its quick pace): while the executor
+    may still start workers, nothing is queued behind a busy one, and the burst spreads."""
+    ex = make_hook(4)
+    for i in range(200):
+        assert ex.submit(square, i).result(timeout=30) == i * i
+    assert len(ex.worker_pids) == 1
+    burst = [ex.submit(sleep_then_pid, 1.0) for _ in range(8)]
+    ran_on = [f.result(timeout=30) for f in burst]
+    assert len(set(ran_on)) >= 3, ran_on  # (4 when the new workers boot within 1 s)
+
+
+def test_no_thread_of_a_pool_outlives_its_shutdown(tmp_path: Path) -> None:
+    """Not even the timer that imports the standard-library error classes a moment after
+    the start (``_manager._import_errors``), in a fresh interpreter that has not
+    imported them yet."""
+    script = (
+        "import sys, threading\n"
+        "import hookpool\n"
+        'if __name__ == "__main__":\n'
+        "    with hookpool.ProcessPoolExecutor(1) as ex:\n"
+        "        assert ex.submit(abs, -3).result(30) == 3\n"
+        "    pool = hookpool.Pool(1)\n"
+        "    assert pool.apply(abs, (-3,)) == 3\n"
+        "    pool.close()\n"
+        "    pool.join()\n"
+        '    print("hookpool._std_errors" in sys.modules)\n'
+        "    names = [t.name for t in threading.enumerate()]\n"
+        '    print(sorted(n for n in names if n.startswith("hookpool")))\n'
+    )
+    result = run_script(script, tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split("\n")[:2] == ["False", "[]"], result.stdout
 
 
 def test_map_in_order_with_several_iterables_and_chunksize(make_executor: MakeExecutor) -> None:
