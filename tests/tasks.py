@@ -53,17 +53,17 @@ _state: dict[str, Any] = {}
 def init_record(directory: str) -> None:
     """Initializer: remember the directory, write an init marker for this worker."""
     _state["dir"] = directory
-    _write_whole(Path(directory, f"init-{os.getpid()}"), "1")
+    write_whole(Path(directory, f"init-{os.getpid()}"), "1")
 
 
 def fin_record(directory: str) -> None:
     """Finalizer: write a fin marker; count repeated runs in the same file."""
     path = Path(directory, f"fin-{os.getpid()}")
     count = int(path.read_text()) if path.exists() else 0
-    _write_whole(path, str(count + 1))
+    write_whole(path, str(count + 1))
 
 
-def _write_whole(path: Path, text: str) -> None:
+def write_whole(path: Path, text: str) -> None:
     """Write ``path`` so that a reader never sees it half written (tests poll these
     markers while workers write them)."""
     partial = path.with_name(f".{path.name}.partial")

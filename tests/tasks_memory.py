@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tasks import fin_record, init_record
+from tasks import fin_record, init_record, write_whole
 
 import hookpool
 import hookpool._worker
@@ -75,8 +75,9 @@ def fin_leaving(directory: str) -> None:
     """Finalizer: the fin marker, and why this worker leaves."""
     me = hookpool.current_worker()
     assert me is not None
-    Path(directory, f"leaving-{os.getpid()}").write_text(
-        json.dumps({"leaving": me.leaving, "memory": me.memory, "tasks_done": me.tasks_done})
+    write_whole(
+        Path(directory, f"leaving-{os.getpid()}"),
+        json.dumps({"leaving": me.leaving, "memory": me.memory, "tasks_done": me.tasks_done}),
     )
     fin_record(directory)
 
