@@ -267,6 +267,7 @@ def lazy_map(
         ordered=ordered,
         progress=start(progress, total),
         owner=owner,
+        engine=manager,
     )
 
 

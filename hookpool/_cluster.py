@@ -40,7 +40,7 @@ from ._answers import answer, internal_error, resolve
 from ._engine import CancelRequest, Task, refusal
 from ._errors import TaskTimeoutError
 from ._records import TYPE_CHECKING
-from ._reentry import check_may_block, critical, reentered
+from ._reentry import check_may_block, critical, engine_thread, reentered
 from ._serialize import dumps_for_cluster, rebuild
 from ._state import PoolState
 
@@ -414,6 +414,7 @@ class ClusterEngine:
     # -- the settler thread ------------------------------------------------------------
 
     def _settle_loop(self) -> None:
+        engine_thread.engine = self  # callbacks run here: they must not wait for the pool
         try:
             self._set_up()
             while not self._wind_down_if_due():

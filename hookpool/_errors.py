@@ -89,6 +89,8 @@ if not issubclass(TaskTimeoutError, concurrent.futures.TimeoutError):  # pragma:
 
 
 class ReentrantCallError(HookpoolError, RuntimeError):
-    """A signal handler called the pool while the thread it interrupted was inside the
-    pool's own bookkeeping, in a way that would wait for that bookkeeping to end: a
-    deadlock. ``close()`` and ``terminate()`` are always allowed there."""
+    """A call that would wait for itself: a wait for a result from a callback of the same
+    pool (callbacks run on the pool's manager thread, which delivers its results), or a
+    call from a signal handler that interrupted the pool's own bookkeeping, in a way that
+    would wait for that bookkeeping to end. ``close()`` and ``terminate()`` are always
+    allowed there."""

@@ -128,7 +128,8 @@ class ProcessPoolExecutor(concurrent.futures.Executor):
             RuntimeError: after ``shutdown()``.
             hookpool.PoolBrokenError: (a ``BrokenProcessPool``) if the initializer failed.
         """
-        future: Future[R] = GuardedFuture()
+        future: GuardedFuture[R] = GuardedFuture()
+        future.engine = self._manager
         submit_call(self._manager, fn, args, kwargs, future, timeout=self._task_timeout)
         return future
 

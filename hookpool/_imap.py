@@ -54,8 +54,10 @@ class IMapIterator(Iterator[T]):
         ordered: bool,
         progress: Progress | None = None,
         owner: object = None,
+        engine: object = None,
     ) -> None:
         self._owner = owner  # the pool: kept alive while the iterator is, as in the stdlib
+        self._engine = engine  # the engine that settles its chunks (see check_may_block)
         self._chunks = chunks
         self._submit = submit
         self._window = window
@@ -158,12 +160,12 @@ class IMapIterator(Iterator[T]):
         if self._ordered:
             future = self._pending[0]
             if not future.done():  # (wait() costs more than the check, even when done)
-                check_may_block("next() on a lazy map")
+                check_may_block("next() on a lazy map", self._engine)
                 concurrent.futures.wait([future], timeout)
                 if not future.done():
                     raise multiprocessing.TimeoutError
             return self._pending.popleft()
-        check_may_block("next() on a lazy map")
+        check_may_block("next() on a lazy map", self._engine)
         try:
             future = self._done.get(timeout=timeout)
         except queue.Empty:

@@ -55,7 +55,7 @@ from ._events import REAP_SECONDS, TERMINATE_GRACE_SECONDS, WorkerEvents
 from ._fastpath import FastPath
 from ._poller import Poller
 from ._records import TYPE_CHECKING
-from ._reentry import counts_itself, critical, depth, reentered
+from ._reentry import counts_itself, critical, depth, engine_thread, reentered
 from ._state import PoolState
 from ._workers import WorkerHandle, WorkerState
 
@@ -380,6 +380,7 @@ class Manager(WorkerEvents):
     # -- the manager thread ----------------------------------------------------------------
 
     def _run(self) -> None:
+        engine_thread.engine = self  # callbacks run here: they must not wait for the pool
         try:
             self._loop()
         except BaseException as exc:

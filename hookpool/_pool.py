@@ -182,7 +182,7 @@ class Pool:
         # Callbacks are attached before the task can end; the result keeps the pool alive,
         # as the standard library's does.
         outcome: ApplyOutcome[R] = ApplyOutcome(callback, error_callback)
-        result = AsyncResult(outcome, owner=self)
+        result = AsyncResult(outcome, owner=self, engine=self._manager)
         # Without callbacks, the thread that waits for it may read its answer itself.
         direct = outcome if callback is None and error_callback is None else None
         submit_call(
@@ -196,7 +196,8 @@ class Pool:
         Usable with ``concurrent.futures.as_completed`` and ``wait``, and with
         ``asyncio.wrap_future``. Cancelling it while it is still queued means it never runs.
         """
-        future: Future[R] = GuardedFuture()
+        future: GuardedFuture[R] = GuardedFuture()
+        future.engine = self._manager
         submit_call(self._manager, fn, args, kwargs, future, timeout=self._task_timeout)
         future._hookpool_pool = self  # type: ignore[attr-defined]  # keeps the pool alive
         return future
@@ -313,7 +314,7 @@ class Pool:
             method,
             list(chunked(items, chunksize)),
             lambda outcome, chunks: MapResult(
-                outcome, callback, error_callback, tasks=chunks, owner=self
+                outcome, callback, error_callback, tasks=chunks, owner=self, engine=self._manager
             ),
             timeout=timeout,
             progress=progress,

@@ -20,6 +20,11 @@ main thread runs signal handlers, so only there is anything refused.
 allowed: the engine's lock is re-entrant, and they only change the state and wake the
 manager thread. Everywhere else (a handler that interrupted user code, or a wait for a
 result) every call works.
+
+The same holds for callbacks: they run on the pool's manager thread (``engine_thread``),
+which is the thread that settles the pool's results. A callback that waits for a result of
+its own pool that is not ready would wait for itself: forever, or until its timeout. That
+wait raises ``ReentrantCallError`` too; waiting for another pool's result works.
 """
 
 from __future__ import annotations
@@ -43,6 +48,7 @@ __all__ = [
     "counts_itself",
     "critical",
     "depth",
+    "engine_thread",
     "reentered",
 ]
 
@@ -62,6 +68,15 @@ class _Depth(threading.local):
 
 
 depth = _Depth()
+
+
+class _EngineThread(threading.local):
+    #: The engine whose own thread this is: set by its manager (or settler) thread, where
+    #: the callbacks of its results run.
+    engine: object = None
+
+
+engine_thread = _EngineThread()
 
 
 def critical(function: F) -> F:
@@ -104,9 +119,17 @@ def reentered() -> bool:
     return False
 
 
-def check_may_block(what: str) -> None:
-    """Raise ``ReentrantCallError`` if ``what`` comes from a signal handler that
-    interrupted the pool's bookkeeping, which it would wait for."""
+def check_may_block(what: str, engine: object = None) -> None:
+    """Raise ``ReentrantCallError`` if ``what``, a wait for a result that ``engine``
+    settles, comes from that engine's own thread (a callback), or from a signal handler
+    that interrupted the pool's bookkeeping: either would wait for itself."""
+    if engine is not None and engine_thread.engine is engine:
+        raise ReentrantCallError(
+            f"{what} was called from a callback of the same pool, on its manager thread: "
+            f"the thread that would deliver that result, so it would wait for itself. In "
+            f"a callback, act on the result it receives, chain another callback "
+            f"(callback=, add_done_callback), or hand the wait to a thread of your own"
+        )
     if reentered():
         raise ReentrantCallError(
             f"{what} was called from a signal handler that interrupted this thread inside "
@@ -119,14 +142,19 @@ def check_may_block(what: str) -> None:
 class GuardedFuture(Future[T]):
     """The ``concurrent.futures.Future`` hookpool hands out: ``result()`` and
     ``exception()`` refuse to wait (``ReentrantCallError``) when called from a signal
-    handler that interrupted the pool's bookkeeping, instead of deadlocking."""
+    handler that interrupted the pool's bookkeeping, or from a callback on the manager
+    thread of the engine that settles it (``engine``, where the facade sets it), instead
+    of deadlocking."""
+
+    #: The engine that settles this future, if the facade said so.
+    engine: object = None
 
     def result(self, timeout: float | None = None) -> T:
         if not self.done():
-            check_may_block("Future.result()")
+            check_may_block("Future.result()", self.engine)
         return super().result(timeout)
 
     def exception(self, timeout: float | None = None) -> BaseException | None:
         if not self.done():
-            check_may_block("Future.exception()")
+            check_may_block("Future.exception()", self.engine)
         return super().exception(timeout)

@@ -45,7 +45,8 @@ class AsyncResult(Generic[T]):
     the map's Future): the standard library's interface.
 
     Callbacks run in hookpool's manager thread, as the standard library runs them in its
-    result-handler thread: keep them short, and do not wait on the pool from them. As in
+    result-handler thread: keep them short. A wait there for a result of the same pool
+    that is not ready would wait for itself: it raises ``ReentrantCallError``. As in
     the standard library, the result becomes ready only after its callback returned. (With
     ``progress=``, a map's callbacks run in its progress thread, after the final report.)
     """
@@ -58,8 +59,10 @@ class AsyncResult(Generic[T]):
         *,
         tasks: Sequence[Future[Any] | ChunkSlot] | None = None,
         owner: object = None,
+        engine: object = None,
     ) -> None:
         self._owner = owner  # the pool: kept alive while its results are, as in the stdlib
+        self._engine = engine  # the engine that settles it (see check_may_block)
         self._tasks = tasks
         self._future = future
         self._settled: ApplyOutcome[T] | _AfterCallbacks[T]
@@ -74,7 +77,7 @@ class AsyncResult(Generic[T]):
         """The task's ``concurrent.futures.Future`` (cancelling it cancels the task). It
         settles just before the callbacks run; ``get()`` returns just after."""
         future = self._future
-        return future.future() if isinstance(future, ApplyOutcome) else future
+        return future.future(self._engine) if isinstance(future, ApplyOutcome) else future
 
     @property
     def tasks(self) -> Sequence[Future[Any] | ChunkSlot | ApplyOutcome[Any]]:
@@ -95,7 +98,7 @@ class AsyncResult(Generic[T]):
     def wait(self, timeout: float | None = None) -> None:
         """Wait until the result is ready or ``timeout`` seconds pass."""
         if not self._settled.ready():
-            check_may_block("AsyncResult.wait()")
+            check_may_block("AsyncResult.wait()", self._engine)
             self._settled.wait(timeout)
 
     def get(self, timeout: float | None = None) -> T:
@@ -107,7 +110,7 @@ class AsyncResult(Generic[T]):
                 (``terminate()`` cancels queued tasks).
         """
         if not self._settled.ready():
-            check_may_block("AsyncResult.get()")
+            check_may_block("AsyncResult.get()", self._engine)
             if not self._settled.wait(timeout):
                 raise multiprocessing.TimeoutError
         return self._settled.value()
@@ -508,11 +511,13 @@ class ApplyOutcome(Generic[T]):
         return self._value  # type: ignore[return-value]
 
     @critical
-    def future(self) -> Future[T]:
-        """A ``concurrent.futures.Future`` that mirrors this task from now on."""
+    def future(self, engine: object = None) -> Future[T]:
+        """A ``concurrent.futures.Future`` that mirrors this task from now on (settled by
+        ``engine``: see ``check_may_block``)."""
         with self._lock:
             if self._mirror is None:
-                mirror: Future[T] = GuardedFuture()
+                mirror: GuardedFuture[T] = GuardedFuture()
+                mirror.engine = engine
                 state = self._state
                 if state == _CANCELLED:
                     mirror.cancel()

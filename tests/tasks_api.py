@@ -239,3 +239,11 @@ class LostWakeupWatchdog:
         except (OSError, ValueError):
             pass
         return self.pokes
+
+
+def hold_until(path: str, value: Any = None) -> Any:
+    """Task: return ``value`` once the file ``path`` exists (bounded: 30 s)."""
+    deadline = time.monotonic() + 30
+    while not os.path.exists(path) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return value

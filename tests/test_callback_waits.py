@@ -1,0 +1,149 @@
+"""A callback runs on its pool's manager thread, the thread that delivers the pool's
+results. A callback that waits for a result of the same pool that is not ready would wait
+for itself (forever, or until its timeout, with every other result of the pool held up
+behind it): it raises ``ReentrantCallError`` at once instead. A result that is ready, or
+one of another pool, it may wait for.
+
+Each test holds one worker busy with a task that ends only once the test creates a file,
+and waits for that task from a callback of a second task: without the guard the wait
+times out after ``WAIT`` seconds (and the test fails), the held task still pending.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future
+from pathlib import Path
+from typing import Any
+
+import pytest
+from faces import Face
+from tasks import square
+from tasks_api import hold_until
+
+import hookpool
+
+MakeFace = Callable[..., Face]
+
+#: How long a callback waits, should it wait at all (a test without the guard fails then).
+WAIT = 5.0
+
+
+def attempt(wait: Callable[[], Any]) -> Any:
+    """What ``wait()`` returned, or the exception it raised."""
+    try:
+        return wait()
+    except Exception as exc:
+        return exc
+
+
+def refused(seen: list[Any], what: str) -> None:
+    (error,) = seen
+    assert isinstance(error, hookpool.ReentrantCallError), error
+    assert str(error).startswith(f"{what} was called from a callback of the same pool")
+    assert "chain another callback" in str(error)
+
+
+@pytest.fixture
+def go(tmp_path: Path) -> Iterator[str]:
+    """The file that lets the held task end; created at teardown too, so that no worker
+    is left holding."""
+    path = tmp_path / "go"
+    yield str(path)
+    path.touch()
+
+
+def test_apply_async_callback_waiting_for_the_same_pool(make_pool: Any, go: str) -> None:
+    pool = make_pool(2)
+    held = pool.apply_async(hold_until, (go, "held"))
+    seen: list[Any] = []
+    pool.apply_async(square, (3,), callback=lambda _: seen.append(attempt(lambda: held.get(WAIT))))
+    assert pool.apply_async(square, (4,)).get(timeout=30) == 16
+    pool.apply_async(square, (5,)).get(timeout=30)
+    refused(seen, "AsyncResult.get()")
+    Path(go).touch()
+    assert held.get(timeout=30) == "held"  # the pool carries on
+
+
+def test_map_and_imap_waited_for_from_a_callback(make_pool: Any, go: str) -> None:
+    pool = make_pool(2)
+    mapped = pool.map_async(hold_until, [go])
+    seen: list[Any] = []
+    pool.apply_async(
+        square, (3,), callback=lambda _: seen.append(attempt(lambda: mapped.get(WAIT)))
+    )
+    pool.apply_async(square, (4,)).get(timeout=30)
+    refused(seen, "AsyncResult.get()")
+    Path(go).touch()
+    assert mapped.get(timeout=30) == [None]
+
+    Path(go).unlink()
+    lazy = pool.imap(hold_until, [go])
+    seen.clear()
+    pool.apply_async(square, (3,), callback=lambda _: seen.append(attempt(lambda: next(lazy))))
+    pool.apply_async(square, (4,)).get(timeout=30)
+    refused(seen, "next() on a lazy map")
+    Path(go).touch()
+    assert list(lazy) == [None]
+
+
+@pytest.mark.cluster
+def test_future_waited_for_from_a_done_callback(facade: MakeFace, go: str) -> None:
+    face = facade(2)
+    held = face.submit(hold_until, go, "held")
+    seen: list[Any] = []
+
+    def wait_for_held(_: Future[Any]) -> None:
+        seen.append(attempt(lambda: held.result(WAIT)))
+
+    face.submit(square, 3).add_done_callback(wait_for_held)
+    face.apply(square, 4)
+    face.apply(square, 5)
+    refused(seen, "Future.result()")
+    Path(go).touch()
+    assert held.result(timeout=30) == "held"
+
+
+def test_executor_map_waited_for_from_a_done_callback(
+    make_executor_here: Callable[[int], hookpool.ProcessPoolExecutor], go: str
+) -> None:
+    executor = make_executor_here(2)
+    results = executor.map(hold_until, [go], timeout=30)
+    seen: list[Any] = []
+    executor.submit(square, 3).add_done_callback(
+        lambda _: seen.append(attempt(lambda: next(results)))
+    )
+    executor.submit(square, 4).result(timeout=30)
+    executor.submit(square, 5).result(timeout=30)
+    refused(seen, "next() on a lazy map")
+
+
+def test_waits_that_cannot_wait_for_themselves_still_work(make_pool: Any, go: str) -> None:
+    """A result of another pool, and one that is ready already."""
+    pool, other = make_pool(1), make_pool(1)
+    ready = pool.apply_async(square, (2,))
+    assert ready.get(timeout=30) == 4
+    elsewhere = other.apply_async(hold_until, (go, "elsewhere"))
+    seen: list[Any] = []
+
+    def callback(_: int) -> None:
+        seen.append(attempt(lambda: ready.get(0)))
+        Path(go).touch()  # (the other pool's task ends while this callback waits for it)
+        seen.append(attempt(lambda: elsewhere.get(30)))
+
+    pool.apply_async(square, (3,), callback=callback).get(timeout=60)
+    assert seen == [4, "elsewhere"]
+
+
+@pytest.fixture
+def make_executor_here() -> Iterator[Callable[[int], hookpool.ProcessPoolExecutor]]:
+    executors: list[hookpool.ProcessPoolExecutor] = []
+
+    def make(workers: int) -> hookpool.ProcessPoolExecutor:
+        executor = hookpool.ProcessPoolExecutor(workers)
+        executors.append(executor)
+        return executor
+
+    yield make
+    for executor in executors:
+        executor.shutdown(wait=True, cancel_futures=True)
