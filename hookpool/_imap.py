@@ -160,16 +160,19 @@ class IMapIterator(Iterator[T]):
         if self._ordered:
             future = self._pending[0]
             if not future.done():  # (wait() costs more than the check, even when done)
-                check_may_block("next() on a lazy map", self._engine)
+                check_may_block("next() on a lazy map", self._engine, timeout)
                 concurrent.futures.wait([future], timeout)
                 if not future.done():
                     raise multiprocessing.TimeoutError
             return self._pending.popleft()
-        check_may_block("next() on a lazy map", self._engine)
         try:
-            future = self._done.get(timeout=timeout)
+            future = self._done.get(block=False)
         except queue.Empty:
-            raise multiprocessing.TimeoutError from None
+            check_may_block("next() on a lazy map", self._engine, timeout)
+            try:
+                future = self._done.get(timeout=timeout)
+            except queue.Empty:
+                raise multiprocessing.TimeoutError from None
         self._unordered.discard(future)
         return future
 

@@ -119,11 +119,12 @@ def reentered() -> bool:
     return False
 
 
-def check_may_block(what: str, engine: object = None) -> None:
-    """Raise ``ReentrantCallError`` if ``what``, a wait for a result that ``engine``
-    settles, comes from that engine's own thread (a callback), or from a signal handler
-    that interrupted the pool's bookkeeping: either would wait for itself."""
-    if engine is not None and engine_thread.engine is engine:
+def check_may_block(what: str, engine: object = None, timeout: float | None = None) -> None:
+    """Raise ``ReentrantCallError`` if ``what``, a wait of up to ``timeout`` seconds for a
+    result that ``engine`` settles, comes from that engine's own thread (a callback), or
+    from a signal handler that interrupted the pool's bookkeeping: either would wait for
+    itself. (A callback may poll, with a timeout of 0.)"""
+    if engine is not None and engine_thread.engine is engine and (timeout is None or timeout > 0):
         raise ReentrantCallError(
             f"{what} was called from a callback of the same pool, on its manager thread: "
             f"the thread that would deliver that result, so it would wait for itself. In "
@@ -151,10 +152,10 @@ class GuardedFuture(Future[T]):
 
     def result(self, timeout: float | None = None) -> T:
         if not self.done():
-            check_may_block("Future.result()", self.engine)
+            check_may_block("Future.result()", self.engine, timeout)
         return super().result(timeout)
 
     def exception(self, timeout: float | None = None) -> BaseException | None:
         if not self.done():
-            check_may_block("Future.exception()", self.engine)
+            check_may_block("Future.exception()", self.engine, timeout)
         return super().exception(timeout)

@@ -98,7 +98,7 @@ class AsyncResult(Generic[T]):
     def wait(self, timeout: float | None = None) -> None:
         """Wait until the result is ready or ``timeout`` seconds pass."""
         if not self._settled.ready():
-            check_may_block("AsyncResult.wait()", self._engine)
+            check_may_block("AsyncResult.wait()", self._engine, timeout)
             self._settled.wait(timeout)
 
     def get(self, timeout: float | None = None) -> T:
@@ -110,7 +110,7 @@ class AsyncResult(Generic[T]):
                 (``terminate()`` cancels queued tasks).
         """
         if not self._settled.ready():
-            check_may_block("AsyncResult.get()", self._engine)
+            check_may_block("AsyncResult.get()", self._engine, timeout)
             if not self._settled.wait(timeout):
                 raise multiprocessing.TimeoutError
         return self._settled.value()

@@ -11,6 +11,8 @@ times out after ``WAIT`` seconds (and the test fails), the held task still pendi
 
 from __future__ import annotations
 
+import concurrent.futures
+import multiprocessing
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from pathlib import Path
@@ -119,20 +121,31 @@ def test_executor_map_waited_for_from_a_done_callback(
 
 
 def test_waits_that_cannot_wait_for_themselves_still_work(make_pool: Any, go: str) -> None:
-    """A result of another pool, and one that is ready already."""
-    pool, other = make_pool(1), make_pool(1)
+    """A result of another pool; one that is ready already; a poll with no wait."""
+    pool, other = make_pool(2), make_pool(1)
     ready = pool.apply_async(square, (2,))
     assert ready.get(timeout=30) == 4
+    later = str(Path(go).with_name("later"))
+    pending = pool.apply_async(hold_until, (later, "later"))
     elsewhere = other.apply_async(hold_until, (go, "elsewhere"))
     seen: list[Any] = []
 
     def callback(_: int) -> None:
         seen.append(attempt(lambda: ready.get(0)))
+        seen.append(attempt(lambda: pending.wait(0)))
+        seen.append(type(attempt(lambda: pending.get(0))))
+        seen.append(attempt(lambda: pending.future.result(0)))
         Path(go).touch()  # (the other pool's task ends while this callback waits for it)
         seen.append(attempt(lambda: elsewhere.get(30)))
 
-    pool.apply_async(square, (3,), callback=callback).get(timeout=60)
-    assert seen == [4, "elsewhere"]
+    try:
+        pool.apply_async(square, (3,), callback=callback).get(timeout=60)
+    finally:
+        Path(later).touch()
+    assert seen[:3] == [4, None, multiprocessing.TimeoutError]
+    assert isinstance(seen[3], concurrent.futures.TimeoutError)
+    assert seen[4] == "elsewhere"
+    assert pending.get(timeout=30) == "later"
 
 
 @pytest.fixture
