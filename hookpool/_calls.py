@@ -119,6 +119,7 @@ def submit_map(
     with that error (see ``_chunk_tasks``), as the standard library's does.
     """
     gather = MapGather([len(chunk) for chunk in chunks])
+    gather.future.engine = manager  # type: ignore[attr-defined]  # map_async().future
     tasks = _chunk_tasks(manager, fn, kind, method, chunks, gather, timeout)
     tracker = start(progress, total)
     watched = None if tracker is None else (tracker, gather.watch())
@@ -212,13 +213,16 @@ def lazy_map(
     total: int | None = None,
     owner: object = None,
     window: int | None = None,
+    guarded: bool = True,
 ) -> IMapIterator[Any]:
     """A map whose input is read, and pickled, as its results are consumed.
 
     ``total`` is the number of items the input has, when known (for ``progress``);
     ``owner``, the facade, is kept alive by the iterator, as the standard library's
     iterators keep their pool; ``window``, the chunks submitted ahead of the consumer
-    (default ``imap_window``; inline, none).
+    (default ``imap_window``; inline, none); ``guarded``: a wait for its next result
+    from a callback of the same pool raises ``ReentrantCallError`` (see
+    ``check_may_block``).
     """
     manager.check_running()
     if chunksize < 1:
@@ -267,7 +271,7 @@ def lazy_map(
         ordered=ordered,
         progress=start(progress, total),
         owner=owner,
-        engine=manager,
+        engine=manager if guarded else None,
     )
 
 

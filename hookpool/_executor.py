@@ -177,6 +177,9 @@ class ProcessPoolExecutor(concurrent.futures.Executor):
             total=total_of(*iterables),
             owner=self,
             window=buffersize,
+            # Not refused from a callback: the error would end the generator below, and
+            # its end cancels the rest of the map.
+            guarded=False,
         )
         # As Python 3.14's: with a buffersize, shutdown() submits no more of the input
         # (an endless one would never end); iterating on after it raises RuntimeError.

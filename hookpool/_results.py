@@ -98,7 +98,7 @@ class AsyncResult(Generic[T]):
     def wait(self, timeout: float | None = None) -> None:
         """Wait until the result is ready or ``timeout`` seconds pass."""
         if not self._settled.ready():
-            check_may_block("AsyncResult.wait()", self._engine, timeout)
+            check_may_block("AsyncResult.wait()", self._settler(), timeout)
             self._settled.wait(timeout)
 
     def get(self, timeout: float | None = None) -> T:
@@ -110,10 +110,21 @@ class AsyncResult(Generic[T]):
                 (``terminate()`` cancels queued tasks).
         """
         if not self._settled.ready():
-            check_may_block("AsyncResult.get()", self._engine, timeout)
+            check_may_block("AsyncResult.get()", self._settler(), timeout)
             if not self._settled.wait(timeout):
                 raise multiprocessing.TimeoutError
         return self._settled.value()
+
+    def _settler(self) -> object:
+        """The engine this result still waits for (see ``check_may_block``), or None if
+        another thread ends it from here: a map whose chunks are all in (with
+        ``progress=``, its progress thread), an answer a waiting thread read itself."""
+        settled = self._settled
+        if isinstance(settled, ApplyOutcome):
+            return None if settled.settled_elsewhere() else self._engine
+        if self._tasks is not None and all(task.done() for task in self._tasks):
+            return None
+        return self._engine
 
 
 class MapResult(AsyncResult[list[T]]):
@@ -454,6 +465,11 @@ class ApplyOutcome(Generic[T]):
 
     def cancelled(self) -> bool:
         return self._state == _CANCELLED
+
+    def settled_elsewhere(self) -> bool:
+        """Settled, not yet ready, by a thread that read the answer itself: no callbacks
+        to run there, only ``_finish``."""
+        return self._direct and self.done()
 
     # -- the caller's side (what AsyncResult uses) -----------------------------------------
 

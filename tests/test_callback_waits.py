@@ -7,12 +7,16 @@ one of another pool, it may wait for.
 Each test holds one worker busy with a task that ends only once the test creates a file,
 and waits for that task from a callback of a second task: without the guard the wait
 times out after ``WAIT`` seconds (and the test fails), the held task still pending.
+
+The executor's ``map`` is not guarded: its results come from a generator, which the error
+would end (cancelling the rest of the map).
 """
 
 from __future__ import annotations
 
 import concurrent.futures
 import multiprocessing
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from pathlib import Path
@@ -22,6 +26,7 @@ import pytest
 from faces import Face
 from tasks import square
 from tasks_api import hold_until
+from tasks_hooks import wait_for
 
 import hookpool
 
@@ -82,7 +87,7 @@ def test_map_and_imap_waited_for_from_a_callback(make_pool: Any, go: str) -> Non
     Path(go).unlink()
     lazy = pool.imap(hold_until, [go])
     seen.clear()
-    pool.apply_async(square, (3,), callback=lambda _: seen.append(attempt(lambda: next(lazy))))
+    pool.apply_async(square, (3,), callback=lambda _: seen.append(attempt(lambda: lazy.next(WAIT))))
     pool.apply_async(square, (4,)).get(timeout=30)
     refused(seen, "next() on a lazy map")
     Path(go).touch()
@@ -93,31 +98,54 @@ def test_map_and_imap_waited_for_from_a_callback(make_pool: Any, go: str) -> Non
 def test_future_waited_for_from_a_done_callback(facade: MakeFace, go: str) -> None:
     face = facade(2)
     held = face.submit(hold_until, go, "held")
+    release = str(Path(go).with_name("release"))
     seen: list[Any] = []
 
     def wait_for_held(_: Future[Any]) -> None:
         seen.append(attempt(lambda: held.result(WAIT)))
 
-    face.submit(square, 3).add_done_callback(wait_for_held)
-    face.apply(square, 4)
-    face.apply(square, 5)
+    # (The callback is attached before its task can end: it runs on the manager thread.)
+    face.submit(hold_until, release, 3).add_done_callback(wait_for_held)
+    Path(release).touch()
+    wait_for(lambda: bool(seen), 30, "the callback")
     refused(seen, "Future.result()")
     Path(go).touch()
     assert held.result(timeout=30) == "held"
 
 
-def test_executor_map_waited_for_from_a_done_callback(
-    make_executor_here: Callable[[int], hookpool.ProcessPoolExecutor], go: str
-) -> None:
-    executor = make_executor_here(2)
-    results = executor.map(hold_until, [go], timeout=30)
+def test_map_async_future_waited_for_from_a_callback(make_pool: Any, go: str) -> None:
+    pool = make_pool(2)
+    mapped = pool.map_async(hold_until, [go])
     seen: list[Any] = []
-    executor.submit(square, 3).add_done_callback(
-        lambda _: seen.append(attempt(lambda: next(results)))
+    pool.apply_async(
+        square, (3,), callback=lambda _: seen.append(attempt(lambda: mapped.future.result(WAIT)))
     )
-    executor.submit(square, 4).result(timeout=30)
-    executor.submit(square, 5).result(timeout=30)
-    refused(seen, "next() on a lazy map")
+    pool.apply_async(square, (4,)).get(timeout=30)
+    refused(seen, "Future.result()")
+    Path(go).touch()
+    assert mapped.get(timeout=30) == [None]
+
+
+def test_a_progress_map_whose_chunks_are_in_may_be_waited_for(make_pool: Any, go: str) -> None:
+    """With ``progress=``, the map ends on its progress thread once every chunk is in: a
+    callback on the manager thread may wait for that."""
+    pool = make_pool(2)
+    reports: list[tuple[int, int | None]] = []
+
+    def slow_report(done: int, total: int | None) -> None:
+        reports.append((done, total))
+        if done == total:
+            time.sleep(0.5)  # the final report: the chunks are all in
+
+    mapped = pool.map_async(square, [1, 2], chunksize=1, progress=slow_report)
+    seen: list[Any] = []
+    pool.apply_async(
+        hold_until, (go, 0), callback=lambda _: seen.append(attempt(lambda: mapped.get(30)))
+    )
+    wait_for(lambda: all(task.done() for task in mapped.tasks), 30, "the chunks")
+    Path(go).touch()
+    wait_for(lambda: bool(seen), 30, "the callback")
+    assert seen == [[1, 4]]
 
 
 def test_waits_that_cannot_wait_for_themselves_still_work(make_pool: Any, go: str) -> None:
@@ -146,17 +174,3 @@ def test_waits_that_cannot_wait_for_themselves_still_work(make_pool: Any, go: st
     assert isinstance(seen[3], concurrent.futures.TimeoutError)
     assert seen[4] == "elsewhere"
     assert pending.get(timeout=30) == "later"
-
-
-@pytest.fixture
-def make_executor_here() -> Iterator[Callable[[int], hookpool.ProcessPoolExecutor]]:
-    executors: list[hookpool.ProcessPoolExecutor] = []
-
-    def make(workers: int) -> hookpool.ProcessPoolExecutor:
-        executor = hookpool.ProcessPoolExecutor(workers)
-        executors.append(executor)
-        return executor
-
-    yield make
-    for executor in executors:
-        executor.shutdown(wait=True, cancel_futures=True)
