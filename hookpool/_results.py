@@ -20,7 +20,14 @@ from concurrent.futures import CancelledError, Future, InvalidStateError
 
 from ._errors import PoolTerminatedError
 from ._records import TYPE_CHECKING, Generic, TypeVar
-from ._reentry import GuardedFuture, check_may_block, counts_itself, critical, depth
+from ._reentry import (
+    GuardedFuture,
+    check_may_block,
+    counts_itself,
+    critical,
+    depth,
+    engine_thread,
+)
 
 if TYPE_CHECKING:
     from typing import Any
@@ -116,9 +123,12 @@ class AsyncResult(Generic[T]):
         return self._settled.value()
 
     def _settler(self) -> object:
-        """The engine this result still waits for (see ``check_may_block``), or None if
-        another thread ends it from here: a map whose chunks are all in (with
-        ``progress=``, its progress thread), an answer a waiting thread read itself."""
+        """The engine this result still waits for, if this is its thread (see
+        ``check_may_block``); None elsewhere, and where another thread ends it from here:
+        a map whose chunks are all in (with ``progress=``, its progress thread), an
+        answer a waiting thread read itself."""
+        if engine_thread.engine is not self._engine:  # (a caller's thread: no more to do)
+            return None
         settled = self._settled
         if isinstance(settled, ApplyOutcome):
             return None if settled.settled_elsewhere() else self._engine
