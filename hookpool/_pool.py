@@ -29,7 +29,7 @@ if TYPE_CHECKING:  # at run time, imported with the first pool: see _import_engi
     from ._engine import Engine
     from ._imap import IMapIterator, chunked
     from ._progress import ProgressOption, total_of
-    from ._reentry import GuardedFuture
+    from ._reentry import GuardedFuture, check_not_from_callback
     from ._results import ApplyOutcome, AsyncResult, MapResult, outcome_of
 
     T = TypeVar("T")
@@ -161,6 +161,7 @@ class Pool:
         task_timeout: float | None = None,
     ) -> R:
         """Call ``func(*args, **kwds)`` in a worker and wait for the result."""
+        check_not_from_callback("Pool.apply()", self._manager)  # before its task goes
         return self.apply_async(func, args, kwds, task_timeout=task_timeout).get()
 
     def apply_async(
@@ -473,10 +474,11 @@ def _import_engine() -> None:
     with ``concurrent.futures``) would cost each worker some 10 ms of start-up, for code
     that only ever runs in the parent. See ``_spawn`` for the manager's part.
     """
-    global GuardedFuture, feed_in_background, lazy_map, submit_call, submit_map, total_of
+    global GuardedFuture, check_not_from_callback, feed_in_background, lazy_map, submit_call
+    global submit_map, total_of
     global ApplyOutcome, AsyncResult, IMapIterator, MapResult, chunked, outcome_of
     from ._calls import feed_in_background, lazy_map, submit_call, submit_map
     from ._imap import IMapIterator, chunked
     from ._progress import total_of
-    from ._reentry import GuardedFuture
+    from ._reentry import GuardedFuture, check_not_from_callback
     from ._results import ApplyOutcome, AsyncResult, MapResult, outcome_of

@@ -45,6 +45,7 @@ if TYPE_CHECKING:
 __all__ = [
     "GuardedFuture",
     "check_may_block",
+    "check_not_from_callback",
     "counts_itself",
     "critical",
     "depth",
@@ -119,11 +120,10 @@ def reentered() -> bool:
     return False
 
 
-def check_may_block(what: str, engine: object = None, timeout: float | None = None) -> None:
+def check_not_from_callback(what: str, engine: object, timeout: float | None = None) -> None:
     """Raise ``ReentrantCallError`` if ``what``, a wait of up to ``timeout`` seconds for a
-    result that ``engine`` settles, comes from that engine's own thread (a callback), or
-    from a signal handler that interrupted the pool's bookkeeping: either would wait for
-    itself. (A callback may poll, with a timeout of 0.)"""
+    result that ``engine`` settles, comes from that engine's own thread (a callback),
+    which would wait for itself. (A callback may poll, with a timeout of 0.)"""
     if engine is not None and engine_thread.engine is engine and (timeout is None or timeout > 0):
         raise ReentrantCallError(
             f"{what} was called from a callback of the same pool, on its manager thread: "
@@ -131,6 +131,14 @@ def check_may_block(what: str, engine: object = None, timeout: float | None = No
             f"a callback, act on the result it receives, chain another callback "
             f"(callback=, add_done_callback), or hand the wait to a thread of your own"
         )
+
+
+def check_may_block(what: str, engine: object = None, timeout: float | None = None) -> None:
+    """Raise ``ReentrantCallError`` if ``what``, a wait of up to ``timeout`` seconds for a
+    result that ``engine`` settles, would wait for itself: from that engine's own thread
+    (``check_not_from_callback``), or from a signal handler that interrupted the pool's
+    bookkeeping."""
+    check_not_from_callback(what, engine, timeout)
     if reentered():
         raise ReentrantCallError(
             f"{what} was called from a signal handler that interrupted this thread inside "

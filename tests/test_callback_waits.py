@@ -25,7 +25,7 @@ from typing import Any
 import pytest
 from faces import Face
 from tasks import square
-from tasks_api import hold_until
+from tasks_api import hold_until, write_file
 from tasks_hooks import wait_for
 
 import hookpool
@@ -70,6 +70,22 @@ def test_apply_async_callback_waiting_for_the_same_pool(make_pool: Any, go: str)
     refused(seen, "AsyncResult.get()")
     Path(go).touch()
     assert held.get(timeout=30) == "held"  # the pool carries on
+
+
+def test_apply_from_a_callback_is_refused_before_its_task_goes(
+    make_pool: Any, tmp_path: Path
+) -> None:
+    pool = make_pool(1)
+    marker = tmp_path / "ran"
+    seen: list[Any] = []
+    pool.apply_async(
+        square,
+        (3,),
+        callback=lambda _: seen.append(attempt(lambda: pool.apply(write_file, (str(marker),)))),
+    ).get(timeout=30)
+    refused(seen, "Pool.apply()")
+    assert pool.apply_async(square, (4,)).get(timeout=30) == 16  # after any task it sent
+    assert not marker.exists()
 
 
 def test_map_and_imap_waited_for_from_a_callback(make_pool: Any, go: str) -> None:
