@@ -118,8 +118,7 @@ def submit_map(
     is queued, after ``wrap``. If the function or a chunk will not pickle, the map fails
     with that error (see ``_chunk_tasks``), as the standard library's does.
     """
-    gather = MapGather([len(chunk) for chunk in chunks])
-    gather.future.engine = manager  # type: ignore[attr-defined]  # map_async().future
+    gather = MapGather([len(chunk) for chunk in chunks], manager)
     tasks = _chunk_tasks(manager, fn, kind, method, chunks, gather, timeout)
     tracker = start(progress, total)
     watched = None if tracker is None else (tracker, gather.watch())

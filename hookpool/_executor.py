@@ -128,8 +128,7 @@ class ProcessPoolExecutor(concurrent.futures.Executor):
             RuntimeError: after ``shutdown()``.
             hookpool.PoolBrokenError: (a ``BrokenProcessPool``) if the initializer failed.
         """
-        future: GuardedFuture[R] = GuardedFuture()
-        future.engine = self._manager
+        future: Future[R] = GuardedFuture(self._manager)
         submit_call(self._manager, fn, args, kwargs, future, timeout=self._task_timeout)
         return future
 

@@ -197,8 +197,7 @@ class Pool:
         Usable with ``concurrent.futures.as_completed`` and ``wait``, and with
         ``asyncio.wrap_future``. Cancelling it while it is still queued means it never runs.
         """
-        future: GuardedFuture[R] = GuardedFuture()
-        future.engine = self._manager
+        future: Future[R] = GuardedFuture(self._manager)
         submit_call(self._manager, fn, args, kwargs, future, timeout=self._task_timeout)
         future._hookpool_pool = self  # type: ignore[attr-defined]  # keeps the pool alive
         return future

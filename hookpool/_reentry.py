@@ -155,8 +155,10 @@ class GuardedFuture(Future[T]):
     thread of the engine that settles it (``engine``, where the facade sets it), instead
     of deadlocking."""
 
-    #: The engine that settles this future, if the facade said so.
-    engine: object = None
+    def __init__(self, engine: object = None) -> None:
+        super().__init__()
+        #: The engine that settles this future, if the facade said so.
+        self.engine = engine
 
     def result(self, timeout: float | None = None) -> T:
         if not self.done():

@@ -224,9 +224,9 @@ class MapGather:
     standard library's do), not all at once at the end.
     """
 
-    def __init__(self, sizes: list[int]) -> None:
+    def __init__(self, sizes: list[int], engine: object = None) -> None:
         count = len(sizes)
-        self.future: Future[list[Any]] = GuardedFuture()
+        self.future: Future[list[Any]] = GuardedFuture(engine)  # map_async().future
         self.future.set_running_or_notify_cancel()
         self.slots = [ChunkSlot(self, index) for index in range(count)]
         self._starts = list(itertools.accumulate(sizes, initial=0))  # chunk i: [i, i + 1)
@@ -542,8 +542,7 @@ class ApplyOutcome(Generic[T]):
         ``engine``: see ``check_may_block``)."""
         with self._lock:
             if self._mirror is None:
-                mirror: GuardedFuture[T] = GuardedFuture()
-                mirror.engine = engine
+                mirror: Future[T] = GuardedFuture(engine)
                 state = self._state
                 if state == _CANCELLED:
                     mirror.cancel()
