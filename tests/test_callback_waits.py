@@ -5,8 +5,10 @@ behind it): it raises ``ReentrantCallError`` at once instead. A result that is r
 one of another pool, it may wait for.
 
 Each test holds one worker busy with a task that ends only once the test creates a file,
-and waits for that task from a callback of a second task: without the guard the wait
-times out after ``WAIT`` seconds (and the test fails), the held task still pending.
+and waits for that task from a callback of a second task (the test then waits for the
+callback itself, not for a third task, which the pool may queue behind the held one):
+without the guard the wait times out after ``WAIT`` seconds (and the test fails), the
+held task still pending.
 
 The executor's ``map`` is not guarded: its results come from a generator, which the error
 would end (cancelling the rest of the map).
@@ -26,7 +28,7 @@ import pytest
 from faces import Face
 from tasks import square
 from tasks_api import hold_until, write_file
-from tasks_hooks import wait_for
+from tasks_hooks import wait_for, wait_ready
 
 import hookpool
 
@@ -62,11 +64,11 @@ def go(tmp_path: Path) -> Iterator[str]:
 
 def test_apply_async_callback_waiting_for_the_same_pool(make_pool: Any, go: str) -> None:
     pool = make_pool(2)
+    wait_ready(pool, 2)  # (else a task may be queued behind the held one)
     held = pool.apply_async(hold_until, (go, "held"))
     seen: list[Any] = []
     pool.apply_async(square, (3,), callback=lambda _: seen.append(attempt(lambda: held.get(WAIT))))
-    assert pool.apply_async(square, (4,)).get(timeout=30) == 16
-    pool.apply_async(square, (5,)).get(timeout=30)
+    wait_for(lambda: bool(seen), 30, "the callback")
     refused(seen, "AsyncResult.get()")
     Path(go).touch()
     assert held.get(timeout=30) == "held"  # the pool carries on
@@ -90,12 +92,13 @@ def test_apply_from_a_callback_is_refused_before_its_task_goes(
 
 def test_map_and_imap_waited_for_from_a_callback(make_pool: Any, go: str) -> None:
     pool = make_pool(2)
+    wait_ready(pool, 2)  # (else a task may be queued behind the held one)
     mapped = pool.map_async(hold_until, [go])
     seen: list[Any] = []
     pool.apply_async(
         square, (3,), callback=lambda _: seen.append(attempt(lambda: mapped.get(WAIT)))
     )
-    pool.apply_async(square, (4,)).get(timeout=30)
+    wait_for(lambda: bool(seen), 30, "the callback")
     refused(seen, "AsyncResult.get()")
     Path(go).touch()
     assert mapped.get(timeout=30) == [None]
@@ -104,7 +107,7 @@ def test_map_and_imap_waited_for_from_a_callback(make_pool: Any, go: str) -> Non
     lazy = pool.imap(hold_until, [go])
     seen.clear()
     pool.apply_async(square, (3,), callback=lambda _: seen.append(attempt(lambda: lazy.next(WAIT))))
-    pool.apply_async(square, (4,)).get(timeout=30)
+    wait_for(lambda: bool(seen), 30, "the callback")
     refused(seen, "next() on a lazy map")
     Path(go).touch()
     assert list(lazy) == [None]
@@ -113,6 +116,8 @@ def test_map_and_imap_waited_for_from_a_callback(make_pool: Any, go: str) -> Non
 @pytest.mark.cluster
 def test_future_waited_for_from_a_done_callback(facade: MakeFace, go: str) -> None:
     face = facade(2)
+    if face.pool is not None and face.cluster is None:
+        wait_ready(face.pool, 2)  # (else a task may be queued behind the held one)
     held = face.submit(hold_until, go, "held")
     release = str(Path(go).with_name("release"))
     seen: list[Any] = []
@@ -131,12 +136,13 @@ def test_future_waited_for_from_a_done_callback(facade: MakeFace, go: str) -> No
 
 def test_map_async_future_waited_for_from_a_callback(make_pool: Any, go: str) -> None:
     pool = make_pool(2)
+    wait_ready(pool, 2)  # (else a task may be queued behind the held one)
     mapped = pool.map_async(hold_until, [go])
     seen: list[Any] = []
     pool.apply_async(
         square, (3,), callback=lambda _: seen.append(attempt(lambda: mapped.future.result(WAIT)))
     )
-    pool.apply_async(square, (4,)).get(timeout=30)
+    wait_for(lambda: bool(seen), 30, "the callback")
     refused(seen, "Future.result()")
     Path(go).touch()
     assert mapped.get(timeout=30) == [None]
@@ -146,6 +152,7 @@ def test_a_progress_map_whose_chunks_are_in_may_be_waited_for(make_pool: Any, go
     """With ``progress=``, the map ends on its progress thread once every chunk is in: a
     callback on the manager thread may wait for that."""
     pool = make_pool(2)
+    wait_ready(pool, 2)  # (else a task may be queued behind the held one)
     reports: list[tuple[int, int | None]] = []
 
     def slow_report(done: int, total: int | None) -> None:
@@ -167,6 +174,7 @@ def test_a_progress_map_whose_chunks_are_in_may_be_waited_for(make_pool: Any, go
 def test_waits_that_cannot_wait_for_themselves_still_work(make_pool: Any, go: str) -> None:
     """A result of another pool; one that is ready already; a poll with no wait."""
     pool, other = make_pool(2), make_pool(1)
+    wait_ready(pool, 2)  # (else a task may be queued behind the held one)
     ready = pool.apply_async(square, (2,))
     assert ready.get(timeout=30) == 4
     later = str(Path(go).with_name("later"))
