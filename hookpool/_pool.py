@@ -218,8 +218,16 @@ class Pool:
         ``progress``: True for a tqdm bar, or a callable receiving ``(done, total)``
         (see [Progress](progress.md)). It has reported its end when this returns.
         """
-        return self.map_async(
-            func, iterable, chunksize, task_timeout=task_timeout, progress=progress
+        return self._map_async(
+            func,
+            iterable,
+            chunksize,
+            None,
+            None,
+            wire.CallKind.MAP,
+            task_timeout,
+            progress,
+            waits="Pool.map()",
         ).get()
 
     def map_async(
@@ -259,8 +267,16 @@ class Pool:
         progress: ProgressOption = None,
     ) -> list[R]:
         """Like ``map``, but each item is unpacked as the arguments: ``func(*item)``."""
-        return self.starmap_async(
-            func, iterable, chunksize, task_timeout=task_timeout, progress=progress
+        return self._map_async(
+            func,
+            iterable,
+            chunksize,
+            None,
+            None,
+            wire.CallKind.STARMAP,
+            task_timeout,
+            progress,
+            waits="Pool.starmap()",
         ).get()
 
     def starmap_async(
@@ -296,9 +312,15 @@ class Pool:
         kind: wire.CallKind,
         task_timeout: float | None,
         progress: ProgressOption,
+        *,
+        waits: str | None = None,
     ) -> MapResult[Any]:
+        """``waits``: the blocking call this is (``map``, ``starmap``), refused from a
+        callback of this pool before its tasks go, unless it has none to wait for."""
         self._manager.check_running()
         items = iterable if isinstance(iterable, list | tuple) else list(iterable)
+        if waits is not None and items:
+            check_not_from_callback(waits, self._manager)
         if chunksize is None:
             chunksize, extra = divmod(len(items), self._processes * 4)
             if extra:

@@ -74,20 +74,38 @@ def test_apply_async_callback_waiting_for_the_same_pool(make_pool: Any, go: str)
     assert held.get(timeout=30) == "held"  # the pool carries on
 
 
-def test_apply_from_a_callback_is_refused_before_its_task_goes(
-    make_pool: Any, tmp_path: Path
+@pytest.mark.parametrize(
+    ("what", "call"),
+    [
+        ("Pool.apply()", lambda pool, path: pool.apply(write_file, (path,))),
+        ("Pool.map()", lambda pool, path: pool.map(write_file, [path])),
+        ("Pool.starmap()", lambda pool, path: pool.starmap(write_file, [(path,)])),
+    ],
+)
+def test_blocking_calls_from_a_callback_are_refused_before_their_tasks_go(
+    make_pool: Any, tmp_path: Path, what: str, call: Callable[[Any, str], Any]
 ) -> None:
     pool = make_pool(1)
     marker = tmp_path / "ran"
     seen: list[Any] = []
     pool.apply_async(
-        square,
-        (3,),
-        callback=lambda _: seen.append(attempt(lambda: pool.apply(write_file, (str(marker),)))),
+        square, (3,), callback=lambda _: seen.append(attempt(lambda: call(pool, str(marker))))
     ).get(timeout=30)
-    refused(seen, "Pool.apply()")
+    refused(seen, what)
     assert pool.apply_async(square, (4,)).get(timeout=30) == 16  # after any task it sent
     assert not marker.exists()
+
+
+def test_an_empty_map_from_a_callback_waits_for_nothing(make_pool: Any) -> None:
+    pool = make_pool(1)
+    seen: list[Any] = []
+
+    def callback(_: int) -> None:
+        seen.append(attempt(lambda: pool.map(square, [])))
+        seen.append(attempt(lambda: pool.starmap(square, iter([]))))
+
+    pool.apply_async(square, (3,), callback=callback).get(timeout=30)
+    assert seen == [[], []]
 
 
 def test_map_and_imap_waited_for_from_a_callback(make_pool: Any, go: str) -> None:
