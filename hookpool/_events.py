@@ -44,6 +44,8 @@ logger = logging.getLogger("hookpool")
 TERMINATE_GRACE_SECONDS = 5.0
 #: Workers in a row that die while starting before the pool gives up (PoolBrokenError).
 STARTUP_FAILURES_TO_BREAK = 3
+#: After a worker process could not be started, how long before the next try.
+START_AGAIN_SECONDS = 0.5
 #: How long to wait for a worker's exit status once its sentinel has fired.
 REAP_SECONDS = 5.0
 
@@ -59,6 +61,7 @@ class WorkerEvents:
     _scratch: bytearray
     _max_memory: int | None
     _startup_failures: int
+    _start_again_at: float | None
     _kill_on_stop: bool
     dialect: Dialect
     maxtasks: int | None
@@ -298,9 +301,20 @@ class WorkerEvents:
     # -- worker processes ------------------------------------------------------------------
 
     def _start_worker(self) -> WorkerHandle:
-        return self._adopt(self._spawner.start())
+        started = self._spawner.start()
+        try:
+            return self._adopt(started)
+        except BaseException:  # (no descriptor to spare for its nudge, say)
+            _, process, conn, stop_fd = started
+            conn.close()
+            with contextlib.suppress(OSError):
+                os.close(stop_fd)
+            process.kill()  # a worker nobody owns must not run on
+            process.join(REAP_SECONDS)
+            raise
 
     def _adopt(self, started: Any) -> WorkerHandle:
+        """Own a started worker; on failure nothing of it is kept (see _start_worker)."""
         name, process, conn, stop_fd = started
         assert process.pid is not None
         worker = WorkerHandle(
@@ -313,7 +327,11 @@ class WorkerEvents:
         )
         if self.fastpath.enabled:
             worker.nudge = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
-            worker.socket = socket.socket(fileno=os.dup(conn.fileno()))
+            try:
+                worker.socket = socket.socket(fileno=os.dup(conn.fileno()))
+            except BaseException:
+                os.close(worker.nudge)
+                raise
         self._workers.append(worker)
         self.poller.register(conn.fileno(), (self._on_readable, worker))
         self.poller.register(process.sentinel, (self._on_exit, worker))
@@ -435,7 +453,7 @@ class WorkerEvents:
     # -- deadlines -----------------------------------------------------------------------
 
     def _seconds_to_next_deadline(self) -> float | None:
-        deadline = None
+        deadline = self._start_again_at
         for worker in self._workers:
             for when in (worker.kill_at, _task_deadline(worker)):
                 if when is not None and (deadline is None or when < deadline):
@@ -446,6 +464,8 @@ class WorkerEvents:
 
     def _check_deadlines(self) -> None:
         now = time.monotonic()
+        if self._start_again_at is not None and now >= self._start_again_at:
+            self._start_again_at = None  # _advance starts the workers still wanted
         for worker in self._workers:
             if worker.kill_at is not None and now >= worker.kill_at:
                 with contextlib.suppress(OSError):

@@ -51,7 +51,13 @@ from . import _protocol as wire
 from ._answers import answer, internal_error, reap
 from ._engine import CancelRequest, Task, refusal
 from ._errors import PoolTerminatedError
-from ._events import REAP_SECONDS, TERMINATE_GRACE_SECONDS, WorkerEvents
+from ._events import (
+    REAP_SECONDS,
+    START_AGAIN_SECONDS,
+    STARTUP_FAILURES_TO_BREAK,
+    TERMINATE_GRACE_SECONDS,
+    WorkerEvents,
+)
 from ._fastpath import FastPath
 from ._poller import Poller
 from ._records import TYPE_CHECKING
@@ -131,6 +137,8 @@ class Manager(WorkerEvents):
         self._workers: list[WorkerHandle] = []
         self._commands: collections.deque[Callable[[], None]] = collections.deque()
         self._startup_failures = 0  # workers in a row that died before reporting Ready
+        self._start_again_at: float | None = None  # after a start failed (see _grow)
+        self._start_failing = False  # since the last start that worked (logged once)
         self._holds = 0  # lazy maps still submitting while closing (see hold())
         self._winding_down = False
         self._kill_on_stop = False  # terminate(kill=True): no grace period, no finalizers
@@ -446,13 +454,53 @@ class Manager(WorkerEvents):
             if self._wanted < self._size:
                 outstanding = len(self._queue) + sum(len(w.inflight) for w in self._workers)
                 self._wanted = min(self._size, max(self._wanted, outstanding))
-            while alive < self._wanted:
-                self._start_worker()
-                alive += 1
+            if alive < self._wanted:
+                self._grow(alive)
         elif not self._queue and not self._holds and not any(w.inflight for w in self._workers):
             for worker in self._workers:
                 if not worker.stopping:
                     self._stop_worker(worker, signal_it=False, reason="close")
+
+    def _grow(self, alive: int) -> None:
+        """Start workers until ``alive`` reaches ``_wanted`` (a replacement, or the
+        executor's next worker). A start that fails (no file descriptor or memory to
+        spare, say) is tried again ``START_AGAIN_SECONDS`` later while other workers run
+        the tasks; with none left, the pool breaks after ``STARTUP_FAILURES_TO_BREAK``
+        failures in a row, as when workers die while starting."""
+        if self._start_again_at is not None:  # (cleared by _check_deadlines)
+            return
+        while alive < self._wanted:
+            try:
+                self._start_worker()
+            except Exception as exc:
+                self._could_not_start(exc, alive)
+                return
+            self._start_failing = False
+            alive += 1
+
+    def _could_not_start(self, exc: Exception, alive: int) -> None:
+        self._startup_failures += 1  # (counted with the workers that die while starting)
+        if not alive and self._startup_failures >= STARTUP_FAILURES_TO_BREAK:
+            from ._std_errors import PoolBrokenError
+
+            error = PoolBrokenError(
+                f"{self._name} has no worker left to run its tasks and could not start "
+                f"one: {exc!r} ({self._startup_failures} workers in a row failed to start)"
+            )
+            error.__cause__ = exc
+            self._become(PoolState.BROKEN, error)
+            return
+        if not self._start_failing:  # (not again at every try)
+            self._start_failing = True
+            logger.warning(
+                "hookpool: %s could not start a worker process (%r); it tries again every "
+                "%s s, its %d running worker(s) meanwhile run the tasks",
+                self._name,
+                exc,
+                START_AGAIN_SECONDS,
+                alive,
+            )
+        self._start_again_at = time.monotonic() + START_AGAIN_SECONDS
 
     def _park_idle(self) -> bool:
         """Before sleeping: open the fast path over the idle workers. True if it did:

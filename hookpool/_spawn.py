@@ -194,7 +194,11 @@ class Spawner:
             max_memory=self.max_memory,
             stop_slot=wire.SharedFd(stop_fd),
         )
-        parent_end, child_end = wire.pipe()
+        try:
+            parent_end, child_end = wire.pipe()
+        except BaseException:
+            os.close(stop_fd)
+            raise
         process = self.context.Process(
             target=_worker.main,
             args=(child_end, self.hooks, config),

@@ -23,10 +23,12 @@ import pytest
 import tasks
 import tasks_crash
 from conftest import assert_gone, run_script
+from tasks_hooks import wait_ready
 
 import hookpool
 import hookpool._calls
 import hookpool._manager
+import hookpool._spawn
 import hookpool._worker
 
 
@@ -579,6 +581,97 @@ def test_a_worker_that_dies_while_idle_is_replaced(
     _wait_for(lambda: victim not in pool.worker_pids and len(pool.worker_pids) == 2, "a new one")
     assert pool.map(tasks.square, range(10)) == [i * i for i in range(10)]
     assert pool._manager.state is hookpool._manager.PoolState.RUNNING
+
+
+def _starts_fail(monkeypatch: pytest.MonkeyPatch) -> threading.Event:
+    """While the returned event is set, starting a worker process fails as with no file
+    descriptor to spare."""
+    failing = threading.Event()
+    real_start = hookpool._spawn.Spawner.start
+
+    def start(self: hookpool._spawn.Spawner) -> Any:
+        if failing.is_set():
+            raise OSError(24, "Too many open files (injected)")
+        return real_start(self)
+
+    monkeypatch.setattr(hookpool._spawn.Spawner, "start", start)
+    return failing
+
+
+def test_a_replacement_that_cannot_start_is_tried_again_while_others_work(
+    make_pool: Callable[..., hookpool.Pool],
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    pool = make_pool(2)
+    wait_ready(pool, 2)  # (a worker dying while it starts counts towards breaking)
+    failing = _starts_fail(monkeypatch)
+    failing.set()
+    victim = pool.worker_pids[0]
+    with caplog.at_level(logging.WARNING, logger="hookpool"):
+        os.kill(victim, signal.SIGKILL)
+        _wait_for(lambda: victim not in pool.worker_pids, "the victim's exit")
+        # Tried more than once meanwhile: the pool carries on with its other worker.
+        assert pool.map(tasks.sleep_then, [0.3] * 6, chunksize=1) == [None] * 6
+    assert caplog.text.count("could not start a worker process") == 1  # (logged once)
+    assert "Too many open files (injected)" in caplog.text
+    assert len(pool.worker_pids) == 1
+    failing.clear()
+    _wait_for(lambda: len(pool.worker_pids) == 2, "the replacement, once starts work again")
+    assert pool.map(tasks.square, range(10)) == [i * i for i in range(10)]
+    assert pool._manager.state is hookpool._manager.PoolState.RUNNING
+
+
+def test_a_pool_whose_last_worker_cannot_be_replaced_breaks_clearly(
+    make_pool: Callable[..., hookpool.Pool], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pool = make_pool(1)
+    wait_ready(pool, 1)
+    failing = _starts_fail(monkeypatch)
+    failing.set()
+    os.kill(pool.worker_pids[0], signal.SIGKILL)
+    _wait_for(lambda: not pool.worker_pids, "the worker's exit")  # (else the task is its)
+    pending = pool.apply_async(tasks.square, (3,))
+    with pytest.raises(hookpool.PoolBrokenError) as info:
+        pending.get(timeout=30)  # after STARTUP_FAILURES_TO_BREAK tries, about 1 s
+    message = str(info.value)
+    assert "has no worker left to run its tasks and could not start one" in message
+    assert "(3 workers in a row failed to start)" in message
+    assert "Too many open files (injected)" in message
+    assert isinstance(info.value.__cause__, OSError)
+    with pytest.raises(hookpool.PoolBrokenError):
+        pool.apply_async(tasks.square, (4,))
+
+
+def test_executor_keeps_running_when_it_cannot_grow(tmp_path: Path) -> None:
+    """With no file descriptor to spare (a real RLIMIT_NOFILE), the executor cannot start
+    its next worker: the tasks run on the one it has, and it grows once it can."""
+    result = run_script(
+        "import os, resource, time, hookpool, tasks\n"
+        "if __name__ == '__main__':\n"
+        "    with hookpool.ProcessPoolExecutor(4) as ex:\n"
+        "        assert ex.submit(tasks.square, 3).result(timeout=30) == 9\n"
+        "        assert len(ex.worker_pids) == 1\n"
+        "        running = ex.submit(tasks.sleep_then, 1.0, 'running')\n"
+        "        time.sleep(0.3)\n"
+        "        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)\n"
+        "        resource.setrlimit(resource.RLIMIT_NOFILE,\n"
+        "                           (len(os.listdir('/proc/self/fd')) + 1, hard))\n"
+        "        more = [ex.submit(tasks.square, i) for i in range(3)]\n"
+        "        time.sleep(0.5)\n"
+        "        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))\n"
+        "        print(running.result(timeout=30), [f.result(timeout=30) for f in more])\n"
+        "        later = [ex.submit(tasks.sleep_then, 0.5) for _ in range(4)]\n"
+        "        [f.result(timeout=30) for f in later]\n"
+        "        print(len(ex.worker_pids) > 1)\n",
+        tmp_path,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split("\n")[:2] == ["running [0, 1, 4]", "True"]
+    assert "could not start a worker process (OSError(24, 'Too many open files'))" in (
+        result.stderr
+    )
 
 
 def test_future_cancel_never_stops_a_running_task(
