@@ -8,7 +8,8 @@ meets a lambda or an exception does not pay for them).
   defined in a spawn-importable ``__main__`` stay by reference, so they share the
   worker's module globals with the initializer (loky/ray lose them, see FIELD-NOTES).
 * cloudpickle takes only what plain pickle cannot do right: lambdas, closures, local
-  classes, and definitions in an interactive ``__main__`` the workers cannot import.
+  classes, and definitions in an interactive ``__main__`` the workers cannot import, or
+  under the script's ``if __name__ == "__main__":`` guard, which their import skips.
 * Objects that may only reach a child by inheritance (Lock, Queue, Value...) are refused
   with a message that says to pass them through ``initargs``; when the hooks are pickled
   during spawn they pass, unless they were made for a fork context.
@@ -202,8 +203,10 @@ def dumps_data(obj: Any, *, snapshot: bool = True, remote: bool = False) -> Pick
     to the worker's pipe as they are. ``snapshot``: copy the writable ones now (the
     caller's thread may change them after submitting; a worker's result is its own).
 
-    Plain pickle is trusted only while ``__main__`` is importable in the workers: it would
-    pickle a function or class of an interactive ``__main__`` by a name they cannot find.
+    Plain pickle is trusted only while ``__main__`` is importable in the workers, and
+    defines nothing under its ``if __name__ == "__main__":`` guard: it would pickle a
+    function or class of an interactive ``__main__``, or from that guard, by a name they
+    cannot find.
     ``remote``: the workers are on a cluster, where ``__main__`` is never the caller's.
     """
     if _is_plain(obj, _LIFT_DEPTH):  # most small tasks: numbers and strings
@@ -212,7 +215,9 @@ def dumps_data(obj: Any, *, snapshot: bool = True, remote: bool = False) -> Pick
         return _main_elsewhere(dumps_data, obj, snapshot=snapshot)
     lifted = _lift(obj, _LIFT_DEPTH)
     state = _reusable_data
-    if not state.busy and _main_importable():  # busy: re-entered from a __reduce__
+    # busy: re-entered from a __reduce__. The C pickler would pickle what ``__main__``
+    # defines under its guard (an instance of a class there) by a name workers lack.
+    if not state.busy and _main_importable() and not _main_guarded():
         state.busy = True
         state.buffers.snapshot = snapshot
         pickler = state.pickler
@@ -373,7 +378,9 @@ def _by_value(obj: Any) -> bool:
     qualname: str = getattr(obj, "__qualname__", "")
     if module_name is None or "<" in qualname:  # <lambda>, <locals>
         return True
-    if module_name in ("__main__", "__mp_main__") and not _main_importable():
+    if module_name in ("__main__", "__mp_main__") and (
+        not _main_importable() or qualname.partition(".")[0] in _main_guarded()
+    ):
         return True
     module = sys.modules.get(module_name)
     if module is None:
@@ -421,6 +428,52 @@ def _main_elsewhere(dump: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         _pickling_for.cluster = before
 
 
+def _main_guarded() -> frozenset[str]:
+    """The functions and classes the ``__main__`` script defines only under its
+    ``if __name__ == "__main__":`` guard: a spawned worker's re-import of the script
+    skips that block, so they cannot travel by name. Read once per ``__main__``."""
+    main = sys.modules.get("__main__")
+    known = _guarded_answer
+    if known[0] is not main:
+        known[:] = [main, _guarded_names(getattr(main, "__file__", None))]
+    names: frozenset[str] = known[1]
+    return names
+
+
+_guarded_answer: list[Any] = [None, frozenset()]
+
+
+def _guarded_names(path: str | None) -> frozenset[str]:
+    """Names ``def``/``class``-defined inside a top-level ``if __name__ == "__main__":``
+    block of the file at ``path``, less those also defined at the top level. A scan of
+    the lines, not a parse: ``ast`` costs more to import than most scripts to read."""
+    import re
+
+    try:
+        with open(path or "", "rb") as file:  # (only ASCII matters here)
+            lines = file.read().decode("utf-8", "replace").splitlines()
+    except OSError:
+        lines = []
+    guard = re.compile(
+        r"""if\s+(__name__\s*==\s*['"]__main__['"]|['"]__main__['"]\s*==\s*__name__)\s*:"""
+    )
+    definition = re.compile(r"\s*(?:async\s+def|def|class)\s+([A-Za-z_]\w*)")
+    guarded: set[str] = set()
+    top: set[str] = set()
+    in_guard = False
+    for line in lines:
+        if line[:1] not in ("", " ", "\t", "#"):  # a top-level statement
+            in_guard = guard.match(line) is not None
+        found = definition.match(line)
+        if found is not None:
+            if line[:1] in (" ", "\t"):
+                if in_guard:
+                    guarded.add(found.group(1))
+            else:
+                top.add(found.group(1))
+    return frozenset(guarded - top)
+
+
 def _main_is_importable(main: Any) -> bool:
     name = getattr(getattr(main, "__spec__", None), "name", None)
     if name is not None:
@@ -441,11 +494,12 @@ def _check_inheritable(obj: Any) -> None:
         )
     if hasattr(obj, "_semlock") and _made_for_fork(obj):
         raise ValueError(
-            f"this {type(obj).__name__} was created from a 'fork' multiprocessing "
-            f"context (often the default one: multiprocessing.{type(obj).__name__}()), "
+            f"a multiprocessing {type(obj).__name__} in the hooks' arguments (itself, or "
+            f"inside a Queue, Value, Event, Condition...) was created from a 'fork' "
+            f"context (on Linux, the default one: multiprocessing.Queue(), .Lock()...), "
             f"but hookpool starts workers with 'spawn'; a child that used it would crash. "
-            f"Create it from the spawn context instead: "
-            f"multiprocessing.get_context('spawn').{type(obj).__name__}()."
+            f"Create it from hookpool's context instead: hookpool.get_context().Queue(), "
+            f".Lock(), .Value()... (the same as multiprocessing.get_context('spawn'))."
         )
 
 

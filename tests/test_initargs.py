@@ -382,6 +382,7 @@ def test_fork_context_object_is_refused(kind: str, where: str) -> None:
         pool.terminate()  # not reached when hookpool refuses it
     message = str(info.value)
     assert "fork" in message and "spawn" in message, message
+    assert "Create it from hookpool's context instead: hookpool.get_context()" in message
     assert child_pids() <= before, "a worker was started (or left behind)"
 
 

@@ -20,6 +20,7 @@ import tasks_api
 from conftest import HERE, run_script, shared_pool
 
 import hookpool
+import hookpool._serialize
 
 pytestmark = pytest.mark.usefixtures("collect_stopped_pools")
 
@@ -235,6 +236,113 @@ def test_script_main_functions_go_by_reference(tmp_path: Path) -> None:
         "closure [7, 14]",
         "done",
     ], result.stderr
+
+
+GUARDED_SCRIPT = textwrap.dedent(
+    """
+    import os
+    import sys
+    import hookpool
+
+    SEEN = "top-level global"
+
+
+    def helper(x):
+        return x + 1
+
+
+    def seen(_):
+        return SEEN  # by name: the worker's own module global
+
+
+    def call(fn, arg):
+        return fn(arg)
+
+
+    if __name__ == "__main__":
+        # Defined only when run as a script: a spawned worker's re-import skips this
+        # block, so these travel by value.
+        class Point:
+            def __init__(self, x, y):
+                self.x, self.y = x, y
+
+        def norm1(point):
+            return abs(point.x) + abs(point.y)
+
+        def twice_plus_one(x):
+            return helper(x * 2)
+
+        def moved(point):
+            return Point(point.x + 1, point.y)
+
+        def init():
+            global SEEN
+            SEEN = "set by init"  # in its own globals: it travels by value, as a lambda
+
+        def fin():
+            with open(os.path.join(sys.argv[1], f"fin-{os.getpid()}"), "w") as f:
+                f.write("1")
+
+        with hookpool.Pool(2, initializer=init, finalizer=fin) as pool:
+            print(pool.map(twice_plus_one, [1, 2, 3]))
+            print(pool.apply(norm1, (Point(3, -4),)))
+            print(pool.submit(moved, Point(1, 2)).result(timeout=30).x)
+            print(pool.map(seen, [0]))
+            print(pool.apply(call, (twice_plus_one, 5)))  # in the arguments too
+            print(pool.apply(call, (norm1, Point(1, 1))))
+            pool.close()
+            pool.join()
+        print("fins", len(os.listdir(sys.argv[1])))
+    """
+)
+
+
+def test_functions_and_classes_defined_under_the_main_guard(tmp_path: Path) -> None:
+    """What a script defines under ``if __name__ == "__main__":`` is not in the module
+    a spawned worker imports (with the standard library's spawn Pool, an AttributeError
+    in the worker): it travels by value, as task, hook or argument. A top-level function
+    still goes by name, and sees the worker's own module globals."""
+    out = tmp_path / "out"
+    out.mkdir()
+    result = run_script(GUARDED_SCRIPT, tmp_path, timeout=60, args=(str(out),))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == [
+        "[3, 5, 7]",
+        "7",
+        "2",
+        "['top-level global']",
+        "11",
+        "2",
+        "fins 2",
+    ], result.stderr
+
+
+@pytest.mark.parametrize(
+    ("source", "inside", "outside"),
+    [
+        (
+            'def a(): pass\nif __name__ == "__main__":\n    def b(): pass\n'
+            "    class C:\n        def m(self): pass\n    async def d(): pass\n",
+            {"b", "C", "d"},
+            {"a"},
+        ),
+        ("if '__main__' == __name__:\n    def b(): pass\nelse:\n    def e(): pass\n", {"b"}, {"e"}),
+        ('if __name__ == "__main__":\n    def b(): pass\ndef b(): pass\n', set(), {"b"}),
+        ("try:\n    def t(): pass\nexcept ImportError:\n    pass\n", set(), {"t"}),
+        ('if __name__ == "__main__":\n\n    # a comment\n\n    def b(): pass\n', {"b"}, set()),
+    ],
+    ids=["guard", "reversed-and-else", "also-top-level", "other-block", "blank-lines"],
+)
+def test_which_names_the_main_guard_holds(
+    tmp_path: Path, source: str, inside: set[str], outside: set[str]
+) -> None:
+    """(A method's name may count as guarded too: no function of ``__main__`` is named
+    after it, unless one defined at the top level, which goes by name.)"""
+    script = tmp_path / "script.py"
+    script.write_text(source)
+    names = hookpool._serialize._guarded_names(str(script))
+    assert inside <= names
+    assert not outside & names
 
 
 SOURCE_WITHOUT_FILE = textwrap.dedent(
