@@ -461,13 +461,14 @@ def _answer(
     buffers: tuple[Any, ...],
 ) -> wire.Done | wire.Failed:
     """Run one task: as ``_worker._Worker._call`` does, without a pipe."""
-    stage = wire.Stage.ARGS
+    stage = wire.Stage.FUNCTION
     try:
         fn = pool.functions.get(fn_id)
         if fn is None:
             if len(pool.functions) >= FUNCTIONS_KEPT:
                 pool.functions.clear()
             fn = pool.functions[fn_id] = pool.adopt(loads(fn_data))
+        stage = wire.Stage.ARGS
         args = loads_data(args_data, buffers)
         stage = wire.Stage.RUN
         result = _run(kind, fn, args)

@@ -67,8 +67,9 @@ class Dialect:
         if message.stage is wire.Stage.RESULT:
             reason = f"{message.error.type_name}: {message.error.message}"
             return self.unpicklable_result(error, reason, message.value_repr, task, worker)
-        if message.stage is wire.Stage.ARGS:
-            _add_note(error, f"hookpool: raised while unpickling {task} in worker {worker}")
+        if message.stage is wire.Stage.ARGS or message.stage is wire.Stage.FUNCTION:
+            what = "the function of " if message.stage is wire.Stage.FUNCTION else ""
+            _add_note(error, f"hookpool: raised while unpickling {what}{task} in worker {worker}")
         return error
 
     def unpicklable_result(
@@ -118,9 +119,10 @@ class _ExecutorDialect(Dialect):
     def failed(
         self, message: wire.Failed, error: BaseException, task: str, worker: str
     ) -> BaseException:
-        if message.stage is wire.Stage.ARGS:
+        if message.stage is wire.Stage.ARGS or message.stage is wire.Stage.FUNCTION:
+            what = "the function of " if message.stage is wire.Stage.FUNCTION else ""
             return _decoding_error(
-                f"{task} could not be unpickled in worker {worker}: "
+                f"{what}{task} could not be unpickled in worker {worker}: "
                 f"{message.error.type_name}: {message.error.message}",
                 error,
             )

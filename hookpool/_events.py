@@ -188,11 +188,19 @@ class WorkerEvents:
         cause = rebuild(message.error, self.dialect.remote_traceback)
         from ._std_errors import InitializerError
 
+        if message.unpickling:
+            what = "the hooks (initializer, finalizer, their arguments) would not unpickle"
+            advice = (
+                "each hook must be importable by name in the workers, or travel by value "
+                "(a lambda, a closure, a function of the script)"
+            )
+        else:
+            what = "the initializer raised"
+            advice = "fix the initializer, or catch the error inside it"
         error = InitializerError(
-            f"the initializer raised in worker {worker.name} (pid {worker.pid}): "
+            f"{what} in worker {worker.name} (pid {worker.pid}): "
             f"{message.error.type_name}: {message.error.message}. hookpool does not "
-            f"restart workers whose initializer fails; fix the initializer, or catch "
-            f"the error inside it"
+            f"restart workers whose initializer fails; {advice}"
         )
         error.__cause__ = cause
         worker.move(WorkerState.STOPPING)

@@ -157,9 +157,11 @@ class Ready(NamedTuple):
 
 
 class InitFailed(NamedTuple):
-    """The initializer raised; the worker exits without running any task."""
+    """The initializer raised, or the hooks would not unpickle (``unpickling``); the
+    worker exits without running any task."""
 
     error: ErrorReport
+    unpickling: bool = False
 
 
 class Done(NamedTuple):
@@ -176,8 +178,9 @@ class Stage(enum.IntEnum):
     failure to unpickle a task, or to pickle its result, differently (``_dialect``)."""
 
     RUN = 0  #: the function raised
-    ARGS = 1  #: the function or the arguments could not be unpickled
+    ARGS = 1  #: the arguments could not be unpickled
     RESULT = 2  #: the result could not be pickled
+    FUNCTION = 3  #: the function could not be unpickled
 
 
 class Failed(NamedTuple):

@@ -181,15 +181,17 @@ class _Worker:
 
     def _initialize(self, spawned: SpawnedHooks) -> multiprocessing.util.Finalize | None:
         """Run the initializer; register the finalizer; report Ready or InitFailed."""
+        unpickling = True
         try:
             if self.config.log_level is not None:
                 _ForwardLogging(self._send, self.config.log_level).when_used()
             hooks: Hooks = spawned.load()
+            unpickling = False
             hooks.initialize()
         except BaseException as exc:
             self.phase = _Phase.LEAVING
             with contextlib.suppress(OSError, EOFError):  # the parent may be gone already
-                self._send(wire.InitFailed(capture(exc, skip_frames=2)))
+                self._send(wire.InitFailed(capture(exc, skip_frames=2), unpickling))
             return None
         finalizer = multiprocessing.util.Finalize(
             None, self._finalize, (hooks,), exitpriority=_FINALIZE_PRIORITY
@@ -279,9 +281,10 @@ class _Worker:
                 queued.append(message)
 
     def _call(self, call: wire.Call) -> None:
-        stage = wire.Stage.ARGS
+        stage = wire.Stage.FUNCTION
         try:
             fn = self._function(call.fn)
+            stage = wire.Stage.ARGS
             args = loads_data(call.args, call.buffers)
             stage = wire.Stage.RUN
             self.phase = _Phase.RUNNING

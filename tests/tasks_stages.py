@@ -53,6 +53,13 @@ class FailsToUnpickle:
         return act_on_load, (self.how, self.where)
 
 
+class CallableFailsToUnpickle(FailsToUnpickle):
+    """A task function that pickles, and acts while being unpickled in ``where``."""
+
+    def __call__(self, arg: object) -> str:
+        return take(arg)
+
+
 def take(arg: object) -> str:
     return type(arg).__name__
 

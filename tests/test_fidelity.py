@@ -233,6 +233,24 @@ def test_pool_crash_matrix(pool: hookpool.Pool, stage: str, how: str) -> None:
     assert pool.apply(stages.square, (3,)) == 9
 
 
+def test_a_function_that_will_not_unpickle_is_told_from_its_arguments(
+    pool: hookpool.Pool, executor: hookpool.ProcessPoolExecutor
+) -> None:
+    bad_function = stages.CallableFailsToUnpickle("error", "worker")
+    bad_argument = stages.FailsToUnpickle("error", "worker")
+    error = _outcome(pool.apply_async(bad_function, (1,)).future)
+    assert type(error) is ValueError
+    assert error.__notes__[0].startswith("hookpool: raised while unpickling the function of ")
+    error = _outcome(pool.apply_async(stages.take, (bad_argument,)).future)
+    assert error.__notes__[0].startswith("hookpool: raised while unpickling task take()")
+
+    error = _outcome(executor.submit(bad_function, 1))
+    assert type(error) is hookpool.TaskDecodingError
+    assert str(error).startswith("the function of task ")
+    error = _outcome(executor.submit(stages.take, bad_argument))
+    assert str(error).startswith("task take() could not be unpickled")
+
+
 #: The cells where the standard library's executor stays usable and gives the task's
 #: own error, and those where it breaks (every pending future fails, BrokenProcessPool).
 SAME_AS_STDLIB = [

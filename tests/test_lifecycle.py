@@ -16,6 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import tasks_stages
 from conftest import HERE, assert_gone, run_script
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -535,6 +536,19 @@ def test_finalizer_error_does_not_break_recycling(
     assert len(inits) >= 4
     records = [r for r in caplog.records if r.name == "hookpool"]
     assert len(records) == len(inits)
+
+
+def test_hooks_that_will_not_unpickle_are_not_called_an_initializer_error(
+    make_pool: Callable[..., hookpool.Pool],
+) -> None:
+    pool = make_pool(1, initializer=tasks_stages.CallableFailsToUnpickle("error", "worker"))
+    with pytest.raises(hookpool.InitializerError) as info:
+        pool.apply(square, (2,))
+    message = str(info.value)
+    assert message.startswith("the hooks (initializer, finalizer, their arguments) would not")
+    assert "ValueError: error on purpose" in message
+    assert "importable by name in the workers" in message
+    assert isinstance(info.value.__cause__, ValueError)
 
 
 def check_initializer_error(error: BaseException) -> None:
