@@ -91,7 +91,7 @@ class ProcessPoolExecutor(concurrent.futures.Executor):
                 raise TypeError("max_tasks_per_child must be an integer")
             if max_tasks_per_child <= 0:
                 raise ValueError("max_tasks_per_child must be >= 1")
-        ctx = resolve(mp_context)
+        ctx = resolve(mp_context, "mp_context")
         max_memory = check_memory_limit(max_memory_per_child)
         hooks = Hooks.validate(initializer, initargs, finalizer, finalargs)
         self._max_workers = max_workers

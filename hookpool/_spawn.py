@@ -255,8 +255,9 @@ def inline_requested(inline: bool | None) -> bool:
     )
 
 
-def resolve(context: object) -> SpawnContext:
+def resolve(context: object, parameter: str = "context") -> SpawnContext:
     """Return the context workers start from: spawn unless a forkserver one is asked for.
+    ``parameter``: its name, for the error messages.
 
     Raises:
         ValueError: for a fork context (or its name), or an unknown start method.
@@ -270,7 +271,7 @@ def resolve(context: object) -> SpawnContext:
         method = context.get_start_method()
     else:
         raise TypeError(
-            f"context must be a multiprocessing context or a start method name, "
+            f"{parameter} must be a multiprocessing context or a start method name, "
             f"not {type(context).__name__}"
         )
     if method not in ALLOWED_START_METHODS:
@@ -278,7 +279,7 @@ def resolve(context: object) -> SpawnContext:
             f"hookpool starts workers with 'spawn' (or 'forkserver'), not {method!r}: a "
             f"forked worker inherits the parent's threads and locks in whatever state they "
             f"were in, and primitives made for one start method crash in children of "
-            f"another. Pass context=None (spawn) or 'forkserver'."
+            f"another. Pass {parameter}=None (spawn) or 'forkserver'."
         )
     if method == "forkserver":
         return multiprocessing.get_context("forkserver")

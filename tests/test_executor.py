@@ -643,7 +643,7 @@ def test_hookpool_constructor_refuses_fork_and_is_an_executor(make_hook: MakeExe
     threads = _manager_threads()
     with pytest.raises(ValueError, match="spawn"):
         make_hook(1, mp_context=multiprocessing.get_context("fork"))
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"Pass mp_context=None \(spawn\)"):
         make_hook(1, mp_context="fork")
     assert _manager_threads() == threads
     assert issubclass(hookpool.ProcessPoolExecutor, concurrent.futures.Executor)
