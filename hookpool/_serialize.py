@@ -585,7 +585,7 @@ def rebuild(
         try:
             from tblib import Traceback
 
-            exc = exc.with_traceback(Traceback.from_dict(report.frames).as_traceback())
+            exc = exc.with_traceback(_as_traceback(Traceback.from_dict(report.frames)))
         except Exception:  # pragma: no cover - keep the exception, lose the frames
             pass
     if report.cause is not None:
@@ -598,6 +598,49 @@ def rebuild(
         exc.__context__ = exc.__cause__
     exc.__suppress_context__ = report.suppress_context
     return exc
+
+
+def _as_traceback(frames: Any) -> types.TracebackType | None:
+    """A real traceback for tblib's ``frames``: one frame per worker frame, each made by
+    running a stub under the worker frame's file, line and function name, as tblib's
+    ``as_traceback`` does. tblib's stub fails on a name at fixed columns, which Python
+    3.11+ shows as carets under the wrong part of the line; this one fails on a call
+    spanning the whole line as read here, so the carets are left out, as for a worker
+    frame whose error spans its line."""
+    import linecache
+
+    top: types.TracebackType | None = None
+    last: types.TracebackType | None = None
+    while frames is not None:
+        code = frames.tb_frame.f_code
+        lineno = frames.tb_lineno
+        line = linecache.getline(code.co_filename, lineno)
+        indent = len(line) - len(line.lstrip()) if lineno > 1 else 0
+        stub = _stub(indent, len(line.strip().encode())).replace(
+            co_firstlineno=lineno - 1 if indent else lineno,
+            co_filename=code.co_filename,
+            co_name=code.co_name,
+        )
+        try:
+            exec(stub, {**frames.tb_frame.f_globals, "_": None})
+        except TypeError:  # None is not callable: the stub's own frame
+            made = sys.exc_info()[2].tb_next  # type: ignore[union-attr]
+            if last is None:
+                top = made
+            else:
+                last.tb_next = made
+            last = made
+        frames = frames.tb_next
+    return top
+
+
+@functools.lru_cache(maxsize=128)
+def _stub(indent: int, width: int) -> types.CodeType:
+    """Code whose one statement, a call that fails, spans ``width`` columns after
+    ``indent`` (the least: ``_()``); on its second line when indented (under ``if 1:``)."""
+    call = "_(" + " " * max(0, width - 3) + ")"
+    source = f"if 1:\n{' ' * indent}{call}" if indent else call
+    return compile(source, "<hookpool>", "exec")
 
 
 def _qualified_name(kind: type) -> str:

@@ -79,6 +79,21 @@ def test_worker_exception_is_reraised_with_its_frames(pool: hookpool.Pool, how: 
     assert innermost.name == function.__name__
 
 
+def test_worker_frames_print_without_misplaced_carets(pool: hookpool.Pool) -> None:
+    """Python 3.11+ underlines the failing part of each line with carets, from the code's
+    column table. A worker frame has no such table here (the columns tblib's stubs gave
+    it pointed at the wrong part of the line): it prints without carets, as a frame
+    whose error spans its line, and with its own line number."""
+    with pytest.raises(ValueError) as info:
+        pool.apply(tasks.fail_at, (3, 3))
+    printed = "".join(traceback.format_exception(info.value)).splitlines()
+    line = _line_of(tasks.fail_at, 'raise ValueError(f"bad item {x}")')
+    # (The first is in the quoted text of the cause, printed first.)
+    at = [i for i, text in enumerate(printed) if f"line {line}, in fail_at" in text][-1]
+    assert printed[at + 1].strip() == 'raise ValueError(f"bad item {x}")'
+    assert not set(printed[at + 2].strip()) <= set("^~"), printed[at : at + 3]
+
+
 def test_remote_traceback_is_the_cause(pool: hookpool.Pool) -> None:
     with pytest.raises(ValueError) as info:
         pool.apply(tasks.raise_value_error, ("with a cause",))
