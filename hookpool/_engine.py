@@ -223,7 +223,7 @@ def refusal(
     if state is PoolState.BROKEN:
         from ._std_errors import PoolBrokenError
 
-        error = PoolBrokenError(f"{name} is broken and cannot run tasks: {broken_error}")
+        error = PoolBrokenError(f"the pool ({name}) is broken and cannot run tasks: {broken_error}")
         error.__cause__ = broken_error
         return error
     return dialect.closed_error()

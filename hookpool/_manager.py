@@ -484,8 +484,8 @@ class Manager(WorkerEvents):
             from ._std_errors import PoolBrokenError
 
             error = PoolBrokenError(
-                f"{self._name} has no worker left to run its tasks and could not start "
-                f"one: {exc!r} ({self._startup_failures} workers in a row failed to start)"
+                f"the pool ({self._name}) has no worker left to run its tasks and could not "
+                f"start one: {exc!r} ({self._startup_failures} workers in a row failed to start)"
             )
             error.__cause__ = exc
             self._become(PoolState.BROKEN, error)
@@ -493,7 +493,7 @@ class Manager(WorkerEvents):
         if not self._start_failing:  # (not again at every try)
             self._start_failing = True
             logger.warning(
-                "hookpool: %s could not start a worker process (%r); it tries again every "
+                "hookpool: the pool %s could not start a worker process (%r); it tries again every "
                 "%s s, its %d running worker(s) meanwhile run the tasks",
                 self._name,
                 exc,
