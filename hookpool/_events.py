@@ -313,16 +313,13 @@ class WorkerEvents:
         try:
             return self._adopt(started)
         except BaseException:  # (no descriptor to spare for its nudge, say)
-            _, process, conn, stop_fd = started
-            conn.close()
-            with contextlib.suppress(OSError):
-                os.close(stop_fd)
-            process.kill()  # a worker nobody owns must not run on
-            process.join(REAP_SECONDS)
+            started.process.kill()  # a worker nobody owns must not run on
+            started.process.join(REAP_SECONDS)
             raise
 
     def _adopt(self, started: Any) -> WorkerHandle:
-        """Own a started worker; on failure nothing of it is kept (see _start_worker)."""
+        """Own a started worker; if that fails, its descriptors are closed and nothing
+        of it is kept (``_start_worker`` then kills it)."""
         name, process, conn, stop_fd = started
         assert process.pid is not None
         worker = WorkerHandle(
@@ -333,16 +330,20 @@ class WorkerEvents:
             reader=wire.FrameReader(conn, self._scratch),
             slot=StopSlot(stop_fd),
         )
-        if self.fastpath.enabled:
-            worker.nudge = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
-            try:
+        watched: list[int] = []
+        try:
+            if self.fastpath.enabled:
+                worker.nudge = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
                 worker.socket = socket.socket(fileno=os.dup(conn.fileno()))
-            except BaseException:
-                os.close(worker.nudge)
-                raise
+            self.poller.register(conn.fileno(), (self._on_readable, worker))
+            watched.append(conn.fileno())
+            self.poller.register(process.sentinel, (self._on_exit, worker))
+        except BaseException:
+            for fd in watched:
+                self.poller.unregister(fd)
+            worker.close()
+            raise
         self._workers.append(worker)
-        self.poller.register(conn.fileno(), (self._on_readable, worker))
-        self.poller.register(process.sentinel, (self._on_exit, worker))
         return worker
 
     def _stop_worker(self, worker: WorkerHandle, *, signal_it: bool, reason: str = "") -> None:

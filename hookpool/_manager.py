@@ -479,7 +479,8 @@ class Manager(WorkerEvents):
             alive += 1
 
     def _could_not_start(self, exc: Exception, alive: int) -> None:
-        self._startup_failures += 1  # (counted with the workers that die while starting)
+        if not alive:  # (counted with the workers that die while starting)
+            self._startup_failures += 1
         if not alive and self._startup_failures >= STARTUP_FAILURES_TO_BREAK:
             from ._std_errors import PoolBrokenError
 
