@@ -215,9 +215,7 @@ def dumps_data(obj: Any, *, snapshot: bool = True, remote: bool = False) -> Pick
         return _main_elsewhere(dumps_data, obj, snapshot=snapshot)
     lifted = _lift(obj, _LIFT_DEPTH)
     state = _reusable_data
-    # busy: re-entered from a __reduce__. The C pickler would pickle what ``__main__``
-    # defines under its guard (an instance of a class there) by a name workers lack.
-    if not state.busy and _main_importable() and not _main_guarded():
+    if not state.busy and _main_importable():  # busy: re-entered from a __reduce__
         state.busy = True
         state.buffers.snapshot = snapshot
         pickler = state.pickler
@@ -226,7 +224,13 @@ def dumps_data(obj: Any, *, snapshot: bool = True, remote: bool = False) -> Pick
             pickler.dispatch_table = state.table = table
         try:
             pickler.dump(lifted)
-            return state.stream.getvalue(), state.buffers.take()
+            data = state.stream.getvalue()
+            # The C pickler names whatever it meets; what the script defines under its
+            # guard, the workers' import of it lacks: a pickle that may name one of
+            # those is made again, below.
+            if b"__main__" not in data or not _names_guarded(data):
+                return data, state.buffers.take()
+            state.buffers.take()
         except Exception:
             state.buffers.take()  # and pickle it again, below
         finally:
@@ -443,35 +447,47 @@ def _main_guarded() -> frozenset[str]:
 _guarded_answer: list[Any] = [None, frozenset()]
 
 
+def _names_guarded(data: bytes) -> bool:
+    """Whether the pickle ``data`` may name something defined under the guard (a
+    guarded name in it: perhaps only in a string, which costs a slower pickling)."""
+    return any(name.encode() in data for name in _main_guarded())
+
+
 def _guarded_names(path: str | None) -> frozenset[str]:
     """Names ``def``/``class``-defined inside a top-level ``if __name__ == "__main__":``
-    block of the file at ``path``, less those also defined at the top level. A scan of
-    the lines, not a parse: ``ast`` costs more to import than most scripts to read."""
+    block of the file at ``path``, less those defined anywhere else at module level (at
+    the top, or in a top-level ``try``/``if``/``with``... block: a method name there
+    counts too, so that a module-level function is never taken for a guarded one). A
+    scan of the lines, not a parse: ``ast`` costs more to import than most scripts to
+    read; a guarded definition it misses goes by name, as without this."""
     import re
 
     try:
         with open(path or "", "rb") as file:  # (only ASCII matters here)
-            lines = file.read().decode("utf-8", "replace").splitlines()
+            text = file.read().decode("utf-8", "replace")
     except OSError:
-        lines = []
+        return frozenset()
     guard = re.compile(
-        r"""if\s+(__name__\s*==\s*['"]__main__['"]|['"]__main__['"]\s*==\s*__name__)\s*:"""
+        r"""if\s*\(?\s*(__name__\s*==\s*(['"])__main__\2|(['"])__main__\3\s*==\s*__name__)"""
+        r"""\s*\)?\s*:"""
     )
     definition = re.compile(r"\s*(?:async\s+def|def|class)\s+([A-Za-z_]\w*)")
     guarded: set[str] = set()
-    top: set[str] = set()
-    in_guard = False
-    for line in lines:
+    elsewhere: set[str] = set()
+    in_guard = in_definition = False
+    for line in text.replace("\r\n", "\n").replace("\r", "\n").split("\n"):
+        found = definition.match(line)
         if line[:1] not in ("", " ", "\t", "#"):  # a top-level statement
             in_guard = guard.match(line) is not None
-        found = definition.match(line)
-        if found is not None:
-            if line[:1] in (" ", "\t"):
-                if in_guard:
-                    guarded.add(found.group(1))
-            else:
-                top.add(found.group(1))
-    return frozenset(guarded - top)
+            in_definition = found is not None  # (what it nests is not module-level)
+            if found is not None:
+                elsewhere.add(found.group(1))
+        elif found is not None:
+            if in_guard:
+                guarded.add(found.group(1))
+            elif not in_definition:
+                elsewhere.add(found.group(1))
+    return frozenset(guarded - elsewhere)
 
 
 def _main_is_importable(main: Any) -> bool:
@@ -614,9 +630,9 @@ def _as_traceback(frames: Any) -> types.TracebackType | None:
     while frames is not None:
         code = frames.tb_frame.f_code
         lineno = frames.tb_lineno
-        line = linecache.getline(code.co_filename, lineno)
+        line = linecache.getline(code.co_filename, lineno).rstrip("\r\n")
         indent = len(line) - len(line.lstrip()) if lineno > 1 else 0
-        stub = _stub(indent, len(line.strip().encode())).replace(
+        stub = _stub(indent, len(line.encode()) - indent).replace(
             co_firstlineno=lineno - 1 if indent else lineno,
             co_filename=code.co_filename,
             co_name=code.co_name,

@@ -329,9 +329,29 @@ def test_functions_and_classes_defined_under_the_main_guard(tmp_path: Path) -> N
         ("if '__main__' == __name__:\n    def b(): pass\nelse:\n    def e(): pass\n", {"b"}, {"e"}),
         ('if __name__ == "__main__":\n    def b(): pass\ndef b(): pass\n', set(), {"b"}),
         ("try:\n    def t(): pass\nexcept ImportError:\n    pass\n", set(), {"t"}),
+        (
+            "try:\n    from x import work\nexcept ImportError:\n    def work(): pass\n"
+            "if __name__ == '__main__':\n    class Job:\n        def work(self): pass\n",
+            {"Job"},
+            {"work"},  # a module-level function, whatever the guard's methods are named
+        ),
+        (
+            "class Top:\n    def helper(self): pass\n"
+            "if (__name__ == '__main__'):\n    def helper(): pass\n",
+            {"helper"},  # a method of a top-level class is not module-level
+            {"Top"},
+        ),
         ('if __name__ == "__main__":\n\n    # a comment\n\n    def b(): pass\n', {"b"}, set()),
     ],
-    ids=["guard", "reversed-and-else", "also-top-level", "other-block", "blank-lines"],
+    ids=[
+        "guard",
+        "reversed-and-else",
+        "also-top-level",
+        "other-block",
+        "method-named-as-a-function",
+        "parenthesized-guard",
+        "blank-lines",
+    ],
 )
 def test_which_names_the_main_guard_holds(
     tmp_path: Path, source: str, inside: set[str], outside: set[str]
