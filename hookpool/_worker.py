@@ -181,10 +181,11 @@ class _Worker:
 
     def _initialize(self, spawned: SpawnedHooks) -> multiprocessing.util.Finalize | None:
         """Run the initializer; register the finalizer; report Ready or InitFailed."""
-        unpickling = True
+        unpickling = False
         try:
             if self.config.log_level is not None:
                 _ForwardLogging(self._send, self.config.log_level).when_used()
+            unpickling = True
             hooks: Hooks = spawned.load()
             unpickling = False
             hooks.initialize()
