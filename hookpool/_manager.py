@@ -452,14 +452,24 @@ class Manager(WorkerEvents):
         alive = sum(1 for w in self._workers if not w.stopping and not w.condemned)
         if state is PoolState.RUNNING or self._queue:
             if self._wanted < self._size:
-                outstanding = len(self._queue) + sum(len(w.inflight) for w in self._workers)
-                self._wanted = min(self._size, max(self._wanted, outstanding))
+                self._wanted = min(self._size, max(self._wanted, self._outstanding()))
             if alive < self._wanted:
                 self._grow(alive)
         elif not self._queue and not self._holds and not any(w.inflight for w in self._workers):
             for worker in self._workers:
                 if not worker.stopping:
                     self._stop_worker(worker, signal_it=False, reason="close")
+
+    def _outstanding(self) -> int:
+        """The tasks out and queued, up to the pool's size; not one cancelled while
+        queued (it needs no worker: a worker that frees drops it)."""
+        count = sum(len(w.inflight) for w in self._workers)
+        for task in self._queue:
+            if count >= self._size:
+                break
+            if not task.future.done():
+                count += 1
+        return count
 
     def _grow(self, alive: int) -> None:
         """Start workers until ``alive`` reaches ``_wanted`` (a replacement, or the

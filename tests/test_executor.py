@@ -22,7 +22,7 @@ import threading
 import time
 import types
 from collections.abc import Callable, Iterator
-from concurrent.futures import CancelledError
+from concurrent.futures import CancelledError, Future
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any
@@ -40,6 +40,7 @@ from tasks import (
     sleep_then_pid,
     square,
 )
+from tasks_api import hold_until
 from tasks_exec import join_manager, kill_self, mark_then_sleep, running_pids, write_marker
 
 import hookpool
@@ -185,6 +186,40 @@ def test_no_thread_of_a_pool_outlives_its_shutdown(tmp_path: Path) -> None:
     result = run_script(script, tmp_path)
     assert result.returncode == 0, result.stderr
     assert result.stdout.split("\n")[:2] == ["False", "[]"], result.stdout
+
+
+def test_tasks_cancelled_while_queued_start_no_worker(
+    make_hook: MakeExecutor, tmp_path: Path
+) -> None:
+    """The executor grows for the tasks that wait, not for those cancelled meanwhile
+    (``shutdown(cancel_futures=True)`` after a burst, say): starting a worker, with its
+    initializer and finalizer, only to drop them is waste."""
+    d = str(tmp_path)
+    ex = make_hook(4, initializer=init_record, initargs=(d,))
+    go_long, go_first, go_next = (str(tmp_path / name) for name in ("long", "first", "next"))
+    long_one = ex.submit(hold_until, go_long)
+    first = ex.submit(hold_until, go_first)  # on a second worker, started for it
+    wait_for(lambda: len(counts(d)[0]) == 2, 30, "two workers")
+    queued: list[Future[Any]] = []
+
+    def burst(_: Future[Any]) -> None:
+        # On the manager thread, as the first ends: both workers are busy again once it
+        # returns, and six cancelled tasks wait in the queue.
+        queued.append(ex.submit(hold_until, go_next))
+        queued.extend(ex.submit(square, i) for i in range(6))
+        for future in queued[1:]:
+            future.cancel()
+
+    first.add_done_callback(burst)
+    Path(go_first).touch()
+    wait_for(lambda: len(queued) == 7, 30, "the burst")
+    assert all(future.cancelled() for future in queued[1:])
+    time.sleep(0.3)  # (a worker started for them would be starting by now)
+    assert len(ex.worker_pids) == 2
+    Path(go_next).touch()
+    Path(go_long).touch()
+    assert queued[0].result(timeout=30) == long_one.result(timeout=30) is None
+    assert len(counts(d)[0]) == 2
 
 
 def test_map_in_order_with_several_iterables_and_chunksize(make_executor: MakeExecutor) -> None:
