@@ -627,27 +627,33 @@ def _as_traceback(frames: Any) -> types.TracebackType | None:
 
     top: types.TracebackType | None = None
     last: types.TracebackType | None = None
-    while frames is not None:
-        code = frames.tb_frame.f_code
-        lineno = frames.tb_lineno
-        line = linecache.getline(code.co_filename, lineno).rstrip("\r\n")
-        indent = len(line) - len(line.lstrip()) if lineno > 1 else 0
-        stub = _stub(indent, len(line.encode()) - indent).replace(
-            co_firstlineno=lineno - 1 if indent else lineno,
-            co_filename=code.co_filename,
-            co_name=code.co_name,
-        )
-        try:
-            exec(stub, {**frames.tb_frame.f_globals, "_": None})
-        except TypeError:  # None is not callable: the stub's own frame
-            made = sys.exc_info()[2].tb_next  # type: ignore[union-attr]
-            if last is None:
-                top = made
-            else:
-                last.tb_next = made
-            last = made
-        frames = frames.tb_next
-    return top
+    made: types.TracebackType | None = None
+    try:
+        while frames is not None:
+            code = frames.tb_frame.f_code
+            lineno = frames.tb_lineno
+            line = linecache.getline(code.co_filename, lineno).rstrip("\r\n")
+            indent = len(line) - len(line.lstrip()) if lineno > 1 else 0
+            stub = _stub(indent, len(line.encode()) - indent).replace(
+                co_firstlineno=lineno - 1 if indent else lineno,
+                co_filename=code.co_filename,
+                co_name=code.co_name,
+            )
+            try:
+                exec(stub, {**frames.tb_frame.f_globals, "_": None})
+            except TypeError:  # None is not callable: the stub's own frame
+                made = sys.exc_info()[2].tb_next  # type: ignore[union-attr]
+                if last is None:
+                    top = made
+                else:
+                    last.tb_next = made
+                last = made
+            frames = frames.tb_next
+        return top
+    finally:
+        # Each stub frame's f_back is this frame, which keeps its locals: without this,
+        # they would hold the traceback in a cycle (as tblib's as_traceback avoids too).
+        top = last = made = None
 
 
 @functools.lru_cache(maxsize=128)
