@@ -491,25 +491,26 @@ class Manager(WorkerEvents):
     def _could_not_start(self, exc: Exception, alive: int) -> None:
         if not alive:  # (counted with the workers that die while starting)
             self._startup_failures += 1
-        if not alive and self._startup_failures >= STARTUP_FAILURES_TO_BREAK:
-            from ._std_errors import PoolBrokenError
+            if self._startup_failures >= STARTUP_FAILURES_TO_BREAK:
+                from ._std_errors import PoolBrokenError
 
-            error = PoolBrokenError(
-                f"the pool ({self._name}) has no worker left to run its tasks and could not "
-                f"start one: {exc!r} ({self._startup_failures} workers in a row failed to start)"
-            )
-            error.__cause__ = exc
-            self._become(PoolState.BROKEN, error)
-            return
+                error = PoolBrokenError(
+                    f"the pool ({self._name}) has no worker left to run its tasks and could "
+                    f"not start one: {exc!r} ({self._startup_failures} workers in a row "
+                    f"failed to start)"
+                )
+                error.__cause__ = exc
+                self._become(PoolState.BROKEN, error)
+                return
         if not self._start_failing:  # (not again at every try)
             self._start_failing = True
             logger.warning(
-                "hookpool: the pool %s could not start a worker process (%r); it tries again every "
-                "%s s, its %d running worker(s) meanwhile run the tasks",
+                "hookpool: the pool %s could not start a worker process (%r); it tries again "
+                "every %s s%s",
                 self._name,
                 exc,
                 START_AGAIN_SECONDS,
-                alive,
+                f", its {alive} other worker(s) run the tasks meanwhile" if alive else "",
             )
         self._start_again_at = time.monotonic() + START_AGAIN_SECONDS
 

@@ -204,9 +204,9 @@ def dumps_data(obj: Any, *, snapshot: bool = True, remote: bool = False) -> Pick
     caller's thread may change them after submitting; a worker's result is its own).
 
     Plain pickle is trusted only while ``__main__`` is importable in the workers, and
-    defines nothing under its ``if __name__ == "__main__":`` guard: it would pickle a
-    function or class of an interactive ``__main__``, or from that guard, by a name they
-    cannot find.
+    only with a pickle that names nothing the script defines under its ``if __name__ ==
+    "__main__":`` guard: it would pickle a function or class of an interactive
+    ``__main__``, or from that guard, by a name they cannot find.
     ``remote``: the workers are on a cluster, where ``__main__`` is never the caller's.
     """
     if _is_plain(obj, _LIFT_DEPTH):  # most small tasks: numbers and strings
