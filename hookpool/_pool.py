@@ -227,7 +227,7 @@ class Pool:
             wire.CallKind.MAP,
             task_timeout,
             progress,
-            waits="Pool.map()",
+            waits=True,
         ).get()
 
     def map_async(
@@ -276,7 +276,7 @@ class Pool:
             wire.CallKind.STARMAP,
             task_timeout,
             progress,
-            waits="Pool.starmap()",
+            waits=True,
         ).get()
 
     def starmap_async(
@@ -313,21 +313,21 @@ class Pool:
         task_timeout: float | None,
         progress: ProgressOption,
         *,
-        waits: str | None = None,
+        waits: bool = False,
     ) -> MapResult[Any]:
-        """``waits``: the blocking call this is (``map``, ``starmap``), refused from a
-        callback of this pool before its tasks go, unless it has none to wait for."""
+        """``waits``: for ``map`` and ``starmap``, which wait for the result: refused from
+        a callback of this pool before the tasks go, unless there are none to wait for."""
         self._manager.check_running()
         items = iterable if isinstance(iterable, list | tuple) else list(iterable)
-        if waits is not None and items:
-            check_not_from_callback(waits, self._manager)
+        method = "map" if kind is wire.CallKind.MAP else "starmap"
+        if waits and items:
+            check_not_from_callback(f"Pool.{method}()", self._manager)
         if chunksize is None:
             chunksize, extra = divmod(len(items), self._processes * 4)
             if extra:
                 chunksize += 1
         elif chunksize < 1:
             raise ValueError(f"Chunksize must be 1+, not {chunksize:n}")
-        method = "map" if kind is wire.CallKind.MAP else "starmap"
         timeout = self._timeout(task_timeout)
         return submit_map(
             self._manager,
