@@ -78,6 +78,14 @@ FUNCTIONS_KEPT = 256
 #: Measured with 2 one-thread workers, map chunksize=1 of tiny tasks: 2: 2.5x raw
 #: client.map, 4: 1.7x, 8: 1.6x, 16: 1.6x.
 TASKS_PER_THREAD = 8
+#: The answers of finished tasks are fetched together (one ``gather``, one round trip
+#: through the scheduler): once this share of the pool's room on the cluster has
+#: finished, once none of its other tasks is still running, or once the first has
+#: waited FETCH_WAIT_SECONDS. Handing over waits for the same share of room, while every
+#: worker thread has a task (``_dispatch``).
+BATCH_SHARE = 0.5
+#: How long a finished task's answer may wait for others to be fetched with it.
+FETCH_WAIT_SECONDS = 0.005
 
 
 def connect(cluster: object) -> tuple[Any, bool]:
@@ -127,8 +135,9 @@ class _InFlight:
         #: Its outcome is settled (timed out, say) while its dask future has not finished:
         #: it still holds a worker thread, so it still takes a slot (``_dispatch``).
         self.settled = False
-        #: Its dask future finished and it is being settled: its thread is free, so it no
-        #: longer takes a slot, though it is in ``_flying`` until ``_forget``.
+        #: Its dask future finished: its thread is free, so it no longer takes a slot,
+        #: though it is in ``_flying`` until its answer is fetched (``_unfetched``) and
+        #: settled, and ``_forget`` drops it.
         self.finished = False
 
 
@@ -175,6 +184,9 @@ class ClusterEngine:
         self._slots_counted = time.monotonic()
         #: How many in ``_flying`` are ``finished`` (``_settle_some``, ``_forget``).
         self._finishing = 0
+        #: Finished tasks whose answers wait to be fetched together, and since when.
+        self._unfetched: list[_InFlight] = []
+        self._unfetched_since = 0.0
         #: Since when the client has not been connected to the scheduler (None: it is).
         self._disconnected_since: float | None = None
         #: Since when the cluster has had no workers (None: it has some).
@@ -308,18 +320,23 @@ class ClusterEngine:
         """Hand queued tasks to the cluster while it has room for them, in one batch.
 
         At most TASKS_PER_THREAD tasks per worker thread are with the cluster at a time:
-        the rest wait in the pool's queue, where a cancel is certain. A task handed over
-        while every thread has one already may wait in a worker's queue, so it is marked
-        ``confirm``: before it runs, its worker tells the scheduler (``NoRetries``), and
-        should that worker then die, the task fails instead of running again elsewhere
-        (one that never started runs elsewhere). A task with a ``task_timeout`` is not
-        queued on a worker: it goes when a thread is free, so that its wait for a start
-        is short (see ``_hand_over``).
+        the rest wait in the pool's queue, where a cancel is certain. While every thread
+        has a task, more go only once a BATCH_SHARE of that room is free: one graph for
+        the scheduler to take in, where it would otherwise take one per finished task.
+        A task handed over while every thread has one already may wait in a worker's
+        queue, so it is marked ``confirm``: before it runs, its worker tells the
+        scheduler (``NoRetries``), and should that worker then die, the task fails
+        instead of running again elsewhere (one that never started runs elsewhere). A
+        task with a ``task_timeout`` is not queued on a worker: it goes when a thread is
+        free, so that its wait for a start is short (see ``_hand_over``).
         """
         while True:
             batch: list[tuple[Task, bool]] = []
             with self._lock:
                 busy = len(self._flying) - self._finishing
+                room = self._slots * TASKS_PER_THREAD - busy
+                if busy >= self._slots and room < min(len(self._queue), self._batch()):
+                    return
                 while self._queue and busy < self._slots * TASKS_PER_THREAD:
                     task = self._queue[0]
                     if task.timeout is not None and busy >= self._slots:
@@ -338,6 +355,10 @@ class ClusterEngine:
             if not batch:
                 return
             self._hand_over(batch)
+
+    def _batch(self) -> int:
+        """How many tasks make a batch worth a round trip (``BATCH_SHARE``)."""
+        return max(1, int(self._slots * TASKS_PER_THREAD * BATCH_SHARE))
 
     def _count_slots(self) -> int:
         """The cluster's worker threads: how many tasks it may have at once."""
@@ -435,8 +456,11 @@ class ClusterEngine:
                     due: float | None = flying.stopping + STOP_GRACE_SECONDS
                 else:
                     due = flying.deadline
-                if due is not None:
+                if due is not None and not flying.finished:
                     timeout = min(timeout, max(0.0, due - now))
+            if self._unfetched:
+                due = self._unfetched_since + FETCH_WAIT_SECONDS
+                timeout = min(timeout, max(0.0, due - now))
         items: list[int | Callable[[], None]] = []
         with contextlib.suppress(queue.Empty):
             items.append(self._inbox.get(timeout=timeout))
@@ -461,8 +485,13 @@ class ClusterEngine:
                     if not flying.finished:
                         flying.finished = True
                         self._finishing += 1
+            if not self._unfetched:
+                self._unfetched_since = time.monotonic()
+            self._unfetched.extend(done)
+            self._dispatch()
+        if self._unfetched and self._fetch_due():
+            done, self._unfetched = self._unfetched, []
             try:
-                self._dispatch()
                 self._settle_finished(done)
             finally:
                 with self._lock:  # any not forgotten (an error on the way) count again
@@ -475,6 +504,15 @@ class ClusterEngine:
             self._check_workers()
         self._dispatch()
         self._check_connected()
+
+    def _fetch_due(self) -> bool:
+        """Whether the finished tasks' answers are fetched now (see BATCH_SHARE)."""
+        if len(self._unfetched) >= self._batch() or self._state is not PoolState.RUNNING:
+            return True
+        if time.monotonic() - self._unfetched_since >= FETCH_WAIT_SECONDS:
+            return True
+        with self._lock:
+            return len(self._flying) == self._finishing  # none is still running
 
     def _check_workers(self) -> None:
         """Count the cluster's threads again (workers join and leave); tasks waiting
@@ -495,7 +533,7 @@ class ClusterEngine:
             from ._std_errors import WorkerLostError
 
             with self._lock:
-                flights = [f for f in self._flying.values() if not f.settled]
+                flights = [f for f in self._flying.values() if not (f.settled or f.finished)]
             for flying in flights:
                 error = WorkerLostError(
                     f"the dask cluster has had no workers for {NO_WORKERS_SECONDS:.0f} s "
@@ -668,6 +706,8 @@ class ClusterEngine:
         with self._lock:
             flights = list(self._flying.values())
         for flying in flights:
+            if flying.finished:
+                continue  # it ran to its end: its answer is on its way (``_unfetched``)
             if flying.settled:
                 if flying.stopping is not None and now - flying.stopping > STOP_GRACE_SECONDS:
                     # Stopped, and still not done (blocked in C code): it no longer
@@ -720,6 +760,7 @@ class ClusterEngine:
             queued = list(self._queue)
             self._queue.clear()
             flights = list(self._flying.values())
+        self._unfetched.clear()
         for task in queued:
             if state is PoolState.BROKEN:
                 resolve(task.future, error=self._broken_error)

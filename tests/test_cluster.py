@@ -386,6 +386,54 @@ def test_the_cluster_never_holds_more_than_its_share_of_a_pools_tasks(dask_clien
         assert engine._finishing == 0
 
 
+def test_an_answer_is_not_held_back_while_other_tasks_run(dask_client: Any, tmp_path: Path) -> None:
+    """Answers are fetched in batches (``BATCH_SHARE``), but one that finished does not
+    wait for a task still running on the other worker: it comes within
+    FETCH_WAIT_SECONDS (here, well before the long task ends)."""
+    d = str(tmp_path)
+    with hookpool.Pool(cluster=dask_client) as pool:
+        long = pool.apply_async(tasks_cluster.nap, (8.0, d, "long"))
+        started = time.monotonic()
+        for i in range(5):
+            assert pool.apply_async(square, (i,)).get(timeout=4) == i * i
+            assert pool.map(square, range(20), chunksize=1) == [x * x for x in range(20)]
+        assert time.monotonic() - started < 6
+        assert not long.ready()
+        pool.terminate()
+
+
+def test_a_finished_task_whose_answer_waits_to_be_fetched_does_not_time_out(
+    dask_client: Any,
+) -> None:
+    """Its thread is free and its answer is on its way (``_unfetched``): its deadline
+    has passed, but it is no longer running, so nothing stops it or fails it."""
+    from concurrent.futures import Future
+
+    from hookpool._cluster import _InFlight
+    from hookpool._engine import Task
+    from hookpool._protocol import CallKind
+
+    with hookpool.Pool(cluster=dask_client) as pool:
+        engine = pool._manager
+        task = Task(CallKind.APPLY, b"", b"", Future(), "square", timeout=0.01)
+        task.task_id = -1
+        flying = _InFlight(task, None, time.monotonic() - 1.0)
+        flying.finished = True
+        with engine._lock:
+            engine._flying[-1] = flying
+            engine._finishing += 1
+        try:
+            engine._check_deadlines()
+            time.sleep(0.1)  # the settler's own checks, too
+            assert not flying.settled and flying.stopping is None
+            assert not task.timed_out and not task.future.done()
+        finally:
+            with engine._lock:
+                del engine._flying[-1]
+                engine._finishing -= 1
+        assert pool.apply(square, (3,)) == 9
+
+
 def test_task_timeout_stops_the_task_and_the_worker_goes_on(
     dask_client: Any, tmp_path: Path
 ) -> None:
