@@ -21,6 +21,7 @@ as the pool's ``PoolPlugin`` is unregistered from the cluster).
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import contextlib
 import functools
@@ -397,6 +398,7 @@ class ClusterEngine:
                     self._flying.pop(task.task_id, None)
                     self._by_outcome.pop(id(task.future), None)
             return
+        watched: list[tuple[int, Any]] = []
         for task, future in zip(tasks, futures, strict=True):
             deadline = None
             if task.timeout is not None:  # until it starts (_on_started), a bound on the wait
@@ -410,7 +412,8 @@ class ClusterEngine:
                 # A cancel() that came during the submit: the workers skip it already.
                 flying.stopping, flying.stop_sent = placeholder.stopping, placeholder.stop_sent
                 self._flying[task.task_id] = flying
-            future.add_done_callback(functools.partial(_finished, self._inbox, task.task_id))
+            watched.append((task.task_id, future))
+        _watch(self._client, self._inbox, watched)
         if timed:
             self._wake()  # the settler's next timeout may be one of these
 
@@ -921,8 +924,53 @@ _routers_lock = threading.Lock()
 
 
 def _finished(inbox: queue.SimpleQueue[Any], task_id: int, future: Any) -> None:
-    """A dask future's done callback (on dask's callback thread): to the settler."""
+    """A dask future is done (on the client's event loop, see ``_watch``): tell the
+    settler."""
     inbox.put(task_id)
+
+
+def _watch(client: Any, inbox: queue.SimpleQueue[Any], watched: list[tuple[int, Any]]) -> None:
+    """Have each future's task id put in ``inbox`` once the future is done.
+
+    ``Future.add_done_callback`` costs the client's event loop a wake-up per future, and
+    hands each callback to a thread of its own; here one wake-up watches a batch, and the
+    loop puts the ids in the inbox itself (``_finished`` does not block)."""
+    done_callback = _done_callback()
+    if done_callback is None:  # not in this version of distributed: the public way
+        for task_id, future in watched:
+            future.add_done_callback(functools.partial(_finished, inbox, task_id))
+        return
+    client.loop.add_callback(_watch_on_loop, done_callback, inbox, watched)
+
+
+def _done_callback() -> Callable[..., Any] | None:
+    """The coroutine ``Future.add_done_callback`` runs on the client's event loop (it
+    waits for the future, then calls its callback there), if distributed has it."""
+    try:
+        from distributed.client import done_callback
+    except ImportError:
+        return None
+    found: Callable[..., Any] = done_callback
+    return found
+
+
+#: The watchers ``_watch_on_loop`` started and that still run (asyncio keeps only weak
+#: references to tasks).
+_watchers: set[asyncio.Task[None]] = set()
+
+
+def _watch_on_loop(
+    done_callback: Callable[..., Any],
+    inbox: queue.SimpleQueue[Any],
+    watched: list[tuple[int, Any]],
+) -> None:
+    """On the client's event loop: one watcher per future, none yet waiting."""
+    for task_id, future in watched:
+        watcher = asyncio.ensure_future(
+            done_callback(future, functools.partial(_finished, inbox, task_id))
+        )
+        _watchers.add(watcher)
+        watcher.add_done_callback(_watchers.discard)
 
 
 def _nothing() -> None:

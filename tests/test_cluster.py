@@ -434,6 +434,19 @@ def test_a_finished_task_whose_answer_waits_to_be_fetched_does_not_time_out(
         assert pool.apply(square, (3,)) == 9
 
 
+def test_without_distributeds_done_callback_futures_are_watched_the_public_way(
+    dask_client: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``_watch`` uses what ``Future.add_done_callback`` runs; a distributed without it
+    gets ``add_done_callback`` itself."""
+    from hookpool import _cluster
+
+    monkeypatch.setattr(_cluster, "_done_callback", lambda: None)
+    with hookpool.Pool(cluster=dask_client) as pool:
+        assert pool.map(square, range(30), chunksize=1) == [x * x for x in range(30)]
+        assert pool.apply(square, (5,)) == 25
+
+
 def test_task_timeout_stops_the_task_and_the_worker_goes_on(
     dask_client: Any, tmp_path: Path
 ) -> None:
