@@ -19,7 +19,8 @@ terminate) by an exception raised in the thread that runs it (``stop``): at its 
 bytecode, so a task blocked in C code (a sleep, a read) stops when that call returns.
 
 ``NoRetries`` is the scheduler side: a task of a hookpool pool whose worker dies fails
-(``KilledWorker``) instead of being run again elsewhere; tasks are not assumed idempotent.
+(``KilledWorker``) instead of being run again elsewhere; tasks are not assumed idempotent,
+unless their pool has ``max_retries``: then dask runs them again, that many times at most.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ import multiprocessing.util
 import os
 import threading
 import types
+import uuid
 from collections.abc import Callable
 
 from distributed.diagnostics.plugin import SchedulerPlugin, WorkerPlugin
@@ -57,14 +59,19 @@ __all__ = [
     "TaskStopped",
     "Unconfirmed",
     "initialized_pid",
+    "new_pool_id",
+    "retries_of",
     "run_task",
     "stop",
+    "task_key",
 ]
 
 logger = logging.getLogger("hookpool")
 
 #: Every task of a hookpool pool has a key that starts with this (``NoRetries`` looks).
 KEY_PREFIX = "hookpool-"
+#: In a pool id, what its ``max_retries`` follows (none: 0). The rest of the id is hex.
+_RETRIES_MARK = "r"
 #: The annotation ``NoRetries`` puts on a task whose worker retired while it ran there.
 ABANDONED = "hookpool-abandoned-on"
 #: The topic of the event ``run_task`` sends as a task starts (``NoRetries`` reads it).
@@ -90,6 +97,29 @@ FUNCTIONS_KEPT = 256
 GONE_KEPT = 4096
 #: As in ``_worker``: the finalizer runs before multiprocessing's own exit handlers.
 _FINALIZE_PRIORITY = 10
+
+
+def new_pool_id(max_retries: int) -> str:
+    """An id for a pool, unique on its cluster. It carries the pool's ``max_retries``, so
+    that ``NoRetries`` reads them from each task's key (``retries_of``), with no record
+    of the pool on the scheduler."""
+    token = uuid.uuid4().hex[:12]
+    return f"{token}{_RETRIES_MARK}{max_retries}" if max_retries else token
+
+
+def task_key(pool_id: str, task_id: int) -> str:
+    """The dask key of a pool's task."""
+    return f"{KEY_PREFIX}{pool_id}-{task_id}"
+
+
+def retries_of(key: str) -> int:
+    """The ``max_retries`` of the pool whose task has ``key`` (``task_key``)."""
+    return _retries(key[len(KEY_PREFIX) :].rpartition("-")[0])
+
+
+def _retries(pool_id: str) -> int:
+    _, mark, retries = pool_id.partition(_RETRIES_MARK)
+    return int(retries) if mark and retries.isdigit() else 0
 
 
 class Abandoned(NamedTuple):
@@ -432,7 +462,8 @@ def _run_task(
         if confirm and not _confirm_start():
             answer = Unconfirmed(task_id, _worker_name())
         else:
-            if timed or not confirm:  # (a confirmed start needs no event)
+            # (A confirmed start needs no event, nor does a task that may run again.)
+            if timed or not (confirm or _retries(pool_id)):
                 _say_started(pool, task_id, at_once=timed)
             with _capturing(records, pool.log_level):
                 answer = _answer(pool, task_id, kind, fn_id, fn_data, args, buffers)
@@ -653,6 +684,10 @@ class NoRetries(SchedulerPlugin):
     * Its worker leaves in an orderly way (retired) while it runs there, or leaves with
       its result before the pool fetched it: dask would run it again elsewhere; it is
       annotated ``ABANDONED`` instead, and ``run_task`` declines it.
+    * Unless its pool has ``max_retries`` (``retries_of``): then dask runs it again, as
+      it does its own tasks, but fails it once more than ``max_retries`` workers died
+      holding it (dask counts those where it only waited, too), whatever
+      ``allowed-failures`` says. Its worker does not ask ``confirm_start``.
 
     Only keys of hookpool pools are touched."""
 
@@ -666,6 +701,9 @@ class NoRetries(SchedulerPlugin):
         self._on: dict[str, str | None] = {}
         #: Hookpool tasks known to have started (see ``_running``).
         self._started: set[str] = set()
+        #: Tasks of pools with ``max_retries`` that have been processing: their count of
+        #: dead workers has been set to fail them past that many (``_allow_retries``).
+        self._counted: set[str] = set()
 
     async def start(self, scheduler: Any) -> None:
         self.scheduler = scheduler
@@ -686,6 +724,10 @@ class NoRetries(SchedulerPlugin):
         if not isinstance(key, str) or not key.startswith(KEY_PREFIX) or self.scheduler is None:
             return
         task = self.scheduler.tasks.get(key)
+        retries = retries_of(key)
+        if retries:
+            self._allow_retries(key, task, finish, retries)
+            return
         if finish == "processing" and task is not None:
             where = task.processing_on
             self._on[key] = where.address if where is not None else None
@@ -710,8 +752,18 @@ class NoRetries(SchedulerPlugin):
         if finish in ("forgotten", "memory", "erred"):
             self._started.discard(key)
 
+    def _allow_retries(self, key: str, task: Any, finish: str, retries: int) -> None:
+        """A task of a pool with ``max_retries``: dask fails it (``KilledWorker``) once
+        more workers died holding it than ``allowed-failures``; the count starts lower
+        or higher, so that this happens past ``retries`` instead."""
+        if finish == "processing" and task is not None and key not in self._counted:
+            self._counted.add(key)  # (kept while its result may still be recomputed)
+            task.suspicious = self.scheduler.allowed_failures - retries
+        elif finish in ("forgotten", "erred"):
+            self._counted.discard(key)
+
     def log_event(self, topic: str, msg: Any) -> None:
-        if topic == STARTED and self.scheduler is not None:
+        if topic == STARTED and self.scheduler is not None and not retries_of(msg):
             task = self.scheduler.tasks.get(msg)
             if task is not None and task.state == "processing":
                 if task.processing_on is not None:

@@ -18,6 +18,7 @@ from ._spawn import (
     available_cpus,
     check_memory_limit,
     check_not_bootstrapping,
+    check_retries,
     check_timeout,
     resolve,
     start_engine,
@@ -56,7 +57,8 @@ class ProcessPoolExecutor(concurrent.futures.Executor):
     environment variable ``HOOKPOOL_INLINE`` is ``1``; ``cluster``: run the tasks on a
     dask.distributed cluster (a ``Client``, a cluster object or a scheduler address; or
     the environment variable ``HOOKPOOL_CLUSTER``), see ``hookpool.Pool`` and
-    ``docs/scaling-out.md``.
+    ``docs/scaling-out.md``; ``max_retries``: on a cluster, how many more times a task may
+    run when the worker running it dies (default 0: never twice; see ``hookpool.Pool``).
 
     Differences from the standard library, on purpose: a worker that dies fails only the
     task it was running, with ``WorkerLostError`` (a ``BrokenProcessPool``, so existing
@@ -80,6 +82,7 @@ class ProcessPoolExecutor(concurrent.futures.Executor):
         forward_logging: bool = True,
         inline: bool | None = None,
         cluster: object = None,
+        max_retries: int = 0,
     ) -> None:
         check_not_bootstrapping()
         if max_workers is None:
@@ -94,6 +97,7 @@ class ProcessPoolExecutor(concurrent.futures.Executor):
         ctx = resolve(mp_context, "mp_context")
         max_memory = check_memory_limit(max_memory_per_child)
         hooks = Hooks.validate(initializer, initargs, finalizer, finalargs)
+        max_retries = check_retries(max_retries)
         self._max_workers = max_workers
         self._mp_context = ctx
         self._task_timeout = check_timeout(task_timeout)
@@ -109,6 +113,7 @@ class ProcessPoolExecutor(concurrent.futures.Executor):
             forward_logging=forward_logging,
             max_memory=max_memory,
             cluster=cluster,
+            max_retries=max_retries,
             local_only={
                 "max_tasks_per_child": max_tasks_per_child,
                 "max_memory_per_child": max_memory_per_child,

@@ -14,6 +14,7 @@ from ._spawn import (
     available_cpus,
     check_memory_limit,
     check_not_bootstrapping,
+    check_retries,
     check_timeout,
     resolve,
     start_engine,
@@ -87,6 +88,12 @@ class Pool:
             cluster, those that join later too. ``maxtasksperchild``,
             ``max_memory_per_child`` and ``context`` are refused there. See
             ``docs/scaling-out.md``.
+        max_retries: on a cluster, how many more times a task may run when the worker
+            running it dies: for tasks that are safe to run twice. 0 (the default): it
+            fails with ``WorkerLostError`` and never runs twice. Above 0: dask runs it
+            again on another worker, up to that many times; the next worker that dies
+            holding it fails it (one where it only waited counts, as in dask). Refused
+            for local workers.
 
     Differences from the standard library, on purpose: workers always start with spawn;
     ``terminate()`` gives each worker a grace period to run its finalizer before killing
@@ -111,6 +118,7 @@ class Pool:
         forward_logging: bool = True,
         inline: bool | None = None,
         cluster: object = None,
+        max_retries: int = 0,
     ) -> None:
         check_not_bootstrapping()
         ctx = resolve(context)
@@ -124,6 +132,7 @@ class Pool:
             raise ValueError("maxtasksperchild must be a positive int or None")
         max_memory = check_memory_limit(max_memory_per_child)
         hooks = Hooks.validate(initializer, initargs, finalizer, finalargs)
+        max_retries = check_retries(max_retries)
         self._processes = processes
         self._ctx = ctx  # the standard library's name for it, which code reads
         self._task_timeout = check_timeout(task_timeout)
@@ -138,6 +147,7 @@ class Pool:
             forward_logging=forward_logging,
             max_memory=max_memory,
             cluster=cluster,
+            max_retries=max_retries,
             local_only={
                 "maxtasksperchild": maxtasksperchild,
                 "max_memory_per_child": max_memory_per_child,

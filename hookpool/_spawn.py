@@ -41,6 +41,7 @@ __all__ = [
     "available_cpus",
     "check_memory_limit",
     "check_not_bootstrapping",
+    "check_retries",
     "check_timeout",
     "inline_requested",
     "resolve",
@@ -75,6 +76,7 @@ def start_engine(
     cluster: object = None,
     local_only: dict[str, object] | None = None,
     on_demand: bool = False,
+    max_retries: int = 0,
 ) -> Engine:
     """The engine behind a facade: a ``ClusterEngine`` on a dask cluster if ``cluster``
     (or ``HOOKPOOL_CLUSTER``) names one, an ``InlineManager`` if inline mode is on (see
@@ -88,7 +90,8 @@ def start_engine(
     (With forkserver, while the fork server boots: a start waits for that.)
     ``max_memory`` (bytes, ``max_memory_per_child``) is ignored inline, as
     ``maxtasksperchild`` is: there is no worker to retire. ``on_demand`` (the executor):
-    one worker now, the others as tasks need them (``Manager``).
+    one worker now, the others as tasks need them (``Manager``). ``max_retries``: on a
+    cluster only (refused elsewhere, see ``check_retries``).
     """
     if cluster is None and inline is not True:  # an explicit inline=True wins over it
         cluster = os.environ.get(CLUSTER_ENV_VAR) or None
@@ -109,6 +112,13 @@ def start_engine(
             dialect=dialect,
             name=name,
             forward_logging=forward_logging,
+            max_retries=max_retries,
+        )
+    if max_retries:
+        raise ValueError(
+            f"max_retries={max_retries} applies to a pool on a dask cluster (cluster=...): "
+            f"a local worker that dies fails its task with WorkerLostError, which the "
+            f"task's caller can catch to submit it again"
         )
     if inline_requested(inline):
         from ._inline import InlineManager
@@ -317,6 +327,15 @@ def check_not_bootstrapping() -> None:
 def check_memory_limit(value: object) -> int | None:
     """``max_memory_per_child`` in bytes: see ``_memory.parse_limit``."""
     return _memory.parse_limit(value, "max_memory_per_child")
+
+
+def check_retries(max_retries: int) -> int:
+    """Validate ``max_retries``: an int, 0 or more."""
+    if isinstance(max_retries, bool) or not isinstance(max_retries, int):
+        raise TypeError(f"max_retries must be an int, not {type(max_retries).__name__}")
+    if max_retries < 0:
+        raise ValueError(f"max_retries must be 0 or more, not {max_retries}")
+    return max_retries
 
 
 def check_timeout(timeout: float | None) -> float | None:

@@ -29,6 +29,16 @@ def mark_then_die(directory: str, name: str) -> None:
     time.sleep(30)  # pragma: no cover - never reached
 
 
+def die_the_first_time(directory: str, name: str, value: Any) -> Any:
+    """Task: count the start; the first time, the worker dies by SIGKILL in the middle of
+    it; after that, it returns ``value``."""
+    mark(directory, name)
+    if len(marks(directory, name)) == 1:
+        os.kill(os.getpid(), signal.SIGKILL)
+        time.sleep(30)  # pragma: no cover - never reached
+    return value
+
+
 def mark_then_square(directory: str, x: int) -> int:
     mark(directory, f"ran-{x}")
     return x * x

@@ -320,6 +320,66 @@ def test_a_queued_task_whose_start_the_scheduler_cannot_confirm_does_not_run(
         assert executor.submit(square, 3).result(timeout=30) == 9
 
 
+def test_with_max_retries_a_task_whose_worker_dies_runs_again_elsewhere(
+    dask_client: Any, tmp_path: Path
+) -> None:
+    d = str(tmp_path)
+    with hookpool.ProcessPoolExecutor(cluster=dask_client, max_retries=1) as executor:
+        again = executor.submit(tasks_cluster.die_the_first_time, d, "again", "second run")
+        others = [executor.submit(tasks_cluster.mark_then_square, d, i) for i in range(12)]
+        assert again.result(timeout=60) == "second run"
+        assert [f.result(timeout=60) for f in others] == [i * i for i in range(12)]
+    first, second = marks(d, "again")
+    assert first != second  # another worker (or the nanny's new one)
+    assert all(len(marks(d, f"ran-{i}")) == 1 for i in range(12))
+    dask_client.wait_for_workers(2, timeout=30)
+
+
+def test_max_retries_bounds_how_often_a_task_runs(dask_client: Any, tmp_path: Path) -> None:
+    d = str(tmp_path)
+    with hookpool.Pool(cluster=dask_client, max_retries=1) as pool:
+        doomed = pool.apply_async(tasks_cluster.mark_then_die, (d, "doomed"))
+        with pytest.raises(hookpool.WorkerLostError, match=r"max_retries=1\): it is not run"):
+            doomed.get(timeout=60)
+        dask_client.wait_for_workers(2, timeout=30)  # the nannies restart them
+        time.sleep(1.0)  # a third run would have marked by now
+        assert len(marks(d, "doomed")) == 2
+        assert pool.apply(square, (5,)) == 25
+
+
+def test_tasks_of_a_pool_with_max_retries_ask_for_no_confirmation(
+    dask_client: Any, tmp_path: Path
+) -> None:
+    """They may run again anyway: a task that waited in its worker's queue starts without
+    the scheduler's word (the round trip costs some 15% of a tiny task)."""
+    d = str(tmp_path)
+    with hookpool.ProcessPoolExecutor(cluster=dask_client, max_retries=2) as executor:
+        assert executor.submit(square, 2).result(timeout=30) == 4  # NoRetries is there
+        dask_client.run_on_scheduler(_confirm_handler, on=False)
+        try:
+            first = [executor.submit(tasks_cluster.nap, 0.3, d, f"first-{i}") for i in range(2)]
+            queued = executor.submit(tasks_cluster.mark_then_return, d, "queued", 1)
+            assert queued.result(timeout=30) == 1
+            assert [f.result(timeout=30) for f in first] == ["woke", "woke"]
+        finally:
+            dask_client.run_on_scheduler(_confirm_handler, on=True)
+
+
+def test_max_retries_is_checked_and_refused_for_local_workers(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("HOOKPOOL_CLUSTER", raising=False)
+    with pytest.raises(ValueError, match=r"max_retries=2 applies to a pool on a dask cluster"):
+        hookpool.Pool(2, max_retries=2)
+    with pytest.raises(ValueError, match="catch to submit it again"):
+        hookpool.ProcessPoolExecutor(2, max_retries=1)
+    with pytest.raises(ValueError, match="0 or more"):
+        hookpool.Pool(2, max_retries=-1)
+    with pytest.raises(TypeError, match="must be an int, not bool"):
+        hookpool.ProcessPoolExecutor(2, max_retries=True)  # type: ignore[arg-type]
+    hookpool.Pool(1, max_retries=0).terminate()  # the default, said out loud
+
+
 def _slow_confirm(dask_scheduler: Any) -> None:
     from hookpool._cluster_worker import CONFIRM_HANDLER
 
