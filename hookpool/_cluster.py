@@ -91,6 +91,10 @@ BATCH_SHARE = 0.5
 #: project's machine). The same map as above: 5 ms: 1.18x, 10 ms: 1.16x, 20 ms: 1.11x;
 #: in another A/B, 20 ms: 1.08x, 40 ms: 1.13x.
 FETCH_WAIT_SECONDS = 0.02
+#: How often a task whose result dask computes again is looked at (``_recomputing``).
+RECOMPUTE_POLL_SECONDS = 0.05
+#: The statuses of a dask future whose result is on its way (again).
+_COMPUTING = frozenset({"pending", "lost"})
 
 
 def connect(cluster: object) -> tuple[Any, bool]:
@@ -195,6 +199,11 @@ class ClusterEngine:
         self._finishing = 0
         #: Finished tasks whose answers wait to be fetched together, and since when.
         self._unfetched: list[_InFlight] = []
+        #: Finished tasks whose results were lost with their worker before they were
+        #: fetched: dask computes them again (where ``run_task`` declines, unless the
+        #: pool has ``max_retries``). Looked at every RECOMPUTE_POLL_SECONDS: dask's
+        #: done callbacks take a lost future for a done one.
+        self._recomputing: list[_InFlight] = []
         self._unfetched_since = 0.0
         #: Since when the client has not been connected to the scheduler (None: it is).
         self._disconnected_since: float | None = None
@@ -432,7 +441,10 @@ class ClusterEngine:
         forwarded to this client by the scheduler): its ``task_timeout`` runs from now."""
         with self._lock:
             flying = self._flying.get(task_id)
-            if flying is not None and flying.task.timeout is not None and not flying.started:
+            if flying is None or flying.task.timeout is None:
+                return
+            # With max_retries, a run after its worker died has a timeout of its own.
+            if not flying.started or self._max_retries:
                 flying.started = True
                 flying.deadline = time.monotonic() + flying.task.timeout
 
@@ -474,6 +486,8 @@ class ClusterEngine:
             if self._unfetched:
                 due = self._unfetched_since + FETCH_WAIT_SECONDS
                 timeout = min(timeout, max(0.0, due - now))
+        if self._recomputing:
+            timeout = min(timeout, RECOMPUTE_POLL_SECONDS)
         items: list[int | Callable[[], None]] = []
         with contextlib.suppress(queue.Empty):
             items.append(self._inbox.get(timeout=timeout))
@@ -491,6 +505,11 @@ class ClusterEngine:
                     done.append(flying)
             else:
                 item()
+        if self._recomputing:
+            back = [f for f in self._recomputing if f.future.status not in _COMPUTING]
+            if back:
+                self._recomputing = [f for f in self._recomputing if f not in back]
+                done.extend(back)
         if done:
             # Their threads are free: the next tasks go out before the answers are fetched.
             with self._lock:
@@ -574,8 +593,10 @@ class ClusterEngine:
 
     def _settle_finished(self, done: list[_InFlight]) -> None:
         """Fetch the answers of finished tasks (one round trip for all), settle each
-        (unless settled already), and free their slots."""
-        ok = [flying for flying in done if flying.future.status == "finished"]
+        (unless settled already), and free their slots. One whose result was lost with
+        its worker meanwhile waits for dask to compute it again (``_recomputing``)."""
+        statuses = [flying.future.status for flying in done]  # (read once: they change)
+        ok = [f for f, status in zip(done, statuses, strict=True) if status == "finished"]
         answers: list[Any] = []
         if ok:
             try:
@@ -584,10 +605,13 @@ class ClusterEngine:
                 answers = [_one_answer(flying.future) for flying in ok]
         for flying, got in zip(ok, answers, strict=True):
             self._on_answer(flying, got)
-        for flying in done:
-            if flying.future.status != "finished":
-                self._on_lost(flying)
-            self._forget(flying.task)
+        for flying, status in zip(done, statuses, strict=True):
+            if status in _COMPUTING and not flying.settled:
+                self._recomputing.append(flying)
+            else:
+                if status != "finished":
+                    self._on_lost(flying)
+                self._forget(flying.task)
 
     def _on_answer(self, flying: _InFlight, got: Any) -> None:
         if isinstance(got, BaseException):
@@ -774,6 +798,7 @@ class ClusterEngine:
             self._queue.clear()
             flights = list(self._flying.values())
         self._unfetched.clear()
+        self._recomputing.clear()
         for task in queued:
             if state is PoolState.BROKEN:
                 resolve(task.future, error=self._broken_error)

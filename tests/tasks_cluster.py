@@ -29,10 +29,13 @@ def mark_then_die(directory: str, name: str) -> None:
     time.sleep(30)  # pragma: no cover - never reached
 
 
-def die_the_first_time(directory: str, name: str, value: Any) -> Any:
-    """Task: count the start; the first time, the worker dies by SIGKILL in the middle of
-    it; after that, it returns ``value``."""
+def die_the_first_time(directory: str, name: str, value: Any, seconds: float = 0.0) -> Any:
+    """Task: count the start and nap ``seconds``; the first time, the worker then dies by
+    SIGKILL in the middle of it; after that, it returns ``value``."""
     mark(directory, name)
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        time.sleep(0.01)
     if len(marks(directory, name)) == 1:
         os.kill(os.getpid(), signal.SIGKILL)
         time.sleep(30)  # pragma: no cover - never reached

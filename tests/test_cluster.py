@@ -347,6 +347,19 @@ def test_max_retries_bounds_how_often_a_task_runs(dask_client: Any, tmp_path: Pa
         assert pool.apply(square, (5,)) == 25
 
 
+def test_with_max_retries_each_run_has_its_own_task_timeout(
+    dask_client: Any, tmp_path: Path
+) -> None:
+    d = str(tmp_path)
+    with hookpool.Pool(cluster=dask_client, max_retries=1, task_timeout=3.0) as pool:
+        # 2 s, then its worker dies; the second run takes 2 s too: 4 s since the first
+        # start, within the timeout only if the second run's clock starts afresh.
+        again = pool.apply_async(tasks_cluster.die_the_first_time, (d, "again", "ok", 2.0))
+        assert again.get(timeout=60) == "ok"
+        assert len(marks(d, "again")) == 2
+    dask_client.wait_for_workers(2, timeout=30)
+
+
 def test_tasks_of_a_pool_with_max_retries_ask_for_no_confirmation(
     dask_client: Any, tmp_path: Path
 ) -> None:
@@ -831,6 +844,33 @@ def test_a_result_lost_with_its_worker_is_not_computed_again(
             a.get(timeout=60)
         time.sleep(1.0)
         assert len(marks(d, "A")) == 1
+    dask_client.wait_for_workers(2, timeout=30)
+
+
+@pytest.mark.parametrize("max_retries", [0, 1])
+def test_a_result_lost_while_its_answer_waited_to_be_fetched(
+    dask_client: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, max_retries: int
+) -> None:
+    """A's answer waits to be fetched with the other task's (a long fetch wait here), and
+    is lost with its worker meanwhile: dask computes it again. The pool waits for that:
+    by default the second run is declined (WorkerLostError), with max_retries it runs."""
+    monkeypatch.setattr(hookpool._cluster, "FETCH_WAIT_SECONDS", 30.0)
+    d = str(tmp_path)
+    with hookpool.Pool(cluster=dask_client, max_retries=max_retries) as pool:
+        pool.map(square, range(4))  # both workers are set up
+        other = pool.apply_async(tasks_cluster.nap, (1.0, d, "other"))
+        a = pool.apply_async(tasks_cluster.mark_then_return, (d, "A", "A's result"))
+        wait_for(lambda: bool(marks(d, "A")), 10, "A to run")
+        time.sleep(0.3)
+        os.kill(marks(d, "A")[0], 9)  # while "other" runs: A's answer is not fetched yet
+        if max_retries:
+            assert a.get(timeout=60) == "A's result"
+        else:
+            with pytest.raises(hookpool.WorkerLostError, match=r"left"):
+                a.get(timeout=60)
+        assert other.get(timeout=60) == "woke"
+        time.sleep(1.0)  # a run too many would have marked by now
+        assert len(marks(d, "A")) == 1 + max_retries
     dask_client.wait_for_workers(2, timeout=30)
 
 
