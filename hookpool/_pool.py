@@ -91,9 +91,10 @@ class Pool:
         max_retries: on a cluster, how many more times a task may run when the worker
             running it dies: for tasks that are safe to run twice. 0 (the default): it
             fails with ``WorkerLostError`` and never runs twice. Above 0: dask runs it
-            again on another worker, up to that many times; the next worker that dies
-            holding it fails it (one where it only waited counts, as in dask). Refused
-            for local workers.
+            again on another worker, up to that many times; after that, the next
+            worker death fails it. As dask counts, a worker where the task only waited
+            counts too; a retired worker and a lost result do not. Refused for local
+            workers. See ``docs/scaling-out.md``.
 
     Differences from the standard library, on purpose: workers always start with spawn;
     ``terminate()`` gives each worker a grace period to run its finalizer before killing
