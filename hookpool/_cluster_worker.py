@@ -217,6 +217,8 @@ class PoolOnWorker:
 
     def __init__(self, pool_id: str, hooks_data: bytes, log_level: int | None) -> None:
         self.pool_id = pool_id
+        #: Its tasks may run again (``new_pool_id``): they say nothing as they start.
+        self.may_rerun = _retries(pool_id) > 0
         self.hooks_data = hooks_data
         self.log_level = log_level
         self.lock = threading.Lock()
@@ -463,7 +465,7 @@ def _run_task(
             answer = Unconfirmed(task_id, _worker_name())
         else:
             # (A confirmed start needs no event, nor does a task that may run again.)
-            if timed or not (confirm or _retries(pool_id)):
+            if timed or not (confirm or pool.may_rerun):
                 _say_started(pool, task_id, at_once=timed)
             with _capturing(records, pool.log_level):
                 answer = _answer(pool, task_id, kind, fn_id, fn_data, args, buffers)

@@ -91,7 +91,7 @@ def start_engine(
     ``max_memory`` (bytes, ``max_memory_per_child``) is ignored inline, as
     ``maxtasksperchild`` is: there is no worker to retire. ``on_demand`` (the executor):
     one worker now, the others as tasks need them (``Manager``). ``max_retries``: on a
-    cluster only (refused elsewhere, see ``check_retries``).
+    cluster only (refused here for local and inline pools).
     """
     if cluster is None and inline is not True:  # an explicit inline=True wins over it
         cluster = os.environ.get(CLUSTER_ENV_VAR) or None
