@@ -577,6 +577,9 @@ def test_a_process_from_the_view_stays_usable_after_it_exits(
     [process] = pool._pool
     getattr(process, how)()
     process.join(20)
+    # The manager thread reaps its workers too: when it wins the race for waitpid,
+    # multiprocessing's join() here reads no exit code, and the next read has it.
+    _wait_for(lambda: process.exitcode is not None)
     expected = -signal.SIGKILL if how == "kill" else -signal.SIGTERM
     assert process.exitcode in (expected, 128 + signal.SIGTERM)
     assert not process.is_alive()
